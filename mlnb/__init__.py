@@ -1,0 +1,48 @@
+"""mlnb: CI/CD and continuous training for ML pipelines whose stages are notebooks.
+
+Public names are loaded lazily so that ``mlnb --help`` and spec validation do
+not pay for importing MLflow or papermill.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MlnbError",
+    "Pipeline",
+    "PipelineResult",
+    "SpecError",
+    "StageError",
+    "__version__",
+    "check_paths",
+    "load_pipeline",
+    "run_pipeline",
+]
+
+_LAZY = {
+    "MlnbError": "mlnb.errors",
+    "SpecError": "mlnb.errors",
+    "StageError": "mlnb.errors",
+    "Pipeline": "mlnb.spec",
+    "load_pipeline": "mlnb.spec",
+    "PipelineResult": "mlnb.pipeline",
+    "run_pipeline": "mlnb.pipeline",
+    "check_paths": "mlnb.check",
+}
+
+if TYPE_CHECKING:
+    from mlnb.check import check_paths
+    from mlnb.errors import MlnbError, SpecError, StageError
+    from mlnb.pipeline import PipelineResult, run_pipeline
+    from mlnb.spec import Pipeline, load_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mlnb' has no attribute '{name}'")
+    return getattr(import_module(module), name)

@@ -1,0 +1,131 @@
+"""The ``mlnb`` command line: a thin click adapter.
+
+Each command parses its options, calls one library function and turns an
+:class:`~mlnb.errors.MlnbError` into a clear message and an exit code. Heavy
+modules are imported inside the commands, so ``mlnb --help`` stays fast and
+never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from mlnb import __version__
+from mlnb.errors import MlnbError, PipelineError
+
+EXIT_INTERRUPTED = 130
+
+
+def _fail(error: MlnbError, verbose: bool) -> NoReturn:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(error)
+    click.secho(f"error: {error}", fg="red", err=True)
+    sys.exit(error.exit_code)
+
+
+def _spec_path(value: str) -> Path:
+    """A spec path, or a pipeline name found as pipelines/<name>.yaml."""
+    path = Path(value)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    for suffix in (".yaml", ".yml"):
+        candidate = Path("pipelines") / f"{value}{suffix}"
+        if candidate.exists():
+            return candidate
+    return path
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlnb")
+def main() -> None:
+    """CI/CD and continuous training for ML pipelines whose stages are notebooks."""
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Set a parameter: KEY for every stage declaring it, STAGE.KEY for one stage.")
+@click.option("--profile", help="Apply a named profile of the spec (e.g. ci).")
+@click.option("--force", is_flag=True, help="Execute every stage, even those in the cache.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Independent stages run at once.")
+@click.option("--resume", metavar="RUN_ID", help="Continue a failed run in place.")
+@click.option("--log-output", is_flag=True, help="Stream what the notebooks print.")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def run(pipeline: str, params: tuple[str, ...], profile: str | None, force: bool, jobs: int,
+        resume: str | None, log_output: bool, verbose: bool) -> None:
+    """Execute PIPELINE (a spec file, or a name in pipelines/), tracked in MLflow."""
+    from mlnb.console import reporter
+    from mlnb.pipeline import run_pipeline
+    from mlnb.spec import parse_assignments
+
+    show = None
+    try:
+        overrides = parse_assignments(params)
+        show = reporter()
+        result = run_pipeline(_spec_path(pipeline), profile=profile, overrides=overrides,
+                              force=force, jobs=jobs, resume=resume, log_output=log_output,
+                              on_event=show)
+    except KeyboardInterrupt:
+        if show is not None:
+            show.close()
+        click.secho("interrupted", fg="red", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except PipelineError as error:
+        if show is not None:
+            show.close()
+        result = getattr(error, "result", None)
+        if result is None:
+            _fail(error, verbose)
+        _summary(result)
+        for failure in result.failures:
+            click.secho(f"error: {failure}", fg="red", err=True)
+        click.echo(f"pipeline run {result.run_id} {result.status} — resume it with: "
+                   f"mlnb run {pipeline} --resume {result.run_id}", err=True)
+        sys.exit(EXIT_INTERRUPTED if result.status == "KILLED" else 1)
+    except MlnbError as error:
+        if show is not None:
+            show.close()
+        _fail(error, verbose)
+    show.close()
+    _summary(result)
+
+
+def _summary(result: Any) -> None:
+    counts: dict[str, int] = {}
+    for stage in result.stages:
+        counts[stage.status] = counts.get(stage.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    click.echo(f"pipeline '{result.pipeline}' {result.status.lower()} in {result.seconds:.1f} s "
+               f"({parts})")
+    click.echo(f"run id:    {result.run_id}")
+    click.echo(f"store:     {result.tracking_uri}")
+    click.echo(f"see it:    {result.url}")
+    click.echo(f"workspace: {result.workspace}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--fix", is_flag=True, help="Strip outputs from notebooks in place.")
+def check(paths: tuple[Path, ...], fix: bool) -> None:
+    """Lint pipeline specs and notebooks under PATHS (default: the current folder)."""
+    from mlnb.check import check_paths
+
+    problems = check_paths(paths or (Path("."),), fix=fix)
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        click.secho(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found",
+                    fg="red", err=True)
+        sys.exit(1)
+    click.echo("all checks passed", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

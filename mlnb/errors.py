@@ -1,0 +1,188 @@
+"""The one exception tree of mlnb.
+
+Every error a user can cause or meet is an :class:`MlnbError`: the CLI turns it
+into one clear line (or a short block) and an exit code, and never shows a
+traceback unless ``--verbose`` asks for one. Each subclass carries the fields a
+user or a program needs to act on it, the way papermill's execution error
+carries the cell index, exception name and value::
+
+    MlnbError
+    ├── SpecError            a pipeline spec is invalid (all problems at once)
+    ├── NotebookError        a notebook cannot be read or has no parameters cell
+    ├── StageError           a stage did not complete
+    │   ├── CellError        a cell raised an exception
+    │   ├── KernelDiedError  the kernel died (killed, out of memory)
+    │   ├── StageTimeoutError the stage ran past its ``timeout``
+    │   └── MissingOutputError a declared output was not written
+    ├── PipelineError        a pipeline run failed or cannot be resumed
+    └── TrackingError        the MLflow store cannot be reached or used
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MlnbError(Exception):
+    """Root of every error mlnb raises on purpose.
+
+    ``exit_code`` is what the command line exits with.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a file: where it is and what to do about it."""
+
+    file: str
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.location}" if self.location else self.file
+        return f"{where}: {self.message}"
+
+
+class SpecError(MlnbError):
+    """A pipeline spec (or a notebook it names) is invalid.
+
+    ``problems`` lists every problem found, each with its file and key, so a
+    user fixes them all in one pass.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in the pipeline spec:"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class NotebookError(MlnbError):
+    """A notebook cannot be read, or lacks what mlnb needs from it."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+class StageError(MlnbError):
+    """A stage of a pipeline run did not complete.
+
+    Attributes:
+        stage: the stage name.
+        notebook: the path of the executed notebook (with its outputs), when
+            one was written.
+    """
+
+    def __init__(self, stage: str, message: str, notebook: Path | str | None = None) -> None:
+        self.stage = stage
+        self.notebook = str(notebook) if notebook else None
+        text = f"stage '{stage}' failed: {message}"
+        if self.notebook:
+            text += f"\n  executed notebook: {self.notebook}"
+        super().__init__(text)
+
+
+class CellError(StageError):
+    """A cell of a stage notebook raised an exception.
+
+    Attributes:
+        cell: the 1-based position of the failing cell in the source notebook.
+        ename: the exception class name, e.g. ``ValueError``.
+        evalue: the exception message.
+        traceback: the traceback lines as the kernel reported them.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        cell: int,
+        ename: str,
+        evalue: str,
+        notebook: Path | str | None = None,
+        traceback: list[str] | None = None,
+    ) -> None:
+        self.cell = cell
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = list(traceback or [])
+        super().__init__(stage, f"cell {cell} raised {ename}: {evalue}", notebook)
+
+
+class KernelDiedError(StageError):
+    """The kernel running a stage died (killed, or out of memory)."""
+
+    def __init__(self, stage: str, cell: int | None, notebook: Path | str | None = None) -> None:
+        self.cell = cell
+        where = f" while running cell {cell}" if cell else ""
+        super().__init__(
+            stage,
+            f"the kernel died{where} (killed, or out of memory?); "
+            "check the notebook's memory use, then resume the run",
+            notebook,
+        )
+
+
+class StageTimeoutError(StageError):
+    """A stage ran longer than its ``timeout`` and was stopped."""
+
+    def __init__(
+        self, stage: str, timeout: float, cell: int | None, notebook: Path | str | None = None
+    ) -> None:
+        self.timeout = timeout
+        self.cell = cell
+        where = f" in cell {cell}" if cell else ""
+        super().__init__(
+            stage,
+            f"timed out after {timeout:g} s{where}; raise the stage's 'timeout' in the spec "
+            "or make the notebook faster",
+            notebook,
+        )
+
+
+class MissingOutputError(StageError):
+    """A stage finished without writing an output it declares."""
+
+    def __init__(self, stage: str, output: str, path: Path | str, notebook: Path | str | None) -> None:
+        self.output = output
+        self.path = str(path)
+        super().__init__(
+            stage,
+            f"declared output '{output}' was not written (expected at {self.path}); "
+            f"write the file at the path the notebook receives in its '{output}' parameter",
+            notebook,
+        )
+
+
+class PipelineError(MlnbError):
+    """A pipeline run failed, or a run cannot be resumed.
+
+    Attributes:
+        run_id: the MLflow id of the pipeline's parent run, when there is one.
+        failures: the stage errors that stopped the run.
+    """
+
+    def __init__(
+        self, message: str, run_id: str | None = None, failures: list[StageError] | None = None
+    ) -> None:
+        self.run_id = run_id
+        self.failures = list(failures or [])
+        super().__init__(message)
+
+
+class TrackingError(MlnbError):
+    """The MLflow tracking store cannot be reached or used."""

@@ -1,0 +1,190 @@
+"""What mlnb needs to know about a notebook, read with nbformat alone.
+
+A stage is a plain notebook with one cell tagged ``parameters`` (papermill's
+convention). The parameters are read from that cell with :mod:`ast` rather than
+with papermill's inspection, so that validating a spec and linting never start
+papermill (or a kernel): only top-level assignments count, the way a person
+reads the cell.
+
+The fingerprint hashes what the notebook *does* (cell types, sources and the
+kernel), not what it last printed, so that running a notebook by hand in
+JupyterLab does not invalidate the pipeline's cache.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from mlnb.errors import NotebookError
+
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+
+
+@dataclass(frozen=True)
+class NotebookInfo:
+    """The facts mlnb uses about one notebook file.
+
+    Attributes:
+        path: the notebook's path.
+        parameters: declared parameter names and their default source text,
+            in the order of the parameters cell; empty when there is none.
+        has_parameters_cell: whether a cell is tagged ``parameters``.
+        parameters_cell: 1-based position of that cell, or ``None``.
+        kernel_name: the kernelspec name in the notebook's metadata.
+        cells_with_outputs: 1-based positions of code cells holding outputs.
+        code_cells: how many code cells the notebook has.
+        fingerprint: sha256 of cell types and sources plus the kernel name.
+    """
+
+    path: Path
+    parameters: dict[str, str] = field(default_factory=dict)
+    has_parameters_cell: bool = False
+    parameters_cell: int | None = None
+    kernel_name: str = "python3"
+    cells_with_outputs: tuple[int, ...] = ()
+    code_cells: int = 0
+    fingerprint: str = ""
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    """Read a notebook, raising :class:`NotebookError` on anything unreadable."""
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except FileNotFoundError as exc:
+        raise NotebookError(path, "no such notebook") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NotebookError(path, f"not a readable notebook ({exc})") from exc
+
+
+def declared_parameters(source: str) -> dict[str, str]:
+    """Return the names a parameters cell assigns at top level, with their defaults.
+
+    Raises:
+        SyntaxError: when the cell is not valid Python.
+    """
+    tree = ast.parse(source)
+    found: dict[str, str] = {}
+    for node in tree.body:
+        targets: list[ast.expr] = []
+        value: ast.expr | None = None
+        if isinstance(node, ast.Assign):
+            targets, value = list(node.targets), node.value
+        elif isinstance(node, ast.AnnAssign):
+            targets, value = [node.target], node.value
+        for target in targets:
+            elements = target.elts if isinstance(target, ast.Tuple) else [target]
+            for element in elements:
+                if isinstance(element, ast.Name):
+                    found[element.id] = ast.get_source_segment(source, value) if value else ""
+    return found
+
+
+def _tags(cell: Any) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []) or [])
+
+
+def fingerprint(nb: nbformat.NotebookNode) -> str:
+    """Hash a notebook's cell types, sources and kernel, ignoring outputs and metadata."""
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name", "")
+    payload = [kernel] + [
+        [cell.cell_type, cell.source, PARAMETERS_TAG in _tags(cell)] for cell in nb.cells
+    ]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def inspect(path: Path) -> NotebookInfo:
+    """Read a notebook and return its :class:`NotebookInfo`.
+
+    Raises:
+        NotebookError: when the file is missing or unreadable, or its
+            parameters cell is not valid Python.
+    """
+    path = Path(path)
+    stat = path.stat() if path.exists() else None
+    key = (stat.st_mtime_ns, stat.st_size) if stat else None
+    return _inspect_cached(path.resolve(), key)
+
+
+@lru_cache(maxsize=256)
+def _inspect_cached(path: Path, _stamp: tuple[int, int] | None) -> NotebookInfo:
+    nb = read(path)
+    params: dict[str, str] = {}
+    params_cell: int | None = None
+    with_outputs: list[int] = []
+    code_cells = 0
+    for position, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "code":
+            continue
+        code_cells += 1
+        if cell.get("outputs") or cell.get("execution_count"):
+            with_outputs.append(position)
+        if PARAMETERS_TAG in _tags(cell) and params_cell is None:
+            params_cell = position
+            try:
+                params = declared_parameters(cell.source)
+            except SyntaxError as exc:
+                raise NotebookError(
+                    path, f"the parameters cell (cell {position}) is not valid Python: {exc.msg}"
+                ) from exc
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name") or "python3"
+    return NotebookInfo(
+        path=path,
+        parameters=params,
+        has_parameters_cell=params_cell is not None,
+        parameters_cell=params_cell,
+        kernel_name=kernel,
+        cells_with_outputs=tuple(with_outputs),
+        code_cells=code_cells,
+        fingerprint=fingerprint(nb),
+    )
+
+
+def strip_outputs(path: Path) -> bool:
+    """Remove outputs and execution counts from a notebook in place.
+
+    Returns:
+        Whether the file changed.
+    """
+    nb = read(path)
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if cell.get("outputs") or cell.get("execution_count") is not None:
+            cell.outputs = []
+            cell.execution_count = None
+            changed = True
+        if "papermill" in cell.get("metadata", {}) or "execution" in cell.get("metadata", {}):
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+            changed = True
+    for key in ("papermill", "widgets"):
+        if key in nb.metadata:
+            nb.metadata.pop(key)
+            changed = True
+    if changed:
+        tmp = path.with_name(f".{path.name}.tmp")
+        nbformat.write(nb, str(tmp))
+        tmp.replace(path)
+    return changed
+
+
+def source_position(executed: nbformat.NotebookNode, index: int) -> int:
+    """Map a cell index of an executed notebook to its 1-based position in the source.
+
+    papermill inserts an ``injected-parameters`` cell; positions reported to a
+    user must be those of the notebook they edit.
+    """
+    injected_before = sum(
+        1 for cell in executed.cells[:index] if INJECTED_TAG in _tags(cell)
+    )
+    return index - injected_before + 1

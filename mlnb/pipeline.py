@@ -1,0 +1,549 @@
+"""Run a pipeline: a DAG of notebook stages, tracked, cached and resumable.
+
+The scheduler runs in the calling thread and hands stages to a thread pool of
+``jobs`` workers; each stage blocks on its own kernel, so threads are enough
+for parallelism (the work happens in the kernels' processes). Kernels are
+pre-started (see :mod:`mlnb.kernels`) for the stages that will execute, which
+are known in advance for all but the stages downstream of a cache miss.
+
+MLflow and papermill are imported only once the kernels have started
+starting, so their import time overlaps with kernel start-up. The stage
+run's artifacts (executed notebook and its HTML rendering) are uploaded by a
+background thread, so a downstream stage starts as soon as its inputs exist;
+the pipeline run ends only when every upload is done.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlnb import cache as cachemod
+from mlnb.errors import MissingOutputError, MlnbError, PipelineError, StageError
+from mlnb.events import (
+    EventCallback,
+    RunStarted,
+    StageFinished,
+    StageOutput,
+    StageProgress,
+    StageStarted,
+)
+from mlnb.kernels import KernelPool
+from mlnb.spec import Pipeline, Stage, load_pipeline, project_root, substitute
+
+if TYPE_CHECKING:
+    from mlnb.tracking import Tracker
+
+
+@dataclass
+class StageResult:
+    """How one stage of a pipeline run ended.
+
+    Attributes:
+        name: the stage name.
+        status: ``succeeded``, ``cached``, ``reused`` (by ``--resume``),
+            ``failed``, ``skipped`` or ``killed``.
+        run_id: the stage's MLflow run, if one was created.
+        outputs: output name → absolute path.
+        seconds: wall-clock time of the stage.
+        error: the error that stopped it, if any.
+        source_run_id: for a cached stage, the run that produced the outputs.
+        notebook: the executed notebook, if one was written.
+    """
+
+    name: str
+    status: str = "pending"
+    run_id: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: StageError | None = None
+    source_run_id: str | None = None
+    notebook: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    """The outcome of :func:`run_pipeline`.
+
+    Attributes:
+        pipeline: the pipeline name.
+        run_id: the parent MLflow run.
+        experiment_id: its experiment.
+        status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+        stages: per-stage results, in topological order.
+        workspace: the run's workspace folder.
+        tracking_uri: the MLflow store.
+        url: where a person sees the run.
+        seconds: wall-clock time of the run.
+    """
+
+    pipeline: str
+    run_id: str
+    experiment_id: str
+    status: str
+    stages: list[StageResult]
+    workspace: Path
+    tracking_uri: str
+    url: str
+    seconds: float = 0.0
+
+    def stage(self, name: str) -> StageResult:
+        """Return the result of stage ``name``."""
+        return next(s for s in self.stages if s.name == name)
+
+    @property
+    def failures(self) -> list[StageError]:
+        """The stage errors that stopped the run."""
+        return [s.error for s in self.stages if s.error is not None]
+
+
+def run_pipeline(
+    spec: Pipeline | Path | str | None = None,
+    *,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    force: bool = False,
+    jobs: int = 1,
+    resume: str | None = None,
+    log_output: bool = False,
+    on_event: EventCallback | None = None,
+    tracking_uri: str | None = None,
+) -> PipelineResult:
+    """Execute a pipeline: every stage with papermill, tracked in MLflow.
+
+    Args:
+        spec: a loaded :class:`Pipeline` or the path of a spec file (with
+            ``resume``, the spec of the run resumed).
+        profile: a profile of the spec (with a path ``spec``).
+        overrides: ``-p`` values (with a path ``spec``).
+        force: execute every stage even when the cache holds it.
+        jobs: how many independent stages may run at once.
+        resume: the id of a failed pipeline run to continue in place.
+        log_output: report what notebooks print, as :class:`StageOutput`.
+        on_event: receives progress events.
+        tracking_uri: an MLflow store other than the project's default.
+
+    Returns:
+        The :class:`PipelineResult` of a run whose stages all succeeded.
+
+    Raises:
+        SpecError: the spec is invalid.
+        PipelineError: a stage failed (``failures`` says which and why, and
+            ``result`` holds the whole :class:`PipelineResult`), or the run
+            to resume does not exist or cannot be resumed.
+        TrackingError: the MLflow store cannot be used.
+    """
+    if jobs < 1:
+        raise PipelineError(f"--jobs must be at least 1 (got {jobs})")
+    started = time.perf_counter()
+    emit = on_event or (lambda event: None)
+    if spec is None:
+        raise PipelineError("name the pipeline spec to run (or to resume a run of)")
+    spec_path = spec.path if isinstance(spec, Pipeline) else Path(spec)
+    if resume is None:
+        pipeline: Pipeline | None = (
+            spec if isinstance(spec, Pipeline) else load_pipeline(spec, profile, overrides)
+        )
+        root = pipeline.root
+    else:
+        if profile or overrides:
+            raise PipelineError("--resume runs with the parameters of the run it resumes; "
+                                "drop --profile and -p, or start a new run")
+        pipeline = None
+        root = project_root(spec_path)
+    runner = _Runner(root, emit, jobs=jobs, force=force, log_output=log_output,
+                     tracking_uri=tracking_uri)
+    try:
+        result = runner.run(pipeline, resume, spec_path)
+    finally:
+        runner.close()
+    result.seconds = time.perf_counter() - started
+    if result.status != "FINISHED":
+        failures = result.failures
+        what = "; ".join(str(f) for f in failures) or "interrupted"
+        error = PipelineError(f"pipeline '{result.pipeline}' {result.status.lower()}: {what}",
+                              run_id=result.run_id, failures=failures)
+        error.result = result  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+class _Runner:
+    """One pipeline run: the scheduler and what it shares with its workers."""
+
+    def __init__(self, root: Path, emit: EventCallback, *, jobs: int, force: bool,
+                 log_output: bool, tracking_uri: str | None) -> None:
+        self.root = root
+        self.emit = emit
+        self.jobs = jobs
+        self.force = force
+        self.log_output = log_output
+        self.uri = tracking_uri
+        self.cache = cachemod.Cache(root)
+        self.pool: KernelPool | None = None
+        self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlnb-upload")
+        self.upload_futures: list[Future[None]] = []
+        self.cancelled = threading.Event()
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.uploads.shutdown(wait=True)
+        if self.pool is not None:
+            self.pool.close()
+
+    # -- the run -----------------------------------------------------------------
+
+    def run(self, pipeline: Pipeline | None, resume: str | None, spec_path: Path) -> PipelineResult:
+        from mlnb.tracking import tracking_uri
+
+        uri = self.uri or tracking_uri(self.root)
+        self.uri = uri
+        if pipeline is not None:
+            # start kernels before importing MLflow: the two overlap
+            self._prestart(pipeline, self._predicted_misses(pipeline, {}))
+        from mlnb import tracking
+
+        tracker = tracking.Tracker(self.root, uri)
+        self.tracker = tracker
+        self.lineage = tracking.lineage_tags(self.root, spec_path.resolve())
+        results: dict[str, StageResult]
+        if resume is None:
+            assert pipeline is not None
+            experiment_id = tracker.experiment_id(pipeline.name)
+            run_id = self._start_parent(tracker, experiment_id, pipeline)
+            results = {s.name: StageResult(s.name) for s in pipeline.stages}
+        else:
+            pipeline, experiment_id, run_id, results = self._reopen(tracker, resume, spec_path)
+            self._prestart(pipeline, self._predicted_misses(pipeline, results))
+        self.pipeline = pipeline
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+        self.workspace = cachemod.workspace(pipeline.root, run_id)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.emit(RunStarted(pipeline.name, run_id, experiment_id,
+                             tuple(s.name for s in pipeline.stages), str(self.workspace), uri,
+                             tracker.run_url(experiment_id, run_id), resumed=resume is not None))
+        for res in results.values():
+            if res.status == "reused":
+                self.emit(StageFinished(res.name, "reused", 0.0, res.run_id))
+
+        status = "FINISHED"
+        try:
+            self._schedule(pipeline, results)
+        except KeyboardInterrupt:
+            self.cancelled.set()
+            status = "KILLED"
+        for future in self.upload_futures:
+            future.result()
+        if status == "FINISHED" and any(r.status in ("failed", "killed") for r in results.values()):
+            status = "FAILED"
+        if status != "FINISHED":
+            for res in results.values():
+                if res.status == "pending":
+                    res.status = "skipped"
+                    self.emit(StageFinished(res.name, "skipped"))
+        tracker.log(run_id, metrics={"stages_executed": sum(r.status == "succeeded"
+                                                            for r in results.values())})
+        tracker.finish(run_id, status)
+        return PipelineResult(pipeline.name, run_id, experiment_id, status,
+                              [results[s.name] for s in pipeline.stages], self.workspace, uri,
+                              tracker.run_url(experiment_id, run_id))
+
+    def _start_parent(self, tracker: Tracker, experiment_id: str, pipeline: Pipeline) -> str:
+        from mlnb import tracking
+
+        spec_text = pipeline.path.read_bytes()
+        tags = {
+            tracking.TAG_KIND: "pipeline",
+            tracking.TAG_PIPELINE: pipeline.name,
+            tracking.TAG_SPEC: str(pipeline.path),
+            tracking.TAG_SPEC_SHA: cachemod.hashlib.sha256(spec_text).hexdigest(),
+            tracking.TAG_PROFILE: pipeline.profile or "",
+            tracking.TAG_OVERRIDES: json.dumps(dict(pipeline.overrides), default=str),
+            **tracking.lineage_tags(pipeline.root, pipeline.path),
+        }
+        run_id = tracker.start_run(experiment_id, pipeline.name, tags)
+        tracker.log(run_id, params=_pipeline_params(pipeline),
+                    tags={tracking.TAG_WORKSPACE: str(cachemod.workspace(pipeline.root, run_id))})
+        tracker.log_artifact(run_id, pipeline.path, "spec")
+        return run_id
+
+    def _reopen(
+        self, tracker: Tracker, run_id: str, spec_path: Path
+    ) -> tuple[Pipeline, str, str, dict[str, StageResult]]:
+        from mlnb import tracking
+
+        run = tracker.get_run(run_id)
+        tags = run.data.tags
+        if tags.get(tracking.TAG_KIND) != "pipeline":
+            raise PipelineError(f"run '{run_id}' is not an mlnb pipeline run; pass the parent "
+                                "run id that 'mlnb run' printed", run_id=run_id)
+        if run.info.status == "FINISHED":
+            raise PipelineError(f"run '{run_id}' finished successfully: there is nothing to "
+                                "resume; start a new run with 'mlnb run'", run_id=run_id)
+        if Path(tags.get(tracking.TAG_SPEC, "")) != spec_path.resolve():
+            raise PipelineError(f"run '{run_id}' ran {tags.get(tracking.TAG_SPEC)}, not "
+                                f"{spec_path.resolve()}; resume it with that spec", run_id=run_id)
+        overrides = json.loads(tags.get(tracking.TAG_OVERRIDES) or "{}")
+        pipeline = load_pipeline(spec_path, tags.get(tracking.TAG_PROFILE) or None, overrides)
+        self.root = pipeline.root
+        self.cache = cachemod.Cache(pipeline.root)
+        experiment_id = str(run.info.experiment_id)
+        results = {s.name: StageResult(s.name) for s in pipeline.stages}
+        children = sorted(tracker.child_runs(experiment_id, run_id),
+                          key=lambda r: r.info.start_time or 0)
+        for child in children:  # the latest attempt of each stage wins
+            name = child.data.tags.get(tracking.TAG_STAGE)
+            if name not in results:
+                continue
+            outputs = json.loads(child.data.tags.get(tracking.TAG_OUTPUTS) or "{}")
+            ok = child.info.status == "FINISHED" and all(Path(p).exists() for p in outputs.values())
+            results[name] = StageResult(
+                name, "reused" if ok else "pending", run_id=child.info.run_id, outputs=outputs,
+                hashes={k: cachemod.hash_path(Path(p)) for k, p in outputs.items()} if ok else {},
+            )
+        tracker.reopen(run_id)
+        return pipeline, experiment_id, run_id, results
+
+    # -- scheduling --------------------------------------------------------------
+
+    def _predicted_misses(self, pipeline: Pipeline, results: Mapping[str, StageResult]) -> list[Stage]:
+        """Stages that will (probably) execute, in order: those not known to hit the cache."""
+        known = {n: r for n, r in results.items() if r.status == "reused"}
+        misses = []
+        for stage in pipeline.stages:
+            if stage.name in known:
+                continue
+            hit = None
+            if not self.force and stage.cache and all(u in known for u in stage.upstream):
+                key = self._key(stage, known)
+                hit = self.cache.get(key)
+            if hit is None:
+                misses.append(stage)
+            else:
+                known[stage.name] = StageResult(stage.name, "cached", outputs=dict(hit.outputs),
+                                                hashes=dict(hit.hashes))
+        return misses
+
+    def _prestart(self, pipeline: Pipeline, misses: list[Stage]) -> None:
+        self.to_execute = [s.kernel for s in misses]
+        if not misses:
+            return
+        from mlnb.tracking import tracking_uri
+
+        self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or tracking_uri(self.root)},
+                               cwd=pipeline.root)
+        for kernel in self.to_execute[: self.jobs]:
+            self.pool.prestart(kernel)
+        self.prestarted = min(self.jobs, len(self.to_execute))
+
+    def _next_kernel(self) -> None:
+        """A stage took a kernel: start the one the next stage will need."""
+        with self.lock:
+            if self.pool is not None and self.prestarted < len(self.to_execute):
+                self.pool.prestart(self.to_execute[self.prestarted])
+                self.prestarted += 1
+
+    def _schedule(self, pipeline: Pipeline, results: dict[str, StageResult]) -> None:
+        done = {n for n, r in results.items() if r.status == "reused"}
+        running: dict[Future[None], str] = {}
+        failed = False
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="mlnb-stage") as workers:
+            try:
+                while True:
+                    if not failed:
+                        for stage in pipeline.stages:
+                            if (results[stage.name].status == "pending"
+                                    and stage.name not in running.values()
+                                    and all(u in done for u in stage.upstream)
+                                    and len(running) < self.jobs):
+                                future = workers.submit(self._run_stage, stage, results)
+                                running[future] = stage.name
+                    if not running:
+                        break
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        name = running.pop(future)
+                        future.result()
+                        if results[name].status in ("succeeded", "cached"):
+                            done.add(name)
+                        else:
+                            failed = True
+            except KeyboardInterrupt:
+                self.cancelled.set()
+                if self.pool is not None:
+                    self.pool.kill_all()
+                wait(list(running))
+                raise
+
+    # -- one stage ---------------------------------------------------------------
+
+    def _key(self, stage: Stage, known: Mapping[str, StageResult]) -> str:
+        """The cache key: parameters with paths replaced by the hashes of their contents."""
+        hashed = {name: {o: f"sha256:{h}" for o, h in res.hashes.items()}
+                  for name, res in known.items()}
+        params = substitute(dict(stage.params), hashed)
+        inputs = {}
+        for name, value in params.items():
+            path = self._project_path(value)
+            if path is not None:
+                inputs[name] = cachemod.hash_path(path)
+        return cachemod.stage_key(stage.info.fingerprint, stage.kernel, params, inputs,
+                                  stage.outputs)
+
+    def _project_path(self, value: Any) -> Path | None:
+        """A parameter naming an existing file or folder under the project root."""
+        if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
+            return None
+        path = Path(value)
+        if path.is_absolute() or value.startswith("sha256:"):
+            return None
+        candidate = self.root / path
+        try:
+            return candidate if candidate.exists() and candidate.resolve() != self.root.resolve() \
+                else None
+        except OSError:
+            return None
+
+    def _resolved_params(self, stage: Stage, results: Mapping[str, StageResult],
+                         stage_dir: Path) -> dict[str, Any]:
+        outputs_of = {name: res.outputs for name, res in results.items()}
+        params = substitute(dict(stage.params), outputs_of)
+        for name, value in params.items():
+            path = self._project_path(value)
+            if path is not None:
+                params[name] = str(path.resolve())
+        for name, relative in stage.outputs.items():
+            params[name] = str(stage_dir / relative)
+        return params
+
+    def _run_stage(self, stage: Stage, results: dict[str, StageResult]) -> None:
+        from mlnb import tracking
+
+        res = results[stage.name]
+        started = time.perf_counter()
+        stage_dir = self.workspace / stage.name
+        params = self._resolved_params(stage, results, stage_dir)
+        key = self._key(stage, results) if stage.cache else ""
+        hit = self.cache.get(key) if key and not self.force else None
+        tags = {
+            tracking.TAG_KIND: "stage",
+            tracking.TAG_PIPELINE: self.pipeline.name,
+            tracking.TAG_STAGE: stage.name,
+            tracking.TAG_NOTEBOOK: str(stage.notebook),
+            tracking.TAG_FINGERPRINT: stage.info.fingerprint,
+            tracking.TAG_CACHE_KEY: key,
+            tracking.TAG_CACHED: str(hit is not None).lower(),
+        }
+        tags.update(self.lineage)
+        tracker = self.tracker
+        run_id = tracker.start_run(self.experiment_id, stage.name, tags, parent_run_id=self.run_id)
+        res.run_id = run_id
+        outputs = {name: str(stage_dir / rel) for name, rel in stage.outputs.items()}
+
+        if hit is not None:
+            for name, source in hit.outputs.items():
+                cachemod.link_into(Path(source), Path(outputs[name]))
+            res.outputs, res.hashes = outputs, dict(hit.hashes)
+            res.source_run_id = hit.run_id
+            res.seconds = time.perf_counter() - started
+            res.status = "cached"
+            tracker.log(run_id, params=params, tags={tracking.TAG_CACHED_FROM: hit.run_id,
+                                                     tracking.TAG_OUTPUTS: json.dumps(outputs)})
+            tracker.finish(run_id, "FINISHED")
+            self.emit(StageFinished(stage.name, "cached", res.seconds, run_id,
+                                    source_run_id=hit.run_id))
+            return
+
+        self._next_kernel()
+        tracker.log(run_id, params=params, tags={tracking.TAG_OUTPUTS: json.dumps(outputs)})
+        for path in outputs.values():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        executed = self.workspace / f"{stage.name}.ipynb"
+        self.emit(StageStarted(stage.name, run_id))
+        env = {
+            "MLFLOW_TRACKING_URI": self.uri or "",
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+            "MLNB_STAGE": stage.name,
+            "MLNB_WORKSPACE": str(self.workspace),
+        }
+        from mlnb.stage import execute_stage
+
+        try:
+            execute_stage(
+                stage.name, stage.notebook, executed, params, self._ensure_pool(),
+                kernel_name=stage.kernel, env=env, timeout=stage.timeout,
+                on_cell=lambda done, total: self.emit(StageProgress(stage.name, done, total)),
+                on_output=(lambda text: self.emit(StageOutput(stage.name, text)))
+                if self.log_output else None,
+            )
+            for name, path in outputs.items():
+                if not Path(path).exists():
+                    raise MissingOutputError(stage.name, name, path, executed)
+            hashes = {name: cachemod.hash_path(Path(path)) for name, path in outputs.items()}
+        except StageError as exc:
+            res.seconds = time.perf_counter() - started
+            res.error = exc
+            res.status = "killed" if self.cancelled.is_set() else "failed"
+            res.notebook = str(executed) if executed.exists() else None
+            tracker.log(run_id, tags={tracking.TAG_ERROR: str(exc)[:5000]})
+            self._upload(run_id, executed, "KILLED" if self.cancelled.is_set() else "FAILED")
+            self.emit(StageFinished(stage.name, res.status, res.seconds, run_id, error=str(exc)))
+            return
+        except MlnbError as exc:
+            res.seconds = time.perf_counter() - started
+            res.error = StageError(stage.name, str(exc))
+            res.status = "failed"
+            tracker.log(run_id, tags={tracking.TAG_ERROR: str(exc)[:5000]})
+            tracker.finish(run_id, "FAILED")
+            self.emit(StageFinished(stage.name, "failed", res.seconds, run_id, error=str(exc)))
+            return
+        res.outputs, res.hashes, res.notebook = outputs, hashes, str(executed)
+        if key:
+            self.cache.put(cachemod.CacheEntry(key, stage.name, run_id, self.run_id, outputs,
+                                               hashes))
+        res.seconds = time.perf_counter() - started
+        res.status = "succeeded"
+        self._upload(run_id, executed, "FINISHED")
+        self.emit(StageFinished(stage.name, "succeeded", res.seconds, run_id))
+
+    def _ensure_pool(self) -> KernelPool:
+        """The kernel pool; created here when no stage was expected to execute."""
+        with self.lock:
+            if self.pool is None:
+                self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or ""},
+                                       cwd=self.root)
+            return self.pool
+
+    def _upload(self, run_id: str, executed: Path, status: str) -> None:
+        """Log the executed notebook and its HTML in the background, then end the run."""
+
+        def upload() -> None:
+            from mlnb import tracking
+
+            try:
+                if executed.exists():
+                    self.tracker.log_artifact(run_id, executed, "notebook")
+                    html = tracking.render_html(executed, executed.with_suffix(".html"))
+                    self.tracker.log_artifact(run_id, html, "notebook")
+            finally:
+                self.tracker.finish(run_id, status)
+
+        self.upload_futures.append(self.uploads.submit(upload))
+
+
+def _pipeline_params(pipeline: Pipeline) -> dict[str, Any]:
+    params: dict[str, Any] = dict(pipeline.spec.params)
+    if pipeline.profile:
+        params.update(pipeline.spec.profiles.get(pipeline.profile, {}))
+    params.update(pipeline.overrides)
+    return params

@@ -1,0 +1,221 @@
+"""MLflow runs for pipelines and stages: one parent run per pipeline run, one
+nested run per stage, with the lineage a reader needs to trust a result.
+
+Only :class:`mlflow.tracking.MlflowClient` is used (never the fluent
+``mlflow.start_run`` state), so parallel stages in threads cannot mix up each
+other's active run. The store defaults to an embedded SQLite file in the
+project with artifacts beside it; ``MLFLOW_TRACKING_URI`` points mlnb (and the
+notebooks' kernels) at a shared server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
+
+from mlnb.errors import TrackingError
+
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+PARAM_LIMIT = 6000
+
+# tags mlnb writes; the MLflow UI shows them and --resume reads them back
+TAG_KIND = "mlnb.kind"  # "pipeline" or "stage"
+TAG_PIPELINE = "mlnb.pipeline"
+TAG_SPEC = "mlnb.spec"
+TAG_SPEC_SHA = "mlnb.spec_sha256"
+TAG_PROFILE = "mlnb.profile"
+TAG_OVERRIDES = "mlnb.overrides"
+TAG_WORKSPACE = "mlnb.workspace"
+TAG_GIT_DIRTY = "mlnb.git.dirty"
+TAG_STAGE = "mlnb.stage"
+TAG_NOTEBOOK = "mlnb.notebook"
+TAG_FINGERPRINT = "mlnb.notebook.sha256"
+TAG_CACHE_KEY = "mlnb.cache_key"
+TAG_CACHED = "mlnb.cached"
+TAG_CACHED_FROM = "mlnb.cached_from_run"
+TAG_OUTPUTS = "mlnb.outputs"
+TAG_ERROR = "mlnb.error"
+
+
+def tracking_uri(root: Path) -> str:
+    """The store mlnb uses: ``MLFLOW_TRACKING_URI``, else ``<root>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DB_FILE).resolve()}"
+
+
+def default_artifact_location(root: Path, uri: str) -> str | None:
+    """Where artifacts of new experiments go on the embedded store; ``None`` elsewhere."""
+    if uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
+        return (root / ARTIFACT_DIR).resolve().as_uri()
+    return None
+
+
+@dataclass(frozen=True)
+class GitInfo:
+    """The commit of the project and whether its work tree had changes."""
+
+    commit: str | None
+    dirty: bool | None
+
+
+def git_info(root: Path) -> GitInfo:
+    """Read the project's git commit and dirtiness; ``None`` fields outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return GitInfo(None, None)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        )
+        return GitInfo(commit.stdout.strip(), bool(status.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):
+        return GitInfo(None, None)
+
+
+def param_value(value: Any) -> str:
+    """Render a parameter for MLflow: strings as they are, the rest as JSON."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= PARAM_LIMIT else text[: PARAM_LIMIT - 3] + "..."
+
+
+class Tracker:
+    """Pipeline and stage runs on one MLflow store.
+
+    Args:
+        root: the project root (for the default store location).
+        uri: a tracking URI; defaults to :func:`tracking_uri`.
+    """
+
+    def __init__(self, root: Path, uri: str | None = None) -> None:
+        self.root = root
+        self.uri = uri or tracking_uri(root)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+        except MlflowException as exc:
+            raise TrackingError(f"cannot open the MLflow store {self.uri}: {exc.message}") from exc
+
+    def experiment_id(self, name: str) -> str:
+        """Return the id of experiment ``name``, creating it on first use."""
+        try:
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return str(found.experiment_id)
+            location = default_artifact_location(self.root, self.uri)
+            try:
+                return str(self.client.create_experiment(name, artifact_location=location))
+            except MlflowException:  # created meanwhile by a concurrent run
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+                return str(found.experiment_id)
+        except MlflowException as exc:
+            raise TrackingError(
+                f"cannot use experiment '{name}' on {self.uri}: {exc.message}"
+            ) from exc
+
+    def start_run(
+        self,
+        experiment_id: str,
+        name: str,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Create a run (nested under ``parent_run_id`` if given); return its id."""
+        all_tags = {MLFLOW_RUN_NAME: name, **tags}
+        if parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        try:
+            run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)
+        except MlflowException as exc:
+            raise TrackingError(f"cannot create an MLflow run on {self.uri}: {exc.message}") from exc
+        return str(run.info.run_id)
+
+    def log(
+        self,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """Log parameters, tags and metrics in one batch."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, param_value(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        )
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        """Upload one file as an artifact of a run."""
+        self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def finish(self, run_id: str, status: str) -> None:
+        """End a run with ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self.client.set_terminated(run_id, status=status)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an ended run as running again (for ``--resume``)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def get_run(self, run_id: str) -> Any:
+        """Return a run, or raise :class:`TrackingError` naming the store."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise TrackingError(f"no run '{run_id}' in the MLflow store {self.uri}") from exc
+
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
+        """Return the stage runs nested under a pipeline run."""
+        return list(
+            self.client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+                max_results=1000,
+            )
+        )
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        """Where a person sees a run: the server's page, or ``mlnb ui`` for the embedded store."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"mlnb ui, then #/experiments/{experiment_id}/runs/{run_id}"
+
+
+def lineage_tags(root: Path, spec_path: Path) -> dict[str, str]:
+    """Tags that tie a run to its source: git commit and dirtiness, spec file."""
+    info = git_info(root)
+    tags = {MLFLOW_SOURCE_TYPE: "PROJECT", MLFLOW_SOURCE_NAME: str(spec_path)}
+    if info.commit:
+        tags[MLFLOW_GIT_COMMIT] = info.commit
+        tags[TAG_GIT_DIRTY] = str(info.dirty).lower()
+    return tags
+
+
+def render_html(notebook: Path, target: Path) -> Path:
+    """Render an executed notebook to a standalone HTML file."""
+    from nbconvert import HTMLExporter  # heavy: only where a notebook is rendered
+
+    body, _ = HTMLExporter().from_filename(str(notebook))
+    target.write_text(body, encoding="utf-8")
+    return target

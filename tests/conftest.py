@@ -1,0 +1,72 @@
+"""Shared fixtures: every test gets its own project folder and MLflow store.
+
+The ``project`` fixture lays out a throwaway project (``notebooks/`` with the
+scenario notebooks of ``tests/notebooks``, ``pipelines/``) in a temporary
+folder; mlnb's default store for it is ``<project>/mlflow.db``, a SQLite file
+in that folder. No ``MLFLOW_*`` variable leaks in from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+SCENARIOS = HERE / "notebooks"
+REPO = HERE.parent
+
+
+class Project:
+    """A temporary mlnb project."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "notebooks").mkdir(parents=True)
+        (root / "pipelines").mkdir()
+        for notebook in SCENARIOS.glob("*.ipynb"):
+            shutil.copy(notebook, root / "notebooks" / notebook.name)
+
+    def spec(self, text: str, name: str = "p.yaml") -> Path:
+        """Write a pipeline spec (dedented) into pipelines/ and return its path."""
+        path = self.root / "pipelines" / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    @property
+    def store(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def client(self):  # noqa: ANN201 - MlflowClient, imported lazily
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.store)
+
+    def mlnb(self, *args: str, timeout: float = 300, **kw: object) -> subprocess.CompletedProcess[str]:
+        """Run the ``mlnb`` command line in the project, as a user would."""
+        return subprocess.run(
+            [sys.executable, "-m", "mlnb.cli", *args],
+            cwd=self.root, capture_output=True, text=True, timeout=timeout, **kw,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No MLFLOW_* variable from outside; work in a temporary folder."""
+    for key in list(os.environ):
+        if key.startswith("MLFLOW_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """A fresh project with the scenario notebooks in notebooks/."""
+    return Project(tmp_path / "proj")
