@@ -147,7 +147,11 @@ class Cache:
 def _stat(path: Path) -> list[int]:
     if path.is_dir():
         files = [p.stat() for p in path.rglob("*") if p.is_file()]
-        return [len(files), sum(s.st_size for s in files), max((s.st_mtime_ns for s in files), default=0)]
+        return [
+            len(files),
+            sum(s.st_size for s in files),
+            max((s.st_mtime_ns for s in files), default=0),
+        ]
     stat = path.stat()
     return [1, stat.st_size, stat.st_mtime_ns]
 

@@ -18,8 +18,19 @@ from mlnb import notebook as nbmod
 from mlnb.errors import NotebookError, Problem, SpecError
 from mlnb.spec import load_pipeline
 
-SKIP_DIRS = {".git", ".mlnb", ".venv", "venv", "node_modules", "__pycache__", "mlartifacts",
-             "mlruns", "dist", "build", ".ipynb_checkpoints"}
+SKIP_DIRS = {
+    ".git",
+    ".mlnb",
+    ".venv",
+    "venv",
+    "node_modules",
+    "__pycache__",
+    "mlartifacts",
+    "mlruns",
+    "dist",
+    "build",
+    ".ipynb_checkpoints",
+}
 
 
 def _walk(folder: Path, pattern: str) -> list[Path]:
@@ -88,15 +99,25 @@ def check_spec(path: Path) -> list[Problem]:
     for prefix, values in sections:
         for key, value in values.items():
             for text in _absolute_paths(value):
-                problems.append(Problem(where, f"{prefix}.{key}",
-                                        f"absolute path '{text}' ties the pipeline to one machine; "
-                                        "use a path relative to the project root"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"{prefix}.{key}",
+                        f"absolute path '{text}' ties the pipeline to one machine; "
+                        "use a path relative to the project root",
+                    )
+                )
     for stage in pipeline.stages:
         if not stage.info.has_parameters_cell:
-            problems.append(Problem(where, f"stages.{stage.name}.notebook",
-                                    f"{stage.notebook.name} has no cell tagged 'parameters'; "
-                                    "tag the cell holding its defaults so the pipeline can "
-                                    "set them"))
+            problems.append(
+                Problem(
+                    where,
+                    f"stages.{stage.name}.notebook",
+                    f"{stage.notebook.name} has no cell tagged 'parameters'; "
+                    "tag the cell holding its defaults so the pipeline can "
+                    "set them",
+                )
+            )
     return problems
 
 
@@ -113,8 +134,13 @@ def check_notebook(path: Path, fix: bool = False) -> list[Problem]:
         return []
     cells = ", ".join(str(c) for c in info.cells_with_outputs[:8])
     more = "…" if len(info.cells_with_outputs) > 8 else ""
-    return [Problem(str(path), f"cells {cells}{more}",
-                    "committed with outputs; strip them with 'mlnb check --fix'")]
+    return [
+        Problem(
+            str(path),
+            f"cells {cells}{more}",
+            "committed with outputs; strip them with 'mlnb check --fix'",
+        )
+    ]
 
 
 def check_paths(paths: Iterable[Path | str], fix: bool = False) -> list[Problem]:

@@ -49,17 +49,37 @@ def main() -> None:
 
 @main.command()
 @click.argument("pipeline")
-@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Set a parameter: KEY for every stage declaring it, STAGE.KEY for one stage.")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set a parameter: KEY for every stage declaring it, STAGE.KEY for one stage.",
+)
 @click.option("--profile", help="Apply a named profile of the spec (e.g. ci).")
 @click.option("--force", is_flag=True, help="Execute every stage, even those in the cache.")
-@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Independent stages run at once.")
+@click.option(
+    "--jobs",
+    "-j",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Independent stages run at once.",
+)
 @click.option("--resume", metavar="RUN_ID", help="Continue a failed run in place.")
 @click.option("--log-output", is_flag=True, help="Stream what the notebooks print.")
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
-def run(pipeline: str, params: tuple[str, ...], profile: str | None, force: bool, jobs: int,
-        resume: str | None, log_output: bool, verbose: bool) -> None:
+def run(
+    pipeline: str,
+    params: tuple[str, ...],
+    profile: str | None,
+    force: bool,
+    jobs: int,
+    resume: str | None,
+    log_output: bool,
+    verbose: bool,
+) -> None:
     """Execute PIPELINE (a spec file, or a name in pipelines/), tracked in MLflow."""
     from mlnb.console import reporter
     from mlnb.pipeline import run_pipeline
@@ -69,9 +89,16 @@ def run(pipeline: str, params: tuple[str, ...], profile: str | None, force: bool
     try:
         overrides = parse_assignments(params)
         show = reporter()
-        result = run_pipeline(_spec_path(pipeline), profile=profile, overrides=overrides,
-                              force=force, jobs=jobs, resume=resume, log_output=log_output,
-                              on_event=show)
+        result = run_pipeline(
+            _spec_path(pipeline),
+            profile=profile,
+            overrides=overrides,
+            force=force,
+            jobs=jobs,
+            resume=resume,
+            log_output=log_output,
+            on_event=show,
+        )
     except KeyboardInterrupt:
         if show is not None:
             show.close()
@@ -86,8 +113,11 @@ def run(pipeline: str, params: tuple[str, ...], profile: str | None, force: bool
         _summary(result)
         for failure in result.failures:
             click.secho(f"error: {failure}", fg="red", err=True)
-        click.echo(f"pipeline run {result.run_id} {result.status} — resume it with: "
-                   f"mlnb run {pipeline} --resume {result.run_id}", err=True)
+        click.echo(
+            f"pipeline run {result.run_id} {result.status} — resume it with: "
+            f"mlnb run {pipeline} --resume {result.run_id}",
+            err=True,
+        )
         sys.exit(EXIT_INTERRUPTED if result.status == "KILLED" else 1)
     except MlnbError as error:
         if show is not None:
@@ -102,8 +132,9 @@ def _summary(result: Any) -> None:
     for stage in result.stages:
         counts[stage.status] = counts.get(stage.status, 0) + 1
     parts = ", ".join(f"{n} {status}" for status, n in counts.items())
-    click.echo(f"pipeline '{result.pipeline}' {result.status.lower()} in {result.seconds:.1f} s "
-               f"({parts})")
+    click.echo(
+        f"pipeline '{result.pipeline}' {result.status.lower()} in {result.seconds:.1f} s ({parts})"
+    )
     click.echo(f"run id:    {result.run_id}")
     click.echo(f"store:     {result.tracking_uri}")
     click.echo(f"see it:    {result.url}")
@@ -121,8 +152,9 @@ def check(paths: tuple[Path, ...], fix: bool) -> None:
     for problem in problems:
         click.echo(str(problem))
     if problems:
-        click.secho(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found",
-                    fg="red", err=True)
+        click.secho(
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", fg="red", err=True
+        )
         sys.exit(1)
     click.echo("all checks passed", err=True)
 

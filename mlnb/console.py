@@ -22,8 +22,14 @@ from mlnb.events import (
 )
 
 SYMBOLS = {
-    "pending": "·", "running": "▶", "succeeded": "✔", "cached": "↺", "reused": "↺",
-    "failed": "✘", "skipped": "–", "killed": "✘",
+    "pending": "·",
+    "running": "▶",
+    "succeeded": "✔",
+    "cached": "↺",
+    "reused": "↺",
+    "failed": "✘",
+    "skipped": "–",
+    "killed": "✘",
 }
 
 
@@ -42,8 +48,10 @@ class PlainReporter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             verb = "resuming" if event.resumed else "running"
-            self._line(f"{verb} pipeline '{event.pipeline}' ({len(event.stages)} stages), "
-                       f"run {event.run_id}")
+            self._line(
+                f"{verb} pipeline '{event.pipeline}' ({len(event.stages)} stages), "
+                f"run {event.run_id}"
+            )
         elif isinstance(event, StageStarted):
             self._line(f"[{event.stage}] started")
         elif isinstance(event, StageOutput):
@@ -75,8 +83,13 @@ class LiveReporter:
         self.rows: dict[str, dict[str, Any]] = {}
         self.title = ""
         self.lock = threading.Lock()
-        self.live = Live(self._render(), console=self.console, refresh_per_second=8,
-                         transient=False, get_renderable=self._render)
+        self.live = Live(
+            self._render(),
+            console=self.console,
+            refresh_per_second=8,
+            transient=False,
+            get_renderable=self._render,
+        )
         self.live.start()
 
     def _render(self) -> Any:
@@ -96,11 +109,21 @@ class LiveReporter:
             if elapsed is None and row.get("start") is not None:
                 elapsed = now - row["start"]
             cells = f"{row['done']}/{row['total']}" if row.get("total") else ""
-            style = {"failed": "red", "killed": "red", "succeeded": "green",
-                     "cached": "cyan", "reused": "cyan", "running": "yellow"}.get(row["state"], "")
-            table.add_row(SYMBOLS.get(row["state"], " "), name,
-                          f"[{style}]{row['state']}[/]" if style else row["state"],
-                          cells, f"{elapsed:.1f} s" if elapsed is not None else "")
+            style = {
+                "failed": "red",
+                "killed": "red",
+                "succeeded": "green",
+                "cached": "cyan",
+                "reused": "cyan",
+                "running": "yellow",
+            }.get(row["state"], "")
+            table.add_row(
+                SYMBOLS.get(row["state"], " "),
+                name,
+                f"[{style}]{row['state']}[/]" if style else row["state"],
+                cells,
+                f"{elapsed:.1f} s" if elapsed is not None else "",
+            )
         return table
 
     def __call__(self, event: Event) -> None:
@@ -110,8 +133,12 @@ class LiveReporter:
                 for stage in event.stages:
                     self.rows.setdefault(stage, {"state": "pending"})
             elif isinstance(event, StageStarted):
-                self.rows[event.stage] = {"state": "running", "start": time.monotonic(),
-                                          "done": 0, "total": 0}
+                self.rows[event.stage] = {
+                    "state": "running",
+                    "start": time.monotonic(),
+                    "done": 0,
+                    "total": 0,
+                }
             elif isinstance(event, StageProgress):
                 row = self.rows.setdefault(event.stage, {"state": "running"})
                 row["done"], row["total"] = event.done, event.total
@@ -123,8 +150,9 @@ class LiveReporter:
         if isinstance(event, StageOutput):
             text = event.text.rstrip("\n")
             if text:
-                self.console.print(f"[dim]\\[{event.stage}][/] {text}", highlight=False,
-                                   markup=True)
+                self.console.print(
+                    f"[dim]\\[{event.stage}][/] {text}", highlight=False, markup=True
+                )
 
     def close(self) -> None:
         """Draw the final state and stop refreshing."""

@@ -157,7 +157,9 @@ class StageTimeoutError(StageError):
 class MissingOutputError(StageError):
     """A stage finished without writing an output it declares."""
 
-    def __init__(self, stage: str, output: str, path: Path | str, notebook: Path | str | None) -> None:
+    def __init__(
+        self, stage: str, output: str, path: Path | str, notebook: Path | str | None
+    ) -> None:
         self.output = output
         self.path = str(path)
         super().__init__(

@@ -17,19 +17,25 @@ parent process dies (ipykernel watches ``JPY_PARENT_PID``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import threading
+import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from queue import Empty
+from typing import Any
 
 import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 
 from mlnb.errors import MlnbError
+from mlnb.forkserver import ForkProvisioner, ForkServer
 
 #: IPython keeps history in memory: concurrent kernels must not share a SQLite file.
 KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]
@@ -47,6 +53,8 @@ class KernelPool:
         cwd: the directory kernels start in.
         log_dir: where each kernel's stderr goes (``kernel-<pid>.log``).
         startup_timeout: seconds a kernel may take to answer.
+        fork: fork kernels from a server that imported ipykernel once
+            (:mod:`mlnb.forkserver`) instead of starting each from scratch.
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class KernelPool:
         cwd: Path | None = None,
         log_dir: Path | None = None,
         startup_timeout: float = 60,
+        fork: bool = True,
     ) -> None:
         self._env = {**os.environ, **(env or {})}
         self._cwd = str(cwd) if cwd else None
@@ -69,6 +78,9 @@ class KernelPool:
         # one context for all kernel managers: a manager that creates its own
         # destroys it on shutdown, which can block on sockets of other threads
         self._context = zmq.asyncio.Context()
+        self._server = ForkServer() if fork else None
+        if self._server is not None:
+            self._server.start()
 
     def prestart(self, kernel_name: str, count: int = 1) -> None:
         """Begin starting ``count`` more kernels of ``kernel_name`` in the background."""
@@ -99,10 +111,8 @@ class KernelPool:
         """Kill a kernel's process at once (used for timeouts and interrupts)."""
         pid = kernel_pid(km)
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def kill_all(self) -> None:
         """Kill every kernel of this pool at once (on an interrupt)."""
@@ -118,20 +128,24 @@ class KernelPool:
             pending = [f for queue in self._ready.values() for f in queue]
             self._ready.clear()
         for future in pending:
-            try:
+            with contextlib.suppress(Exception):
                 self.release(future.result())
-            except Exception:  # noqa: BLE001 - a kernel that failed to start has nothing to stop
-                pass
         self._starter.shutdown(wait=True)
         with self._lock:
             live = list(self._live)
         for km in live:
             self.release(km)
         self._stopper.shutdown(wait=True)
+        if self._server is not None:
+            self._server.stop()
         self._context.destroy(linger=0)
 
     def _start(self, kernel_name: str) -> AsyncKernelManager:
         km = AsyncKernelManager(kernel_name=kernel_name, context=self._context)
+        km.kernel_id = str(uuid.uuid4())
+        provisioner = ForkProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        provisioner.server = self._server
+        km.provisioner = provisioner
         log = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +162,7 @@ class KernelPool:
             client = km.client()
             client.start_channels()
             try:
-                await client.wait_for_ready(timeout=self._startup_timeout)
+                await handshake(client, self._startup_timeout)
             finally:
                 client.stop_channels()
                 # zmq sockets belong to this thread's event loop, which ends
@@ -176,11 +190,39 @@ class KernelPool:
             if km.has_kernel:
                 km.shutdown_wait_time = 3.0
                 asyncio.run(km.shutdown_kernel(now=False))
-        except Exception:  # noqa: BLE001 - fall back to the signal
+        except Exception:
             self.kill(km)
         finally:
             with self._lock:
                 self._live.discard(km)
+
+
+async def handshake(client: Any, timeout: float) -> None:
+    """Wait until a kernel answers on shell and its IOPub reaches ``client``.
+
+    jupyter_client's ``wait_for_ready`` does the same and then waits for 0.2 s
+    of IOPub silence; execution ignores messages of other requests, so that
+    wait is pure latency on every stage.
+
+    Raises:
+        RuntimeError: the kernel died or did not answer within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        msg_id = client.kernel_info()
+        try:
+            while True:
+                reply = await client._async_get_shell_msg(timeout=1)
+                if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                    break
+            await client._async_get_iopub_msg(timeout=0.1)
+            return
+        except Empty:
+            pass
+        if not await client._async_is_alive():
+            raise RuntimeError("the kernel died while starting")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the kernel did not answer within {timeout:g} s")
 
 
 def kernel_pid(km: AsyncKernelManager) -> int | None:

@@ -184,7 +184,5 @@ def source_position(executed: nbformat.NotebookNode, index: int) -> int:
     papermill inserts an ``injected-parameters`` cell; positions reported to a
     user must be those of the notebook they edit.
     """
-    injected_before = sum(
-        1 for cell in executed.cells[:index] if INJECTED_TAG in _tags(cell)
-    )
+    injected_before = sum(1 for cell in executed.cells[:index] if INJECTED_TAG in _tags(cell))
     return index - injected_before + 1

@@ -154,12 +154,15 @@ def run_pipeline(
         root = pipeline.root
     else:
         if profile or overrides:
-            raise PipelineError("--resume runs with the parameters of the run it resumes; "
-                                "drop --profile and -p, or start a new run")
+            raise PipelineError(
+                "--resume runs with the parameters of the run it resumes; "
+                "drop --profile and -p, or start a new run"
+            )
         pipeline = None
         root = project_root(spec_path)
-    runner = _Runner(root, emit, jobs=jobs, force=force, log_output=log_output,
-                     tracking_uri=tracking_uri)
+    runner = _Runner(
+        root, emit, jobs=jobs, force=force, log_output=log_output, tracking_uri=tracking_uri
+    )
     try:
         result = runner.run(pipeline, resume, spec_path)
     finally:
@@ -168,8 +171,11 @@ def run_pipeline(
     if result.status != "FINISHED":
         failures = result.failures
         what = "; ".join(str(f) for f in failures) or "interrupted"
-        error = PipelineError(f"pipeline '{result.pipeline}' {result.status.lower()}: {what}",
-                              run_id=result.run_id, failures=failures)
+        error = PipelineError(
+            f"pipeline '{result.pipeline}' {result.status.lower()}: {what}",
+            run_id=result.run_id,
+            failures=failures,
+        )
         error.result = result  # type: ignore[attr-defined]
         raise error
     return result
@@ -178,8 +184,16 @@ def run_pipeline(
 class _Runner:
     """One pipeline run: the scheduler and what it shares with its workers."""
 
-    def __init__(self, root: Path, emit: EventCallback, *, jobs: int, force: bool,
-                 log_output: bool, tracking_uri: str | None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        emit: EventCallback,
+        *,
+        jobs: int,
+        force: bool,
+        log_output: bool,
+        tracking_uri: str | None,
+    ) -> None:
         self.root = root
         self.emit = emit
         self.jobs = jobs
@@ -227,9 +241,18 @@ class _Runner:
         self.run_id = run_id
         self.workspace = cachemod.workspace(pipeline.root, run_id)
         self.workspace.mkdir(parents=True, exist_ok=True)
-        self.emit(RunStarted(pipeline.name, run_id, experiment_id,
-                             tuple(s.name for s in pipeline.stages), str(self.workspace), uri,
-                             tracker.run_url(experiment_id, run_id), resumed=resume is not None))
+        self.emit(
+            RunStarted(
+                pipeline.name,
+                run_id,
+                experiment_id,
+                tuple(s.name for s in pipeline.stages),
+                str(self.workspace),
+                uri,
+                tracker.run_url(experiment_id, run_id),
+                resumed=resume is not None,
+            )
+        )
         for res in results.values():
             if res.status == "reused":
                 self.emit(StageFinished(res.name, "reused", 0.0, res.run_id))
@@ -249,12 +272,21 @@ class _Runner:
                 if res.status == "pending":
                     res.status = "skipped"
                     self.emit(StageFinished(res.name, "skipped"))
-        tracker.log(run_id, metrics={"stages_executed": sum(r.status == "succeeded"
-                                                            for r in results.values())})
+        tracker.log(
+            run_id,
+            metrics={"stages_executed": sum(r.status == "succeeded" for r in results.values())},
+        )
         tracker.finish(run_id, status)
-        return PipelineResult(pipeline.name, run_id, experiment_id, status,
-                              [results[s.name] for s in pipeline.stages], self.workspace, uri,
-                              tracker.run_url(experiment_id, run_id))
+        return PipelineResult(
+            pipeline.name,
+            run_id,
+            experiment_id,
+            status,
+            [results[s.name] for s in pipeline.stages],
+            self.workspace,
+            uri,
+            tracker.run_url(experiment_id, run_id),
+        )
 
     def _start_parent(self, tracker: Tracker, experiment_id: str, pipeline: Pipeline) -> str:
         from mlnb import tracking
@@ -270,8 +302,11 @@ class _Runner:
             **tracking.lineage_tags(pipeline.root, pipeline.path),
         }
         run_id = tracker.start_run(experiment_id, pipeline.name, tags)
-        tracker.log(run_id, params=_pipeline_params(pipeline),
-                    tags={tracking.TAG_WORKSPACE: str(cachemod.workspace(pipeline.root, run_id))})
+        tracker.log(
+            run_id,
+            params=_pipeline_params(pipeline),
+            tags={tracking.TAG_WORKSPACE: str(cachemod.workspace(pipeline.root, run_id))},
+        )
         tracker.log_artifact(run_id, pipeline.path, "spec")
         return run_id
 
@@ -283,22 +318,32 @@ class _Runner:
         run = tracker.get_run(run_id)
         tags = run.data.tags
         if tags.get(tracking.TAG_KIND) != "pipeline":
-            raise PipelineError(f"run '{run_id}' is not an mlnb pipeline run; pass the parent "
-                                "run id that 'mlnb run' printed", run_id=run_id)
+            raise PipelineError(
+                f"run '{run_id}' is not an mlnb pipeline run; pass the parent "
+                "run id that 'mlnb run' printed",
+                run_id=run_id,
+            )
         if run.info.status == "FINISHED":
-            raise PipelineError(f"run '{run_id}' finished successfully: there is nothing to "
-                                "resume; start a new run with 'mlnb run'", run_id=run_id)
+            raise PipelineError(
+                f"run '{run_id}' finished successfully: there is nothing to "
+                "resume; start a new run with 'mlnb run'",
+                run_id=run_id,
+            )
         if Path(tags.get(tracking.TAG_SPEC, "")) != spec_path.resolve():
-            raise PipelineError(f"run '{run_id}' ran {tags.get(tracking.TAG_SPEC)}, not "
-                                f"{spec_path.resolve()}; resume it with that spec", run_id=run_id)
+            raise PipelineError(
+                f"run '{run_id}' ran {tags.get(tracking.TAG_SPEC)}, not "
+                f"{spec_path.resolve()}; resume it with that spec",
+                run_id=run_id,
+            )
         overrides = json.loads(tags.get(tracking.TAG_OVERRIDES) or "{}")
         pipeline = load_pipeline(spec_path, tags.get(tracking.TAG_PROFILE) or None, overrides)
         self.root = pipeline.root
         self.cache = cachemod.Cache(pipeline.root)
         experiment_id = str(run.info.experiment_id)
         results = {s.name: StageResult(s.name) for s in pipeline.stages}
-        children = sorted(tracker.child_runs(experiment_id, run_id),
-                          key=lambda r: r.info.start_time or 0)
+        children = sorted(
+            tracker.child_runs(experiment_id, run_id), key=lambda r: r.info.start_time or 0
+        )
         for child in children:  # the latest attempt of each stage wins
             name = child.data.tags.get(tracking.TAG_STAGE)
             if name not in results:
@@ -306,7 +351,10 @@ class _Runner:
             outputs = json.loads(child.data.tags.get(tracking.TAG_OUTPUTS) or "{}")
             ok = child.info.status == "FINISHED" and all(Path(p).exists() for p in outputs.values())
             results[name] = StageResult(
-                name, "reused" if ok else "pending", run_id=child.info.run_id, outputs=outputs,
+                name,
+                "reused" if ok else "pending",
+                run_id=child.info.run_id,
+                outputs=outputs,
                 hashes={k: cachemod.hash_path(Path(p)) for k, p in outputs.items()} if ok else {},
             )
         tracker.reopen(run_id)
@@ -314,7 +362,9 @@ class _Runner:
 
     # -- scheduling --------------------------------------------------------------
 
-    def _predicted_misses(self, pipeline: Pipeline, results: Mapping[str, StageResult]) -> list[Stage]:
+    def _predicted_misses(
+        self, pipeline: Pipeline, results: Mapping[str, StageResult]
+    ) -> list[Stage]:
         """Stages that will (probably) execute, in order: those not known to hit the cache."""
         known = {n: r for n, r in results.items() if r.status == "reused"}
         misses = []
@@ -328,8 +378,9 @@ class _Runner:
             if hit is None:
                 misses.append(stage)
             else:
-                known[stage.name] = StageResult(stage.name, "cached", outputs=dict(hit.outputs),
-                                                hashes=dict(hit.hashes))
+                known[stage.name] = StageResult(
+                    stage.name, "cached", outputs=dict(hit.outputs), hashes=dict(hit.hashes)
+                )
         return misses
 
     def _prestart(self, pipeline: Pipeline, misses: list[Stage]) -> None:
@@ -338,8 +389,9 @@ class _Runner:
             return
         from mlnb.tracking import tracking_uri
 
-        self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or tracking_uri(self.root)},
-                               cwd=pipeline.root)
+        self.pool = KernelPool(
+            env={"MLFLOW_TRACKING_URI": self.uri or tracking_uri(self.root)}, cwd=pipeline.root
+        )
         for kernel in self.to_execute[: self.jobs]:
             self.pool.prestart(kernel)
         self.prestarted = min(self.jobs, len(self.to_execute))
@@ -360,10 +412,12 @@ class _Runner:
                 while True:
                     if not failed:
                         for stage in pipeline.stages:
-                            if (results[stage.name].status == "pending"
-                                    and stage.name not in running.values()
-                                    and all(u in done for u in stage.upstream)
-                                    and len(running) < self.jobs):
+                            if (
+                                results[stage.name].status == "pending"
+                                and stage.name not in running.values()
+                                and all(u in done for u in stage.upstream)
+                                and len(running) < self.jobs
+                            ):
                                 future = workers.submit(self._run_stage, stage, results)
                                 running[future] = stage.name
                     if not running:
@@ -387,16 +441,18 @@ class _Runner:
 
     def _key(self, stage: Stage, known: Mapping[str, StageResult]) -> str:
         """The cache key: parameters with paths replaced by the hashes of their contents."""
-        hashed = {name: {o: f"sha256:{h}" for o, h in res.hashes.items()}
-                  for name, res in known.items()}
+        hashed = {
+            name: {o: f"sha256:{h}" for o, h in res.hashes.items()} for name, res in known.items()
+        }
         params = substitute(dict(stage.params), hashed)
         inputs = {}
         for name, value in params.items():
             path = self._project_path(value)
             if path is not None:
                 inputs[name] = cachemod.hash_path(path)
-        return cachemod.stage_key(stage.info.fingerprint, stage.kernel, params, inputs,
-                                  stage.outputs)
+        return cachemod.stage_key(
+            stage.info.fingerprint, stage.kernel, params, inputs, stage.outputs
+        )
 
     def _project_path(self, value: Any) -> Path | None:
         """A parameter naming an existing file or folder under the project root."""
@@ -407,13 +463,17 @@ class _Runner:
             return None
         candidate = self.root / path
         try:
-            return candidate if candidate.exists() and candidate.resolve() != self.root.resolve() \
+            return (
+                candidate
+                if candidate.exists() and candidate.resolve() != self.root.resolve()
                 else None
+            )
         except OSError:
             return None
 
-    def _resolved_params(self, stage: Stage, results: Mapping[str, StageResult],
-                         stage_dir: Path) -> dict[str, Any]:
+    def _resolved_params(
+        self, stage: Stage, results: Mapping[str, StageResult], stage_dir: Path
+    ) -> dict[str, Any]:
         outputs_of = {name: res.outputs for name, res in results.items()}
         params = substitute(dict(stage.params), outputs_of)
         for name, value in params.items():
@@ -455,11 +515,18 @@ class _Runner:
             res.source_run_id = hit.run_id
             res.seconds = time.perf_counter() - started
             res.status = "cached"
-            tracker.log(run_id, params=params, tags={tracking.TAG_CACHED_FROM: hit.run_id,
-                                                     tracking.TAG_OUTPUTS: json.dumps(outputs)})
+            tracker.log(
+                run_id,
+                params=params,
+                tags={
+                    tracking.TAG_CACHED_FROM: hit.run_id,
+                    tracking.TAG_OUTPUTS: json.dumps(outputs),
+                },
+            )
             tracker.finish(run_id, "FINISHED")
-            self.emit(StageFinished(stage.name, "cached", res.seconds, run_id,
-                                    source_run_id=hit.run_id))
+            self.emit(
+                StageFinished(stage.name, "cached", res.seconds, run_id, source_run_id=hit.run_id)
+            )
             return
 
         self._next_kernel()
@@ -480,11 +547,18 @@ class _Runner:
 
         try:
             execute_stage(
-                stage.name, stage.notebook, executed, params, self._ensure_pool(),
-                kernel_name=stage.kernel, env=env, timeout=stage.timeout,
+                stage.name,
+                stage.notebook,
+                executed,
+                params,
+                self._ensure_pool(),
+                kernel_name=stage.kernel,
+                env=env,
+                timeout=stage.timeout,
                 on_cell=lambda done, total: self.emit(StageProgress(stage.name, done, total)),
                 on_output=(lambda text: self.emit(StageOutput(stage.name, text)))
-                if self.log_output else None,
+                if self.log_output
+                else None,
             )
             for name, path in outputs.items():
                 if not Path(path).exists():
@@ -509,8 +583,9 @@ class _Runner:
             return
         res.outputs, res.hashes, res.notebook = outputs, hashes, str(executed)
         if key:
-            self.cache.put(cachemod.CacheEntry(key, stage.name, run_id, self.run_id, outputs,
-                                               hashes))
+            self.cache.put(
+                cachemod.CacheEntry(key, stage.name, run_id, self.run_id, outputs, hashes)
+            )
         res.seconds = time.perf_counter() - started
         res.status = "succeeded"
         self._upload(run_id, executed, "FINISHED")
@@ -520,8 +595,7 @@ class _Runner:
         """The kernel pool; created here when no stage was expected to execute."""
         with self.lock:
             if self.pool is None:
-                self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or ""},
-                                       cwd=self.root)
+                self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or ""}, cwd=self.root)
             return self.pool
 
     def _upload(self, run_id: str, executed: Path, status: str) -> None:

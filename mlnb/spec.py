@@ -297,7 +297,9 @@ def read_spec(path: Path) -> tuple[PipelineSpec, _Lines]:
         raise SpecError([Problem(file, where, f"invalid YAML: {reason}")]) from None
     lines = _Lines(text)
     if not isinstance(data, dict):
-        raise SpecError([Problem(file, "", "a pipeline spec is a YAML mapping with 'name' and 'stages'")])
+        raise SpecError(
+            [Problem(file, "", "a pipeline spec is a YAML mapping with 'name' and 'stages'")]
+        )
     try:
         return PipelineSpec.model_validate(data), lines
     except ValidationError as exc:
@@ -343,8 +345,11 @@ def load_pipeline(
     infos: dict[str, nbmod.NotebookInfo] = {}
     for name, stage in spec.stages.items():
         if not STAGE_NAME.match(name):
-            collect.add(["stages", name], "a stage name starts with a letter or '_' and holds "
-                        "only letters, digits, '_' and '-'")
+            collect.add(
+                ["stages", name],
+                "a stage name starts with a letter or '_' and holds "
+                "only letters, digits, '_' and '-'",
+            )
         info = _notebook_info(root, name, stage, collect)
         if info is not None:
             infos[name] = info
@@ -358,8 +363,10 @@ def load_pipeline(
     # pipeline params: every name must reach at least one stage
     for key in spec.params:
         if not any(declares(s, key) for s in spec.stages):
-            collect.add(["params", key], f"no stage's parameters cell declares '{key}'"
-                        f"{suggest(key, all_declared)}")
+            collect.add(
+                ["params", key],
+                f"no stage's parameters cell declares '{key}'{suggest(key, all_declared)}",
+            )
 
     # stage params and outputs must be declared by the stage's notebook
     for name, stage in spec.stages.items():
@@ -368,37 +375,48 @@ def load_pipeline(
             continue
         declared = list(info.parameters)
         if (stage.params or stage.outputs) and not info.has_parameters_cell:
-            collect.add(["stages", name, "notebook"],
-                        f"{_display(info.path, root)} has no cell tagged 'parameters'; tag the cell "
-                        "holding the defaults (JupyterLab: property inspector → Cell Tags)")
+            collect.add(
+                ["stages", name, "notebook"],
+                f"{_display(info.path, root)} has no cell tagged 'parameters'; tag the cell "
+                "holding the defaults (JupyterLab: property inspector → Cell Tags)",
+            )
             continue
         for key in stage.params:
             if key not in info.parameters:
-                collect.add(["stages", name, "params", key],
-                            f"'{key}' is not declared in the parameters cell of "
-                            f"{_display(info.path, root)}{suggest(key, declared)}")
+                collect.add(
+                    ["stages", name, "params", key],
+                    f"'{key}' is not declared in the parameters cell of "
+                    f"{_display(info.path, root)}{suggest(key, declared)}",
+                )
         for key, value in stage.outputs.items():
             if key not in info.parameters:
-                collect.add(["stages", name, "outputs", key],
-                            f"output '{key}' must be declared in the parameters cell of "
-                            f"{_display(info.path, root)} (it receives the output's path)"
-                            f"{suggest(key, declared)}")
+                collect.add(
+                    ["stages", name, "outputs", key],
+                    f"output '{key}' must be declared in the parameters cell of "
+                    f"{_display(info.path, root)} (it receives the output's path)"
+                    f"{suggest(key, declared)}",
+                )
             posix = PurePosixPath(value)
             if posix.is_absolute() or ".." in posix.parts or not value.strip():
-                collect.add(["stages", name, "outputs", key],
-                            "an output is a relative path inside the stage's workspace, "
-                            f"without '..' (got '{value}')")
+                collect.add(
+                    ["stages", name, "outputs", key],
+                    "an output is a relative path inside the stage's workspace, "
+                    f"without '..' (got '{value}')",
+                )
             if key in stage.params:
-                collect.add(["stages", name, "outputs", key],
-                            f"'{key}' is both a parameter and an output of stage '{name}'")
+                collect.add(
+                    ["stages", name, "outputs", key],
+                    f"'{key}' is both a parameter and an output of stage '{name}'",
+                )
 
     # profile and command-line overrides
     chosen: dict[str, Any] = {}
     if profile is not None:
         if profile not in spec.profiles:
             names = sorted(spec.profiles)
-            hint = suggest(profile, names) or (f"; profiles: {', '.join(names)}" if names
-                                               else "; the spec defines no 'profiles'")
+            hint = suggest(profile, names) or (
+                f"; profiles: {', '.join(names)}" if names else "; the spec defines no 'profiles'"
+            )
             collect.add(["profiles"], f"no profile '{profile}'{hint}")
         else:
             chosen = dict(spec.profiles[profile])
@@ -413,8 +431,10 @@ def load_pipeline(
     for name, stage in spec.stages.items():
         for index, need in enumerate(stage.needs):
             if need not in spec.stages:
-                collect.add(["stages", name, "needs", index],
-                            f"unknown stage '{need}'{suggest(need, spec.stages)}")
+                collect.add(
+                    ["stages", name, "needs", index],
+                    f"unknown stage '{need}'{suggest(need, spec.stages)}",
+                )
             elif need == name:
                 collect.add(["stages", name, "needs", index], "a stage cannot need itself")
             else:
@@ -422,28 +442,44 @@ def load_pipeline(
         sources: list[tuple[list[Any], Any, str | None]] = [
             (["stages", name, "params", k], v, None) for k, v in stage.params.items()
         ]
-        sources += [(["profiles", p, k], v, None) for p, vals in spec.profiles.items()
-                    for k, v in vals.items() if _targets(k, name, infos)]
-        sources += [([f"-p {k}"], v, COMMAND_LINE) for k, v in overrides.items()
-                    if _targets(k, name, infos)]
-        sources += [(["params", k], v, None) for k, v in spec.params.items()
-                    if declares(name, k)]
+        sources += [
+            (["profiles", p, k], v, None)
+            for p, vals in spec.profiles.items()
+            for k, v in vals.items()
+            if _targets(k, name, infos)
+        ]
+        sources += [
+            ([f"-p {k}"], v, COMMAND_LINE) for k, v in overrides.items() if _targets(k, name, infos)
+        ]
+        sources += [(["params", k], v, None) for k, v in spec.params.items() if declares(name, k)]
         for loc, value, file in sources:
             for inner, whole in references(value):
                 ref = parse_reference(inner)
                 if ref is None:
-                    collect.add(loc, f"'{whole}' is not a reference of the form "
-                                "${stage.outputs.name}", file)
+                    collect.add(
+                        loc,
+                        f"'{whole}' is not a reference of the form ${{stage.outputs.name}}",
+                        file,
+                    )
                 elif ref.stage not in spec.stages:
-                    collect.add(loc, f"'{whole}' names unknown stage '{ref.stage}'"
-                                f"{suggest(ref.stage, spec.stages)}", file)
+                    collect.add(
+                        loc,
+                        f"'{whole}' names unknown stage '{ref.stage}'"
+                        f"{suggest(ref.stage, spec.stages)}",
+                        file,
+                    )
                 elif ref.output not in spec.stages[ref.stage].outputs:
                     outs = spec.stages[ref.stage].outputs
                     hint = suggest(ref.output, outs) or (
-                        f"; its outputs: {', '.join(outs)}" if outs
-                        else f"; stage '{ref.stage}' declares no outputs")
-                    collect.add(loc, f"'{whole}': stage '{ref.stage}' has no output "
-                                f"'{ref.output}'{hint}", file)
+                        f"; its outputs: {', '.join(outs)}"
+                        if outs
+                        else f"; stage '{ref.stage}' declares no outputs"
+                    )
+                    collect.add(
+                        loc,
+                        f"'{whole}': stage '{ref.stage}' has no output '{ref.output}'{hint}",
+                        file,
+                    )
                 elif ref.stage == name:
                     collect.add(loc, f"'{whole}': a stage cannot use its own output", file)
                 else:
@@ -452,8 +488,11 @@ def load_pipeline(
     order, cycle = _topological(spec.stages, upstream)
     if cycle:
         path_text = " → ".join([*cycle, cycle[0]])
-        collect.add(["stages", cycle[0]], f"the stages form a cycle: {path_text}; "
-                    "remove a reference or a 'needs' entry to break it")
+        collect.add(
+            ["stages", cycle[0]],
+            f"the stages form a cycle: {path_text}; "
+            "remove a reference or a 'needs' entry to break it",
+        )
 
     if collect.problems:
         raise SpecError(collect.problems)
@@ -473,8 +512,13 @@ def load_pipeline(
         for name in order
     )
     return Pipeline(
-        name=spec.name, path=path.resolve(), root=root, stages=stages,
-        profile=profile, overrides=overrides, spec=spec,
+        name=spec.name,
+        path=path.resolve(),
+        root=root,
+        stages=stages,
+        profile=profile,
+        overrides=overrides,
+        spec=spec,
     )
 
 
@@ -485,10 +529,16 @@ def _notebook_info(
     raw = Path(stage.notebook)
     nb_path = raw if raw.is_absolute() else root / raw
     if not nb_path.is_file():
-        siblings = [str(p.relative_to(root)) for p in nb_path.parent.glob("*.ipynb")] \
-            if nb_path.parent.is_dir() and nb_path.parent.is_relative_to(root) else []
-        collect.add(where, f"no such notebook '{stage.notebook}' (looked for {nb_path}; "
-                    f"relative paths start at the project root){suggest(stage.notebook, siblings)}")
+        siblings = (
+            [str(p.relative_to(root)) for p in nb_path.parent.glob("*.ipynb")]
+            if nb_path.parent.is_dir() and nb_path.parent.is_relative_to(root)
+            else []
+        )
+        collect.add(
+            where,
+            f"no such notebook '{stage.notebook}' (looked for {nb_path}; "
+            f"relative paths start at the project root){suggest(stage.notebook, siblings)}",
+        )
         return None
     if nb_path.suffix != ".ipynb":
         collect.add(where, f"'{stage.notebook}' is not a .ipynb notebook")
@@ -501,7 +551,7 @@ def _notebook_info(
 
 
 def _targets(key: str, stage: str, infos: Mapping[str, nbmod.NotebookInfo]) -> bool:
-    target, dot, name = key.partition(".")
+    target, dot, _name = key.partition(".")
     if dot:
         return target == stage
     info = infos.get(stage)
@@ -524,15 +574,20 @@ def _check_override(
             return
         info = infos.get(target)
         if info is not None and name not in info.parameters:
-            collect.add(loc, f"stage '{target}' does not declare '{name}'"
-                        f"{suggest(name, list(info.parameters))}", file)
+            collect.add(
+                loc,
+                f"stage '{target}' does not declare '{name}'{suggest(name, list(info.parameters))}",
+                file,
+            )
         if name in spec.stages[target].outputs:
-            collect.add(loc, f"'{name}' is an output of stage '{target}'; outputs are set by mlnb",
-                        file)
+            collect.add(
+                loc, f"'{name}' is an output of stage '{target}'; outputs are set by mlnb", file
+            )
         return
     if infos and not any(key in info.parameters for info in infos.values()):
-        collect.add(loc, f"no stage's parameters cell declares '{key}'"
-                    f"{suggest(key, all_declared)}", file)
+        collect.add(
+            loc, f"no stage's parameters cell declares '{key}'{suggest(key, all_declared)}", file
+        )
 
 
 def _merged_params(
@@ -580,4 +635,4 @@ def _topological(
     while node not in seen:
         seen.append(node)
         node = sorted(remaining[node])[0]
-    return order, seen[seen.index(node):]
+    return order, seen[seen.index(node) :]

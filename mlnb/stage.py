@@ -27,14 +27,14 @@ from typing import Any
 
 import nbformat
 from nbclient.exceptions import DeadKernelError
-from nbclient.util import run_sync
+from nbclient.util import run_hook, run_sync
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 from papermill.execute import execute_notebook
 
 from mlnb.errors import CellError, KernelDiedError, StageError, StageTimeoutError
-from mlnb.kernels import KernelPool
+from mlnb.kernels import KernelPool, handshake
 from mlnb.notebook import source_position
 
 ENGINE = "mlnb"
@@ -53,7 +53,18 @@ class _PooledClient(PapermillNotebookClient):
         self.setup_code = setup_code
 
     async def async_start_new_kernel_client(self) -> Any:
-        kc = await super().async_start_new_kernel_client()
+        # the pool handed over a kernel that already answered: connect, check
+        # that IOPub flows, and skip wait_for_ready's trailing 0.2 s of silence
+        assert self.km is not None
+        kc = self.kc = self.km.client()
+        kc.start_channels()
+        try:
+            await handshake(kc, self.startup_timeout)
+        except Exception:
+            await self._async_cleanup_kernel()
+            raise
+        kc.allow_stdin = False
+        await run_hook(self.on_notebook_start, notebook=self.nb)
         if self.setup_code:
             msg_id = kc.execute(self.setup_code, silent=True, store_history=False)
             reply = await self.async_wait_for_reply(msg_id)
@@ -241,7 +252,7 @@ def execute_stage(
         if timed_out.is_set():
             raise StageTimeoutError(stage, timeout or 0, running, output_notebook) from None
         raise KernelDiedError(stage, running, output_notebook) from None
-    except Exception as exc:  # noqa: BLE001 - anything else papermill/nbclient raise
+    except Exception as exc:
         if timed_out.is_set():
             running = _running_cell(output_notebook, progress["cell"])
             raise StageTimeoutError(stage, timeout or 0, running, output_notebook) from None

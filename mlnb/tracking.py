@@ -85,7 +85,10 @@ def git_info(root: Path) -> GitInfo:
             return GitInfo(None, None)
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=10,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return GitInfo(commit.stdout.strip(), bool(status.stdout.strip()))
     except (OSError, subprocess.SubprocessError):
@@ -147,7 +150,9 @@ class Tracker:
         try:
             run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)
         except MlflowException as exc:
-            raise TrackingError(f"cannot create an MLflow run on {self.uri}: {exc.message}") from exc
+            raise TrackingError(
+                f"cannot create an MLflow run on {self.uri}: {exc.message}"
+            ) from exc
         return str(run.info.run_id)
 
     def log(

@@ -1,0 +1,35 @@
+# One set of task commands: the README names these targets and CI runs them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: setup demo test lint check bench clean
+
+$(BIN)/mlnb: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlnb)"
+	touch $@
+
+setup: $(BIN)/mlnb ## create .venv with mlnb and its test tools
+
+demo: setup ## lint and run the example pipeline on the embedded MLflow store (mlflow.db)
+	$(BIN)/mlnb check pipelines notebooks
+	$(BIN)/mlnb run pipelines/cancer.yaml
+	$(BIN)/mlnb run pipelines/cancer.yaml
+
+lint: setup ## ruff, import-layer contracts, mlnb's own check
+	$(BIN)/ruff check mlnb tests benchmarks
+	$(BIN)/ruff format --check mlnb tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mlnb check pipelines notebooks
+
+test: lint ## every test (real kernels, real SQLite MLflow stores)
+	$(BIN)/python -m pytest
+
+bench: setup ## benchmarks, printed side by side with plain papermill
+	$(BIN)/python benchmarks/bench_run.py
+
+clean:
+	rm -rf .mlnb mlflow.db mlartifacts data dist .pytest_cache

@@ -1,0 +1,5 @@
+"""``python -m mlnb``: the command line."""
+
+from mlnb.cli import main
+
+main()
