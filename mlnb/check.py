@@ -8,6 +8,7 @@ and absolute paths in parameters (they tie a pipeline to one machine).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -47,7 +48,10 @@ def _is_pipeline_spec(path: Path) -> bool:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return True  # let the spec reader report it
-    return isinstance(data, dict) and "stages" in data
+    if not isinstance(data, dict):
+        return data is not None  # a list or a scalar is a broken spec; an empty file is not one
+    keys = [str(k) for k in data]
+    return "stages" in keys or bool(difflib.get_close_matches("stages", keys))
 
 
 def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
@@ -126,7 +130,7 @@ def check_notebook(path: Path, fix: bool = False) -> list[Problem]:
     try:
         info = nbmod.inspect(path)
     except NotebookError as exc:
-        return [Problem(str(path), "", exc.message.removeprefix(f"{path}: "))]
+        return [Problem(str(path), "", exc.message.removeprefix(f"{exc.path}: "))]
     if not info.cells_with_outputs:
         return []
     if fix:

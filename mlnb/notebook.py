@@ -81,11 +81,30 @@ def declared_parameters(source: str) -> dict[str, str]:
         elif isinstance(node, ast.AnnAssign):
             targets, value = [node.target], node.value
         for target in targets:
-            elements = target.elts if isinstance(target, ast.Tuple) else [target]
-            for element in elements:
-                if isinstance(element, ast.Name):
-                    found[element.id] = ast.get_source_segment(source, value) if value else ""
+            names = _names(target)
+            values = _unpacked(value, len(names))
+            for name, default in zip(names, values, strict=True):
+                found[name] = ast.get_source_segment(source, default) if default else ""
     return found
+
+
+def _names(target: ast.expr) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Tuple | ast.List):
+        return [name for element in target.elts for name in _names(element)]
+    return []
+
+
+def _unpacked(value: ast.expr | None, count: int) -> list[ast.expr | None]:
+    """Each name's own default where ``a, b = 1, 2`` pairs them; else the whole value."""
+    if (
+        isinstance(value, ast.Tuple | ast.List)
+        and len(value.elts) == count
+        and not any(isinstance(e, ast.Starred) for e in value.elts)
+    ):
+        return list(value.elts)
+    return [value] * count
 
 
 def _tags(cell: Any) -> list[str]:

@@ -40,6 +40,22 @@ STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 COMMAND_LINE = "command line"
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`_Loader`."""
+    return yaml.load(text, Loader=_Loader)
+
+
 class StageSpec(BaseModel):
     """One stage as written in YAML."""
 
@@ -215,7 +231,7 @@ def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
             )
             continue
         try:
-            result[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            result[key.strip()] = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             result[key.strip()] = raw
     if problems:
@@ -289,7 +305,7 @@ def read_spec(path: Path) -> tuple[PipelineSpec, _Lines]:
     except OSError as exc:
         raise SpecError([Problem(file, "", f"cannot read the spec: {exc.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -366,6 +382,11 @@ def load_pipeline(
             collect.add(
                 ["params", key],
                 f"no stage's parameters cell declares '{key}'{suggest(key, all_declared)}",
+            )
+        elif _only_outputs(key, spec, infos):
+            collect.add(
+                ["params", key],
+                f"'{key}' is an output of every stage declaring it; outputs are set by mlnb",
             )
 
     # stage params and outputs must be declared by the stage's notebook
@@ -588,6 +609,16 @@ def _check_override(
         collect.add(
             loc, f"no stage's parameters cell declares '{key}'{suggest(key, all_declared)}", file
         )
+    elif _only_outputs(key, spec, infos):
+        collect.add(
+            loc, f"'{key}' is an output of every stage declaring it; outputs are set by mlnb", file
+        )
+
+
+def _only_outputs(key: str, spec: PipelineSpec, infos: Mapping[str, nbmod.NotebookInfo]) -> bool:
+    """Whether every stage whose notebook declares ``key`` uses it as an output."""
+    declaring = [n for n, info in infos.items() if key in info.parameters]
+    return bool(declaring) and all(key in spec.stages[n].outputs for n in declaring)
 
 
 def _merged_params(
@@ -600,7 +631,8 @@ def _merged_params(
     stage = spec.stages[name]
     merged: dict[str, Any] = {}
     for layer in (spec.params, stage.params, profile, overrides):
-        for key, value in layer.items():
+        # plain keys first, so that 'stage.key' wins within a layer
+        for key, value in sorted(layer.items(), key=lambda item: "." in item[0]):
             target, dot, param = key.partition(".")
             if dot:
                 if target == name:

@@ -43,16 +43,22 @@ class Project:
     def store(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
-    def client(self):  # noqa: ANN201 - MlflowClient, imported lazily
+    def client(self):
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(tracking_uri=self.store)
 
-    def mlnb(self, *args: str, timeout: float = 300, **kw: object) -> subprocess.CompletedProcess[str]:
+    def mlnb(
+        self, *args: str, timeout: float = 300, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
         """Run the ``mlnb`` command line in the project, as a user would."""
         return subprocess.run(
             [sys.executable, "-m", "mlnb.cli", *args],
-            cwd=self.root, capture_output=True, text=True, timeout=timeout, **kw,  # type: ignore[arg-type]
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,  # type: ignore[arg-type]
         )
 
 

@@ -173,11 +173,6 @@ def test_spec_errors_in_a_folder_are_found(project) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check._is_pipeline_spec skips a spec in pipelines/ that lacks a "
-    "'stages' key, so the typo it should report passes silently",
-)
 @pytest.mark.parametrize(
     "text",
     [
@@ -214,11 +209,6 @@ def test_an_unreadable_notebook_is_reported(project) -> None:
     assert problem.message.startswith("not a readable notebook")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check.check_notebook strips the prefix using the given (relative) "
-    "path, but NotebookError carries the resolved path, so it shows twice",
-)
 def test_an_unreadable_notebook_given_relatively_names_it_once(
     project, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,12 +69,7 @@ def test_declared_parameters(source: str, expected: dict[str, str]) -> None:
         "a, b = 1, 2",
         "(a, b) = (1, 2)",
         "a, b = make_pair()",
-        pytest.param(
-            "[a, b] = 1, 2",
-            marks=pytest.mark.xfail(
-                strict=True, reason="list targets are not read (declared_parameters)"
-            ),
-        ),
+        "[a, b] = 1, 2",
     ],
 )
 def test_declared_parameters_tuple_assignment_declares_each_name(source: str) -> None:

@@ -588,11 +588,6 @@ def test_command_line_overrides_are_checked(project, key: str, message: str) -> 
     assert problem.message == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a plain key naming only outputs is dropped silently "
-    "(spec._check_override checks outputs only for 'stage.key')",
-)
 @pytest.mark.parametrize("where", ["overrides", "params"])
 def test_a_plain_key_that_only_names_outputs_is_an_error(project, where: str) -> None:
     params = "params: {out_path: x.txt}\n" if where == "params" else ""
@@ -884,15 +879,7 @@ def test_pipeline_params_skip_the_stages_outputs(project) -> None:
     "profile",
     [
         pytest.param("{x: 1, a.x: 2}", id="plain-first"),
-        pytest.param(
-            "{a.x: 2, x: 1}",
-            id="specific-first",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: within one layer a plain key written after 'stage.key' "
-                "beats it (spec._merged_params applies keys in dict order)",
-            ),
-        ),
+        pytest.param("{a.x: 2, x: 1}", id="specific-first"),
     ],
 )
 def test_stage_key_beats_plain_key_in_the_same_layer(project, profile: str) -> None:
@@ -926,14 +913,7 @@ def test_overrides_typed_by_parse_assignments(project) -> None:
         ("quoted='3'", "quoted", "3"),
         ("path=data/train.csv", "path", "data/train.csv"),
         ("train.C=0.001", "train.C", 0.001),
-        pytest.param(
-            "C=1e-3",
-            "C",
-            0.001,
-            marks=pytest.mark.xfail(
-                strict=True, reason="PyYAML (YAML 1.1) reads 1e-3 as a string, not a float"
-            ),
-        ),
+        ("C=1e-3", "C", 0.001),
         ("expr=a=b", "expr", "a=b"),
         (" spaced = 7", "spaced", 7),
         ("broken=[1, 2", "broken", "[1, 2"),
