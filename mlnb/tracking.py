@@ -201,10 +201,11 @@ class Tracker:
         )
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        """Where a person sees a run: the server's page, or ``mlnb ui`` for the embedded store."""
+        """Where a person sees a run: the server's page, or how to open the MLflow UI."""
+        fragment = f"#/experiments/{experiment_id}/runs/{run_id}"
         if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-        return f"mlnb ui, then #/experiments/{experiment_id}/runs/{run_id}"
+            return f"{self.uri.rstrip('/')}/{fragment}"
+        return f"mlflow ui --backend-store-uri {self.uri}, then open {fragment}"
 
 
 def lineage_tags(root: Path, spec_path: Path) -> dict[str, str]:

@@ -102,7 +102,10 @@ def failed_run(spec: Path, **kw: object) -> PipelineError:
 def git(root: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=root, check=True, capture_output=True, text=True,
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -175,7 +178,9 @@ def test_chain_succeeds_tracked_with_events(project) -> None:  # noqa: ANN001
     finished = {e.stage: e for e in events if isinstance(e, StageFinished)}
     assert {n: e.status for n, e in finished.items()} == statuses(result)
     assert finished["b"].run_id == result.stage("b").run_id
-    progress = [(e.done, e.total) for e in events if isinstance(e, StageProgress) and e.stage == "a"]
+    progress = [
+        (e.done, e.total) for e in events if isinstance(e, StageProgress) and e.stage == "a"
+    ]
     # two source cells plus papermill's injected-parameters cell
     assert progress == [(1, 3), (2, 3), (3, 3)]
     printed: dict[str, str] = {}
