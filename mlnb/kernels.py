@@ -32,6 +32,7 @@ from queue import Empty
 from typing import Any
 
 import zmq.asyncio
+from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 
 from mlnb.errors import MlnbError
@@ -143,7 +144,14 @@ class KernelPool:
     def _start(self, kernel_name: str) -> AsyncKernelManager:
         km = AsyncKernelManager(kernel_name=kernel_name, context=self._context)
         km.kernel_id = str(uuid.uuid4())
-        provisioner = ForkProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        try:
+            spec = km.kernel_spec
+        except NoSuchKernel:
+            raise KernelStartError(
+                f"no Jupyter kernel named '{kernel_name}'; 'jupyter kernelspec list' shows "
+                "the installed ones"
+            ) from None
+        provisioner = ForkProvisioner(kernel_id=km.kernel_id, kernel_spec=spec, parent=km)
         provisioner.server = self._server
         km.provisioner = provisioner
         log = None

@@ -387,6 +387,9 @@ class _Runner:
         self.to_execute = [s.kernel for s in misses]
         if not misses:
             return
+        from mlnb.tracking import warm_html
+
+        self.upload_futures.append(self.uploads.submit(warm_html))
         from mlnb.tracking import tracking_uri
 
         self.pool = KernelPool(

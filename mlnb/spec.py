@@ -155,6 +155,16 @@ class Pipeline:
         raise KeyError(name)
 
 
+def installed_kernels() -> frozenset[str]:
+    """Names of the Jupyter kernels installed here (empty if they cannot be listed)."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        return frozenset(name.lower() for name in KernelSpecManager().find_kernel_specs())
+    except Exception:
+        return frozenset()
+
+
 def project_root(spec_path: Path) -> Path:
     """Return the project root for a spec file (see the module docstring)."""
     folder = spec_path.resolve().parent
@@ -505,6 +515,17 @@ def load_pipeline(
                     collect.add(loc, f"'{whole}': a stage cannot use its own output", file)
                 else:
                     upstream[name].add(ref.stage)
+
+    kernels = installed_kernels()
+    for name, stage in spec.stages.items():
+        kernel = stage.kernel or (infos[name].kernel_name if name in infos else None)
+        if kernel and kernels and kernel.lower() not in kernels:
+            where = ["stages", name, "kernel"] if stage.kernel else ["stages", name, "notebook"]
+            collect.add(
+                where,
+                f"no Jupyter kernel named '{kernel}' is installed"
+                f"{suggest(kernel, kernels) or '; installed: ' + ', '.join(sorted(kernels))}",
+            )
 
     order, cycle = _topological(spec.stages, upstream)
     if cycle:

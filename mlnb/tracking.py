@@ -10,9 +10,11 @@ notebooks' kernels) at a shared server instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -218,10 +220,29 @@ def lineage_tags(root: Path, spec_path: Path) -> dict[str, str]:
     return tags
 
 
-def render_html(notebook: Path, target: Path) -> Path:
-    """Render an executed notebook to a standalone HTML file."""
+@functools.cache
+def _html_exporter() -> Any:
     from nbconvert import HTMLExporter  # heavy: only where a notebook is rendered
 
-    body, _ = HTMLExporter().from_filename(str(notebook))
+    return HTMLExporter()
+
+
+_html_lock = threading.Lock()
+
+
+def warm_html() -> None:
+    """Build the HTML exporter ahead of the first rendering (imports, templates)."""
+    with _html_lock:
+        _html_exporter()
+
+
+def render_html(notebook: Path, target: Path) -> Path:
+    """Render an executed notebook to a standalone HTML file.
+
+    One exporter serves every call: building it loads its templates, which
+    costs more than rendering a short notebook.
+    """
+    with _html_lock:
+        body, _ = _html_exporter().from_filename(str(notebook))
     target.write_text(body, encoding="utf-8")
     return target

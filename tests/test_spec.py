@@ -759,6 +759,17 @@ def test_needs_orders_stages_without_references(project) -> None:
     assert pipeline.stage("second").upstream == ("first",)
 
 
+def test_an_unknown_kernel_is_a_spec_error(project) -> None:
+    path = project.spec(
+        "name: p\nstages:\n  a:\n    notebook: notebooks/add_one.ipynb\n    kernel: pyhton3\n"
+    )
+    problem = only(problems_of(path))
+    assert problem.location == "line 5: stages.a.kernel"
+    assert problem.message == (
+        "no Jupyter kernel named 'pyhton3' is installed; did you mean 'python3'?"
+    )
+
+
 def test_stage_fields_come_from_spec_and_notebook(project) -> None:
     path = project.spec(
         """\
@@ -767,7 +778,7 @@ def test_stage_fields_come_from_spec_and_notebook(project) -> None:
           a:
             notebook: notebooks/add_one.ipynb
             timeout: 30
-            kernel: other
+            kernel: Python3
             cache: false
           b:
             notebook: notebooks/add_one.ipynb
@@ -775,7 +786,7 @@ def test_stage_fields_come_from_spec_and_notebook(project) -> None:
     )
     pipeline = load_pipeline(path)
     a, b = pipeline.stage("a"), pipeline.stage("b")
-    assert (a.timeout, a.kernel, a.cache) == (30.0, "other", False)
+    assert (a.timeout, a.kernel, a.cache) == (30.0, "Python3", False)
     assert (b.timeout, b.kernel, b.cache) == (None, "python3", True)
     assert a.info.parameters == {"x": "1", "seed": "0", "out_path": '"out.txt"'}
     assert pipeline.name == "p"
