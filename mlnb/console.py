@@ -95,7 +95,7 @@ class LiveReporter:
     def _render(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=self.title or None, title_justify="left", box=None, pad_edge=False)
+        table = Table(box=None, pad_edge=False)
         table.add_column("", width=1)
         table.add_column("stage")
         table.add_column("state")

@@ -15,6 +15,7 @@ the pipeline run ends only when every upload is done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -204,6 +205,7 @@ class _Runner:
         self.pool: KernelPool | None = None
         self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlnb-upload")
         self.upload_futures: list[Future[None]] = []
+        self.upload_errors: list[str] = []
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
 
@@ -272,10 +274,11 @@ class _Runner:
                 if res.status == "pending":
                     res.status = "skipped"
                     self.emit(StageFinished(res.name, "skipped"))
-        tracker.log(
-            run_id,
-            metrics={"stages_executed": sum(r.status == "succeeded" for r in results.values())},
-        )
+        executed = sum(r.status == "succeeded" for r in results.values())
+        tags = {}
+        if self.upload_errors:  # the run's results stand; say what is missing from the store
+            tags[tracking.TAG_ERROR] = "artifacts not uploaded: " + "; ".join(self.upload_errors)
+        tracker.log(run_id, tags=tags, metrics={"stages_executed": executed})
         tracker.finish(run_id, status)
         return PipelineResult(
             pipeline.name,
@@ -488,6 +491,26 @@ class _Runner:
         return params
 
     def _run_stage(self, stage: Stage, results: dict[str, StageResult]) -> None:
+        """Run one stage; whatever goes wrong ends as a failed stage, never a crash."""
+        res = results[stage.name]
+        try:
+            self._execute(stage, results)
+        except Exception as exc:
+            if isinstance(exc, StageError):
+                error = exc
+            else:
+                reason = str(exc) if isinstance(exc, MlnbError) else f"{type(exc).__name__}: {exc}"
+                error = StageError(stage.name, reason)
+                error.__cause__ = exc
+            res.error, res.status = error, "failed"
+            if res.run_id:
+                with contextlib.suppress(MlnbError):
+                    self.tracker.finish(res.run_id, "FAILED")
+            self.emit(
+                StageFinished(stage.name, "failed", res.seconds, res.run_id, error=str(error))
+            )
+
+    def _execute(self, stage: Stage, results: dict[str, StageResult]) -> None:
         from mlnb import tracking
 
         res = results[stage.name]
@@ -568,6 +591,8 @@ class _Runner:
                     raise MissingOutputError(stage.name, name, path, executed)
             hashes = {name: cachemod.hash_path(Path(path)) for name, path in outputs.items()}
         except StageError as exc:
+            if self.cancelled.is_set():  # the kernel was killed on purpose
+                exc = StageError(stage.name, "interrupted", exc.notebook)
             res.seconds = time.perf_counter() - started
             res.error = exc
             res.status = "killed" if self.cancelled.is_set() else "failed"
@@ -575,14 +600,6 @@ class _Runner:
             tracker.log(run_id, tags={tracking.TAG_ERROR: str(exc)[:5000]})
             self._upload(run_id, executed, "KILLED" if self.cancelled.is_set() else "FAILED")
             self.emit(StageFinished(stage.name, res.status, res.seconds, run_id, error=str(exc)))
-            return
-        except MlnbError as exc:
-            res.seconds = time.perf_counter() - started
-            res.error = StageError(stage.name, str(exc))
-            res.status = "failed"
-            tracker.log(run_id, tags={tracking.TAG_ERROR: str(exc)[:5000]})
-            tracker.finish(run_id, "FAILED")
-            self.emit(StageFinished(stage.name, "failed", res.seconds, run_id, error=str(exc)))
             return
         res.outputs, res.hashes, res.notebook = outputs, hashes, str(executed)
         if key:
@@ -612,8 +629,11 @@ class _Runner:
                     self.tracker.log_artifact(run_id, executed, "notebook")
                     html = tracking.render_html(executed, executed.with_suffix(".html"))
                     self.tracker.log_artifact(run_id, html, "notebook")
+            except Exception as exc:  # a notebook nbconvert cannot render, a full disk
+                self.upload_errors.append(f"{executed.name}: {exc}")
             finally:
-                self.tracker.finish(run_id, status)
+                with contextlib.suppress(MlnbError):
+                    self.tracker.finish(run_id, status)
 
         self.upload_futures.append(self.uploads.submit(upload))
 

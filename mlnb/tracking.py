@@ -16,10 +16,10 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -103,6 +103,26 @@ def param_value(value: Any) -> str:
     return text if len(text) <= PARAM_LIMIT else text[: PARAM_LIMIT - 3] + "..."
 
 
+_T = TypeVar("_T")
+
+
+def _store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Turn MLflow and file-system failures into a :class:`TrackingError` naming the store."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except TrackingError:
+            raise
+        except (MlflowException, OSError) as exc:
+            text = getattr(exc, "message", None) or str(exc)
+            action = method.__name__.strip("_").replace("_", " ")
+            raise TrackingError(f"MLflow store {self.uri}: {action} failed: {text}") from exc
+
+    return wrapper
+
+
 class Tracker:
     """Pipeline and stage runs on one MLflow store.
 
@@ -157,6 +177,7 @@ class Tracker:
             ) from exc
         return str(run.info.run_id)
 
+    @_store_errors
     def log(
         self,
         run_id: str,
@@ -173,14 +194,17 @@ class Tracker:
             metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
         )
 
+    @_store_errors
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         """Upload one file as an artifact of a run."""
         self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
+    @_store_errors
     def finish(self, run_id: str, status: str) -> None:
         """End a run with ``FINISHED``, ``FAILED`` or ``KILLED``."""
         self.client.set_terminated(run_id, status=status)
 
+    @_store_errors
     def reopen(self, run_id: str) -> None:
         """Mark an ended run as running again (for ``--resume``)."""
         self.client.update_run(run_id, status="RUNNING")
@@ -192,6 +216,7 @@ class Tracker:
         except MlflowException as exc:
             raise TrackingError(f"no run '{run_id}' in the MLflow store {self.uri}") from exc
 
+    @_store_errors
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
         """Return the stage runs nested under a pipeline run."""
         return list(
