@@ -41,6 +41,8 @@ class ForkedProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        # Popen's pipes, which LocalProvisioner closes after a kernel exits: none here
+        self.stdin = self.stdout = self.stderr = None
 
     def poll(self) -> int | None:
         if self.returncode is None:

@@ -80,7 +80,8 @@ class MlnbEngine(NBClientEngine):
 
     Extra keyword arguments (through ``papermill.execute_notebook``):
     ``mlnb_kernel`` (a started kernel manager), ``mlnb_setup`` (code run
-    silently first), ``mlnb_on_cell`` (called with ``(index, total)`` after
+    silently first), ``mlnb_on_start`` (called with a cell's index as it
+    starts), ``mlnb_on_cell`` (called with ``(code cells done, in total)`` after
     each cell).
     """
 
@@ -97,13 +98,22 @@ class MlnbEngine(NBClientEngine):
         mlnb_kernel: Any = None,
         mlnb_setup: str = "",
         mlnb_on_cell: CellCallback | None = None,
+        mlnb_on_start: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> Any:
-        total = len(nb_man.nb.cells)
+        # progress counts the code cells that run; nbclient skips the others
+        total = sum(1 for c in nb_man.nb.cells if c.cell_type == "code" and c.source.strip())
+        done = 0
 
-        def on_cell_complete(cell: Any, cell_index: int) -> None:
+        def on_cell_start(cell: Any, cell_index: int) -> None:
+            if mlnb_on_start is not None:
+                mlnb_on_start(cell_index)
+
+        def on_cell_executed(cell: Any, cell_index: int, **_: Any) -> None:
+            nonlocal done
+            done += 1
             if mlnb_on_cell is not None:
-                mlnb_on_cell(cell_index + 1, total)
+                mlnb_on_cell(done, total)
 
         client = _PooledClient(
             nb_man,
@@ -115,7 +125,8 @@ class MlnbEngine(NBClientEngine):
             log_output=log_output,
             stdout_file=stdout_file,
             stderr_file=stderr_file,
-            on_cell_complete=on_cell_complete,
+            on_cell_start=on_cell_start,
+            on_cell_executed=on_cell_executed,
         )
         try:
             return client.execute()
@@ -206,10 +217,8 @@ def execute_stage(
     progress = {"cell": 0}
     timed_out = threading.Event()
 
-    def cell_done(index: int, total: int) -> None:
+    def cell_started(index: int) -> None:
         progress["cell"] = index
-        if on_cell is not None:
-            on_cell(index, total)
 
     def expire() -> None:
         timed_out.set()
@@ -234,7 +243,8 @@ def execute_stage(
             stderr_file=forward,
             mlnb_kernel=km,
             mlnb_setup=setup_code(env or {}, notebook.parent),
-            mlnb_on_cell=cell_done,
+            mlnb_on_cell=on_cell,
+            mlnb_on_start=cell_started,
         )
         ok = True
     except PapermillExecutionError as exc:
@@ -268,12 +278,12 @@ def execute_stage(
     return StageRun(output_notebook, time.perf_counter() - started, len(executed.cells))
 
 
-def _running_cell(output_notebook: Path, done: int) -> int | None:
+def _running_cell(output_notebook: Path, index: int) -> int | None:
     """1-based source position of the cell that was running when the kernel went away."""
     try:
         nb = nbformat.read(str(output_notebook), as_version=4)
     except (OSError, ValueError):
         return None
-    if done >= len(nb.cells):
+    if index >= len(nb.cells):
         return None
-    return source_position(nb, done)
+    return source_position(nb, index)

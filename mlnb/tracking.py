@@ -10,16 +10,22 @@ notebooks' kernels) at a shared server instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -106,6 +112,22 @@ def param_value(value: Any) -> str:
 _T = TypeVar("_T")
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialize opening a SQLite store: MLflow's first-use schema set-up races otherwise."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
     """Turn MLflow and file-system failures into a :class:`TrackingError` naming the store."""
 
@@ -135,9 +157,13 @@ class Tracker:
         self.root = root
         self.uri = uri or tracking_uri(root)
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
+            with _store_lock(self.uri):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)  # creates the schema, once
         except MlflowException as exc:
             raise TrackingError(f"cannot open the MLflow store {self.uri}: {exc.message}") from exc
+        except Exception as exc:  # SQLAlchemy or alembic errors of a broken store
+            raise TrackingError(f"cannot open the MLflow store {self.uri}: {exc}") from exc
 
     def experiment_id(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it on first use."""

@@ -43,7 +43,9 @@ def test_environment_yml_has_the_bounds_of_pyproject() -> None:
 def test_help_is_fast_and_does_not_import_mlflow() -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "mlnb", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "run" in result.stdout and "check" in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
