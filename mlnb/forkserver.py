@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +82,20 @@ class ForkServer:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self._failed = False
+        self.flags: list[str] = []
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def start(self) -> None:
-        """Start the server process (its imports run in the background)."""
+    def start(self, flags: Sequence[str] = ()) -> None:
+        """Start the server process with interpreter ``flags`` (its imports run meanwhile)."""
         with self._lock:
             if self._proc is not None or self._failed or not hasattr(os, "fork"):
                 return
+            self.flags = list(flags)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "mlnb._zygote"],
+                [sys.executable, *self.flags, "-m", "mlnb._zygote"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -104,12 +106,22 @@ class ForkServer:
             self._ready = False
 
     def usable_for(self, cmd: list[str]) -> list[str] | None:
-        """The kernel's arguments if ``cmd`` is this interpreter's ipykernel launcher."""
-        if self._failed or len(cmd) < 3 or cmd[1:3] != ["-m", "ipykernel_launcher"]:
+        """The kernel's arguments if ``cmd`` runs this interpreter's ipykernel launcher.
+
+        The server starts on first use, with the interpreter flags of that
+        command (``ipykernel install`` writes ``-Xfrozen_modules=off``, for
+        example); a command with other flags starts the ordinary way.
+        """
+        if self._failed or "ipykernel_launcher" not in cmd:
+            return None
+        index = cmd.index("ipykernel_launcher")
+        flags = cmd[1 : index - 1]
+        if index < 2 or cmd[index - 1] != "-m" or not all(f.startswith("-") for f in flags):
             return None
         if os.path.abspath(cmd[0]) != os.path.abspath(sys.executable):
             return None
-        return cmd[3:]
+        self.start(flags)
+        return cmd[index + 1 :] if self.flags == flags else None
 
     def spawn(self, argv: list[str], env: Mapping[str, str], cwd: str, stderr: str | None) -> int:
         """Fork a kernel; return its pid.

@@ -79,9 +79,7 @@ class KernelPool:
         # one context for all kernel managers: a manager that creates its own
         # destroys it on shutdown, which can block on sockets of other threads
         self._context = zmq.asyncio.Context()
-        self._server = ForkServer() if fork else None
-        if self._server is not None:
-            self._server.start()
+        self._server = ForkServer() if fork else None  # starts with the first kernel
 
     def prestart(self, kernel_name: str, count: int = 1) -> None:
         """Begin starting ``count`` more kernels of ``kernel_name`` in the background."""

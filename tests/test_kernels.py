@@ -94,7 +94,19 @@ def test_a_killed_kernel_is_seen_dead(tmp_path) -> None:
 def test_fork_server_only_takes_this_interpreters_ipykernel() -> None:
     server = ForkServer()
     launcher = [sys.executable, "-m", "ipykernel_launcher", "-f", "c.json"]
-    assert server.usable_for(launcher) == ["-f", "c.json"]
+    try:
+        assert server.usable_for(launcher) == ["-f", "c.json"]
+        assert server.pid is not None  # started on first use, with no flags
+        flagged = [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "c"]
+        assert server.usable_for(flagged) is None  # other flags: an ordinary start
+    finally:
+        server.stop()
+    flagged_first = ForkServer()
+    try:
+        assert flagged_first.usable_for(flagged) == ["-f", "c"]
+        assert flagged_first.flags == ["-Xfrozen_modules=off"]
+    finally:
+        flagged_first.stop()
     assert server.usable_for(["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", "c"]) in (
         None,
         ["-f", "c"],  # only where /usr/bin/python3 is this very interpreter
