@@ -16,6 +16,7 @@ the pipeline run ends only when every upload is done.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -37,6 +38,7 @@ from mlnb.events import (
 )
 from mlnb.kernels import KernelPool
 from mlnb.spec import Pipeline, Stage, load_pipeline, project_root, substitute
+from mlnb.store import tracking_uri
 
 if TYPE_CHECKING:
     from mlnb.tracking import Tracker
@@ -217,10 +219,7 @@ class _Runner:
     # -- the run -----------------------------------------------------------------
 
     def run(self, pipeline: Pipeline | None, resume: str | None, spec_path: Path) -> PipelineResult:
-        from mlnb.tracking import tracking_uri
-
-        uri = self.uri or tracking_uri(self.root)
-        self.uri = uri
+        uri = self.uri = self.uri or tracking_uri(self.root)
         if pipeline is not None:
             # start kernels before importing MLflow: the two overlap
             self._prestart(pipeline, self._predicted_misses(pipeline, {}))
@@ -299,10 +298,10 @@ class _Runner:
             tracking.TAG_KIND: "pipeline",
             tracking.TAG_PIPELINE: pipeline.name,
             tracking.TAG_SPEC: str(pipeline.path),
-            tracking.TAG_SPEC_SHA: cachemod.hashlib.sha256(spec_text).hexdigest(),
+            tracking.TAG_SPEC_SHA: hashlib.sha256(spec_text).hexdigest(),
             tracking.TAG_PROFILE: pipeline.profile or "",
             tracking.TAG_OVERRIDES: json.dumps(dict(pipeline.overrides), default=str),
-            **tracking.lineage_tags(pipeline.root, pipeline.path),
+            **self.lineage,
         }
         run_id = tracker.start_run(experiment_id, pipeline.name, tags)
         tracker.log(
@@ -390,17 +389,13 @@ class _Runner:
         self.to_execute = [s.kernel for s in misses]
         if not misses:
             return
-        from mlnb.tracking import warm_html
-
-        self.upload_futures.append(self.uploads.submit(warm_html))
-        from mlnb.tracking import tracking_uri
-
-        self.pool = KernelPool(
-            env={"MLFLOW_TRACKING_URI": self.uri or tracking_uri(self.root)}, cwd=pipeline.root
-        )
+        self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or ""}, cwd=pipeline.root)
         for kernel in self.to_execute[: self.jobs]:
             self.pool.prestart(kernel)
         self.prestarted = min(self.jobs, len(self.to_execute))
+        from mlnb.tracking import warm_html  # imports MLflow: after the kernels are on their way
+
+        self.upload_futures.append(self.uploads.submit(warm_html))
 
     def _next_kernel(self) -> None:
         """A stage took a kernel: start the one the next stage will need."""

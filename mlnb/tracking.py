@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import subprocess
 import threading
 import time
@@ -39,9 +38,8 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from mlnb.errors import TrackingError
+from mlnb.store import default_artifact_location, tracking_uri
 
-DB_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 PARAM_LIMIT = 6000
 
 # tags mlnb writes; the MLflow UI shows them and --resume reads them back
@@ -61,18 +59,6 @@ TAG_CACHED = "mlnb.cached"
 TAG_CACHED_FROM = "mlnb.cached_from_run"
 TAG_OUTPUTS = "mlnb.outputs"
 TAG_ERROR = "mlnb.error"
-
-
-def tracking_uri(root: Path) -> str:
-    """The store mlnb uses: ``MLFLOW_TRACKING_URI``, else ``<root>/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DB_FILE).resolve()}"
-
-
-def default_artifact_location(root: Path, uri: str) -> str | None:
-    """Where artifacts of new experiments go on the embedded store; ``None`` elsewhere."""
-    if uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
-        return (root / ARTIFACT_DIR).resolve().as_uri()
-    return None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,28 @@
+"""Where the MLflow store is, decided without importing MLflow.
+
+The embedded default is a SQLite file in the project, ``<root>/mlflow.db``,
+with artifacts beside it in ``<root>/mlartifacts``; ``MLFLOW_TRACKING_URI``
+points mlnb and the stage kernels at another store. Kept apart from
+:mod:`mlnb.tracking` so that a run can start its kernels before it pays for
+importing MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def tracking_uri(root: Path) -> str:
+    """The store mlnb uses: ``MLFLOW_TRACKING_URI``, else ``<root>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DB_FILE).resolve()}"
+
+
+def default_artifact_location(root: Path, uri: str) -> str | None:
+    """Where artifacts of new experiments go on the embedded store; ``None`` elsewhere."""
+    if uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
+        return (root / ARTIFACT_DIR).resolve().as_uri()
+    return None
