@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 HERE = Path(__file__).parent
@@ -76,3 +77,39 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
 def project(tmp_path: Path) -> Project:
     """A fresh project with the scenario notebooks in notebooks/."""
     return Project(tmp_path / "proj")
+
+
+def leftover_processes(root: Path) -> list[str]:
+    """Live processes a run started: this process's descendants, or anything in the project.
+
+    Kernels are forked from mlnb's fork server, so their command line does not
+    say ``ipykernel_launcher``; every kernel works in the project folder (or
+    below it), and in-process runs leave their kernels and server as children.
+    """
+    root_text = str(root.resolve())
+    candidates = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    for proc in psutil.process_iter():
+        try:
+            cwd = proc.cwd()
+        except psutil.Error:
+            continue
+        if cwd == root_text or cwd.startswith(root_text + os.sep):
+            candidates[proc.pid] = proc
+    me = psutil.Process()
+    for proc in [me, *me.parents()]:
+        candidates.pop(proc.pid, None)
+    left = []
+    for pid, proc in sorted(candidates.items()):
+        try:
+            left.append(f"{pid} ({proc.status()}): {' '.join(proc.cmdline())}")
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+@pytest.fixture
+def no_process_left(project: Project) -> Iterator[None]:
+    """After the test, no kernel (or kernel server) a run started is still there."""
+    yield
+    left = leftover_processes(project.root)
+    assert not left, "processes left behind:\n" + "\n".join(left)

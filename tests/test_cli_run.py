@@ -7,16 +7,13 @@ the project: the run's workspace and its MLflow runs.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
 
 SPEC = """
     name: p
@@ -34,37 +31,6 @@ SPEC = """
 """
 
 RUN_ID = re.compile(r"^run id:\s+([0-9a-f]{32})$", re.MULTILINE)
-
-
-def leftover_processes(root: Path) -> list[str]:
-    """Live processes working in the project folder: kernels, the kernel fork server."""
-    root_text = str(root.resolve())
-    candidates = {p.pid: p for p in psutil.Process().children(recursive=True)}
-    for proc in psutil.process_iter():
-        try:
-            cwd = proc.cwd()
-        except psutil.Error:
-            continue
-        if cwd == root_text or cwd.startswith(root_text + os.sep):
-            candidates[proc.pid] = proc
-    me = psutil.Process()
-    for proc in [me, *me.parents()]:
-        candidates.pop(proc.pid, None)
-    left = []
-    for pid, proc in sorted(candidates.items()):
-        try:
-            left.append(f"{pid} ({proc.status()}): {' '.join(proc.cmdline())}")
-        except psutil.NoSuchProcess:
-            continue
-    return left
-
-
-@pytest.fixture(autouse=True)
-def no_process_left(project):
-    """After the test, nothing a run started is still running."""
-    yield
-    left = leftover_processes(project.root)
-    assert not left, "processes left behind:\n" + "\n".join(left)
 
 
 def run_id_of(stdout: str) -> str:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import nbformat
-import psutil
 import pytest
 
 from mlnb.errors import (
@@ -31,7 +29,7 @@ from mlnb.errors import (
 from mlnb.events import RunStarted, StageFinished, StageOutput, StageProgress, StageStarted
 from mlnb.pipeline import PipelineResult, run_pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
 
 CHAIN = """
     name: p
@@ -48,42 +46,6 @@ CHAIN = """
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def leftover_processes(root: Path) -> list[str]:
-    """Live processes a run started: this process's descendants, or anything in the project.
-
-    Kernels are forked from mlnb's fork server, so their command line does not
-    say ``ipykernel_launcher``; every kernel works in the project folder (or
-    below it), and in-process runs leave their kernels and server as children.
-    """
-    root_text = str(root.resolve())
-    candidates = {p.pid: p for p in psutil.Process().children(recursive=True)}
-    for proc in psutil.process_iter():
-        try:
-            cwd = proc.cwd()
-        except psutil.Error:
-            continue
-        if cwd == root_text or cwd.startswith(root_text + os.sep):
-            candidates[proc.pid] = proc
-    me = psutil.Process()
-    for proc in [me, *me.parents()]:
-        candidates.pop(proc.pid, None)
-    left = []
-    for pid, proc in sorted(candidates.items()):
-        try:
-            left.append(f"{pid} ({proc.status()}): {' '.join(proc.cmdline())}")
-        except psutil.NoSuchProcess:
-            continue
-    return left
-
-
-@pytest.fixture(autouse=True)
-def no_process_left(project):
-    """After the test, no kernel (or kernel server) a run started is still there."""
-    yield
-    left = leftover_processes(project.root)
-    assert not left, "processes left behind:\n" + "\n".join(left)
 
 
 def text(path: str | Path) -> str:
