@@ -11,7 +11,11 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).parent.parent
-CONDA_NAMES = {"jupyter_client": "jupyter-client"}
+CONDA_NAMES = {
+    "jupyter-client": "jupyter-client",
+    "uvicorn-standard": "uvicorn",
+    "prometheus-client": "prometheus-client",
+}
 
 
 def _split(requirement: str) -> tuple[str, str]:
