@@ -69,6 +69,9 @@ def main() -> None:
 )
 @click.option("--resume", metavar="RUN_ID", help="Continue a failed run in place.")
 @click.option("--log-output", is_flag=True, help="Stream what the notebooks print.")
+@click.option(
+    "--no-promote", is_flag=True, help="Register the model as challenger without running the gate."
+)
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
 def run(
     pipeline: str,
@@ -78,9 +81,14 @@ def run(
     jobs: int,
     resume: str | None,
     log_output: bool,
+    no_promote: bool,
     verbose: bool,
 ) -> None:
-    """Execute PIPELINE (a spec file, or a name in pipelines/), tracked in MLflow."""
+    """Execute PIPELINE (a spec file, or a name in pipelines/), tracked in MLflow.
+
+    With a model section, the model becomes a new registered version
+    (alias challenger) and the gate decides whether it becomes champion.
+    """
     from mlnb.console import reporter
     from mlnb.pipeline import run_pipeline
     from mlnb.spec import parse_assignments
@@ -98,6 +106,7 @@ def run(
             resume=resume,
             log_output=log_output,
             on_event=show,
+            promote=not no_promote,
         )
     except KeyboardInterrupt:
         if show is not None:
@@ -139,6 +148,52 @@ def _summary(result: Any) -> None:
     click.echo(f"store:     {result.tracking_uri}")
     click.echo(f"see it:    {result.url}")
     click.echo(f"workspace: {result.workspace}")
+    if result.registration is not None:
+        reg = result.registration
+        how = "registered" if reg.created else "unchanged"
+        click.echo(f"model:     {reg.name} version {reg.version} ({how}; alias challenger)")
+    if result.decision is not None:
+        _decision(result.decision)
+
+
+def _decision(decision: Any) -> None:
+    colour = "green" if decision.promoted else "yellow"
+    click.secho(f"gate:      {decision.reason}", fg=colour)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--version", "version", help="The version to promote (default: the challenger).")
+@click.option("--force", is_flag=True, help="Move champion without running the gate.")
+@click.option("--rollback", is_flag=True, help="Return champion to the version before.")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def promote(model: str, version: str | None, force: bool, rollback: bool, verbose: bool) -> None:
+    """Run the gate for MODEL, or move its champion alias by hand."""
+    from mlnb.registry import CHALLENGER, Registry, RegistryError
+    from mlnb.store import tracking_uri
+
+    try:
+        registry = Registry(tracking_uri(Path.cwd()))
+        registry.require(model)
+        if rollback:
+            if version or force:
+                raise RegistryError("--rollback takes neither --version nor --force")
+            decision = registry.rollback(model)
+        else:
+            target = version or registry.alias(model, CHALLENGER)
+            if target is None:
+                raise RegistryError(f"'{model}' has no challenger; name a version with --version")
+            if force:
+                decision = registry.set_champion(model, target, f"v{target} promoted by hand")
+            else:
+                decision = registry.gate(model, target)
+    except MlnbError as error:
+        _fail(error, verbose)
+    _decision(decision)
+    champion = registry.alias(model, "champion")
+    click.echo(f"champion:  {model} version {champion}" if champion else "champion:  none")
+    if not decision.promoted:
+        sys.exit(3)
 
 
 @main.command()

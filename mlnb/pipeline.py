@@ -41,6 +41,7 @@ from mlnb.spec import Pipeline, Stage, load_pipeline, project_root, substitute
 from mlnb.store import tracking_uri
 
 if TYPE_CHECKING:
+    from mlnb.registry import Decision, Registration
     from mlnb.tracking import Tracker
 
 
@@ -85,6 +86,8 @@ class PipelineResult:
         tracking_uri: the MLflow store.
         url: where a person sees the run.
         seconds: wall-clock time of the run.
+        registration: the model version the run delivered (with a ``model:`` section).
+        decision: what the gate decided about it (unless promotion was off).
     """
 
     pipeline: str
@@ -96,6 +99,8 @@ class PipelineResult:
     tracking_uri: str
     url: str
     seconds: float = 0.0
+    registration: Registration | None = None
+    decision: Decision | None = None
 
     def stage(self, name: str) -> StageResult:
         """Return the result of stage ``name``."""
@@ -118,6 +123,8 @@ def run_pipeline(
     log_output: bool = False,
     on_event: EventCallback | None = None,
     tracking_uri: str | None = None,
+    promote: bool = True,
+    trigger: str = "manual",
 ) -> PipelineResult:
     """Execute a pipeline: every stage with papermill, tracked in MLflow.
 
@@ -132,6 +139,10 @@ def run_pipeline(
         log_output: report what notebooks print, as :class:`StageOutput`.
         on_event: receives progress events.
         tracking_uri: an MLflow store other than the project's default.
+        promote: with a ``model:`` section, run the gate after registering
+            the model (it always becomes ``challenger``).
+        trigger: why this run happens (``manual``, ``schedule``, ``drift``,
+            ``performance``), recorded on the run and the model version.
 
     Returns:
         The :class:`PipelineResult` of a run whose stages all succeeded.
@@ -164,7 +175,14 @@ def run_pipeline(
         pipeline = None
         root = project_root(spec_path)
     runner = _Runner(
-        root, emit, jobs=jobs, force=force, log_output=log_output, tracking_uri=tracking_uri
+        root,
+        emit,
+        jobs=jobs,
+        force=force,
+        log_output=log_output,
+        tracking_uri=tracking_uri,
+        promote=promote,
+        trigger=trigger,
     )
     try:
         result = runner.run(pipeline, resume, spec_path)
@@ -196,8 +214,12 @@ class _Runner:
         force: bool,
         log_output: bool,
         tracking_uri: str | None,
+        promote: bool = True,
+        trigger: str = "manual",
     ) -> None:
         self.root = root
+        self.promote = promote
+        self.trigger = trigger
         self.emit = emit
         self.jobs = jobs
         self.force = force
@@ -277,8 +299,21 @@ class _Runner:
         tags = {}
         if self.upload_errors:  # the run's results stand; say what is missing from the store
             tags[tracking.TAG_ERROR] = "artifacts not uploaded: " + "; ".join(self.upload_errors)
+        registration = decision = None
+        delivery_error: MlnbError | None = None
+        if status == "FINISHED" and pipeline.spec.model is not None:
+            try:
+                registration, decision = self._deliver(pipeline, results)
+                tags["mlnb.model.version"] = registration.version
+                if decision is not None:
+                    tags["mlnb.model.decision"] = "promoted" if decision.promoted else "rejected"
+            except MlnbError as exc:
+                delivery_error, status = exc, "FAILED"
+                tags[tracking.TAG_ERROR] = str(exc)[:5000]
         tracker.log(run_id, tags=tags, metrics={"stages_executed": executed})
         tracker.finish(run_id, status)
+        if delivery_error is not None:
+            raise delivery_error
         return PipelineResult(
             pipeline.name,
             run_id,
@@ -288,7 +323,75 @@ class _Runner:
             self.workspace,
             uri,
             tracker.run_url(experiment_id, run_id),
+            registration=registration,
+            decision=decision,
         )
+
+    def _deliver(
+        self, pipeline: Pipeline, results: Mapping[str, StageResult]
+    ) -> tuple[Registration, Decision | None]:
+        """Register the model the run delivered, then (unless told not to) gate it."""
+        from mlnb import registry, tracking
+        from mlnb.spec import holdout_reference
+
+        model = pipeline.spec.model
+        assert model is not None
+        producer = results[model.stage]
+        source_run = producer.source_run_id or producer.run_id
+        assert source_run is not None
+        ref = holdout_reference(model)
+        holdout = Path(results[ref.stage].outputs[ref.output])
+        config = registry.GateConfig.from_spec(model)
+        tags = {
+            registry.TAG_PIPELINE_RUN: self.run_id,
+            registry.TAG_SOURCE_RUN: source_run,
+            registry.TAG_TRIGGER: self.trigger,
+            registry.TAG_SPEC_SHA: hashlib.sha256(pipeline.path.read_bytes()).hexdigest(),
+            **registry.gate_tags(config, holdout),
+            **{
+                f"{registry.TAG_DATA}{name}.{out}": digest
+                for name, res in results.items()
+                for out, digest in res.hashes.items()
+            },
+        }
+        if self.lineage.get(tracking.MLFLOW_GIT_COMMIT):
+            tags[registry.TAG_GIT_COMMIT] = self.lineage[tracking.MLFLOW_GIT_COMMIT]
+        reg = registry.Registry(self.uri or tracking_uri(self.root))
+        registration = reg.register(
+            model.name, source_run, self.experiment_id, model.artifact, tags
+        )
+        if not registration.created:  # the version exists: keep its lineage, note this run
+            reg.tag_version(
+                model.name,
+                registration.version,
+                {
+                    registry.TAG_PIPELINE_RUN: self.run_id,
+                    registry.TAG_TRIGGER: self.trigger,
+                    **registry.gate_tags(config, holdout),
+                },
+            )
+        if not self.promote:
+            return registration, None
+        if reg.alias(model.name, registry.CHAMPION) == registration.version:
+            return registration, registry.Decision(
+                model.name,
+                registration.version,
+                False,
+                registration.version,
+                config.metric,
+                None,
+                None,
+                f"v{registration.version} is already the champion",
+            )
+        decision = reg.gate(
+            model.name,
+            registration.version,
+            config,
+            holdout,
+            parent_run_id=self.run_id,
+            experiment_id=self.experiment_id,
+        )
+        return registration, decision
 
     def _start_parent(self, tracker: Tracker, experiment_id: str, pipeline: Pipeline) -> str:
         from mlnb import tracking

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -70,6 +70,51 @@ class StageSpec(BaseModel):
     cache: bool = True
 
 
+#: metrics of ``mlflow.models.evaluate``'s default evaluator, and whether greater is better
+METRICS: dict[str, dict[str, bool]] = {
+    "classifier": {
+        "accuracy_score": True,
+        "f1_score": True,
+        "precision_score": True,
+        "recall_score": True,
+        "roc_auc": True,
+        "precision_recall_auc": True,
+        "log_loss": False,
+        "true_positives": True,
+        "false_positives": False,
+        "true_negatives": True,
+        "false_negatives": False,
+    },
+    "regressor": {
+        "mean_absolute_error": False,
+        "mean_squared_error": False,
+        "root_mean_squared_error": False,
+        "sum_on_target": True,
+        "mean_on_target": True,
+        "r2_score": True,
+        "max_error": False,
+        "mean_absolute_percentage_error": False,
+    },
+}
+
+
+class ModelSpec(BaseModel):
+    """What a pipeline delivers, and the gate that promotes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    stage: str
+    artifact: str = "model"
+    type: Literal["classifier", "regressor"] = "classifier"
+    holdout: str
+    target: str
+    metric: str
+    greater_is_better: bool | None = None
+    threshold: float | None = None
+    min_improvement: float = Field(default=0.0, ge=0)
+
+
 class PipelineSpec(BaseModel):
     """A whole pipeline file as written in YAML."""
 
@@ -80,6 +125,7 @@ class PipelineSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     stages: dict[str, StageSpec]
+    model: ModelSpec | None = None
 
     @field_validator("stages")
     @classmethod
@@ -333,7 +379,11 @@ def read_spec(path: Path) -> tuple[PipelineSpec, _Lines]:
         for error in exc.errors():
             loc = list(error["loc"])
             if error["type"] == "extra_forbidden":
-                owner = StageSpec if len(loc) >= 3 and loc[0] == "stages" else PipelineSpec
+                owner: type[BaseModel] = PipelineSpec
+                if len(loc) >= 3 and loc[0] == "stages":
+                    owner = StageSpec
+                elif len(loc) >= 2 and loc[0] == "model":
+                    owner = ModelSpec
                 known = owner.model_fields.keys()
                 collector.add(loc, f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), known)}")
             elif error["type"] == "missing":
@@ -516,6 +566,9 @@ def load_pipeline(
                 else:
                     upstream[name].add(ref.stage)
 
+    if spec.model is not None:
+        _check_model(spec, collect)
+
     kernels = installed_kernels()
     for name, stage in spec.stages.items():
         kernel = stage.kernel or (infos[name].kernel_name if name in infos else None)
@@ -562,6 +615,51 @@ def load_pipeline(
         overrides=overrides,
         spec=spec,
     )
+
+
+def _check_model(spec: PipelineSpec, collect: _Collector) -> None:
+    """The ``model:`` section: its stage, holdout reference and metric exist."""
+    model = spec.model
+    assert model is not None
+    if model.stage not in spec.stages:
+        collect.add(
+            ["model", "stage"], f"unknown stage '{model.stage}'{suggest(model.stage, spec.stages)}"
+        )
+    ref = None
+    whole = REFERENCE.fullmatch(model.holdout.strip())
+    if whole:
+        ref = parse_reference(whole.group(1))
+    if ref is None:
+        collect.add(
+            ["model", "holdout"],
+            "the holdout data is an output of a stage, written ${stage.outputs.name}",
+        )
+    elif ref.stage not in spec.stages:
+        collect.add(
+            ["model", "holdout"], f"unknown stage '{ref.stage}'{suggest(ref.stage, spec.stages)}"
+        )
+    elif ref.output not in spec.stages[ref.stage].outputs:
+        outs = spec.stages[ref.stage].outputs
+        collect.add(
+            ["model", "holdout"],
+            f"stage '{ref.stage}' has no output '{ref.output}'"
+            f"{suggest(ref.output, outs) or '; its outputs: ' + ', '.join(outs)}",
+        )
+    known = METRICS[model.type]
+    if model.metric not in known and model.greater_is_better is None:
+        collect.add(
+            ["model", "metric"],
+            f"'{model.metric}' is not a metric mlflow.evaluate "
+            f"computes for a {model.type}{suggest(model.metric, known)}; name one, or set "
+            "greater_is_better for a metric of your own",
+        )
+
+
+def holdout_reference(model: ModelSpec) -> Reference:
+    """The stage output a validated ``model:`` section names as its holdout data."""
+    ref = parse_reference(REFERENCE.fullmatch(model.holdout.strip()).group(1))  # type: ignore[union-attr]
+    assert ref is not None
+    return ref
 
 
 def _notebook_info(
