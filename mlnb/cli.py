@@ -8,6 +8,8 @@ never imports MLflow.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -194,6 +196,47 @@ def promote(model: str, version: str | None, force: bool, rollback: bool, verbos
     click.echo(f"champion:  {model} version {champion}" if champion else "champion:  none")
     if not decision.promoted:
         sys.exit(3)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(host: str, port: int) -> None:
+    """Start the MLflow UI on this project's store (stop it with Ctrl-C)."""
+    import subprocess
+
+    from mlnb.store import ARTIFACT_DIR, tracking_uri
+
+    root = Path.cwd()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri(root),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        command += ["--default-artifact-root", (root / ARTIFACT_DIR).resolve().as_uri()]
+    click.echo(
+        f"MLflow UI on http://{host}:{port} for {tracking_uri(root)} (Ctrl-C stops it)", err=True
+    )
+    process = subprocess.Popen(command)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        sys.exit(process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command()
