@@ -125,8 +125,14 @@ class Registry:
     """Registered models on one MLflow store."""
 
     def __init__(self, uri: str) -> None:
+        import mlflow
+
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        # MLflow resolves "models:/<id>" sources and evaluates models through its
+        # process-wide store: it must be this one
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
 
     # -- registration ------------------------------------------------------------
 
@@ -332,7 +338,6 @@ class Registry:
         from mlflow.models import MetricThreshold
         from mlflow.models.evaluation.validation import ModelValidationFailedException
 
-        mlflow.set_tracking_uri(self.uri)
         if experiment_id is None:
             found = self.client.get_experiment_by_name(GATE_EXPERIMENT)
             experiment_id = (

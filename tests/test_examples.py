@@ -67,3 +67,8 @@ def test_example_pipeline_with_ci_profile(example: Path) -> None:
     assert evaluate.data.metrics["test_roc_auc"] > 0.9
     models = client.search_logged_models(experiment_ids=[result.experiment_id])
     assert [m.source_run_id for m in models] == [train.info.run_id]
+    # the model section: registered as version 1, and the gate made it champion
+    assert result.registration is not None and result.registration.version == "1"
+    assert result.decision is not None and result.decision.promoted
+    assert client.get_model_version_by_alias("cancer", "champion").version == "1"
+    assert client.get_model_version_by_alias("cancer", "challenger").version == "1"
