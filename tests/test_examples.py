@@ -70,5 +70,5 @@ def test_example_pipeline_with_ci_profile(example: Path) -> None:
     # the model section: registered as version 1, and the gate made it champion
     assert result.registration is not None and result.registration.version == "1"
     assert result.decision is not None and result.decision.promoted
-    assert client.get_model_version_by_alias("cancer", "champion").version == "1"
-    assert client.get_model_version_by_alias("cancer", "challenger").version == "1"
+    assert str(client.get_model_version_by_alias("cancer", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("cancer", "challenger").version) == "1"

@@ -1,0 +1,1292 @@
+"""``mlnb serve``: the model version an MLflow alias names, behind MLflow's scoring protocol.
+
+``POST /invocations`` takes what ``mlflow models serve`` takes (JSON with
+``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs``; CSV;
+Parquet) and answers ``{"predictions": [...]}``, plus ``model_version`` and
+``request_id``. ``POST /feedback`` takes ground-truth labels by request id;
+``GET /ping``, ``/health``, ``/version`` and ``/metrics`` (Prometheus) tell
+how the service is.
+
+Design decisions:
+
+- **Follow the alias, swap atomically.** A thread polls the registry every
+  ``poll_seconds``; when the alias names another version it loads that version
+  beside the serving one and swaps a single reference. A request reads the
+  reference once, so it is answered start to end by one version, and no
+  request waits for or fails on a swap. A version that fails to load leaves
+  the old one serving; the failure shows in ``/health``, ``/version``,
+  ``/metrics`` and the log, and is retried after :data:`RETRY_SECONDS`.
+- **A lean scoring path.** ``/invocations`` is a raw ASGI endpoint: orjson
+  parses the body, rows go straight into a float64 matrix in the signature's
+  column order when every input column is numeric, and the scikit-learn
+  flavor's own ``predict`` runs on it (``mlflow.pyfunc`` adds a DataFrame and
+  schema enforcement per call; on this machine that is most of a one-row
+  request). Anything the fast path does not take cleanly is checked column by
+  column in pandas, which names the column, row and value at fault. Bodies
+  larger than :data:`INLINE_BYTES` are scored on a worker thread so they do
+  not stall the event loop.
+- **Validate at the boundary.** Inputs are checked against the model's
+  signature (names, types, required values) before the model sees them; a
+  client error is a 4xx ``{"error_code", "message"}`` that names the problem,
+  never a traceback. Models without a column signature are parsed by MLflow's
+  own scoring-server functions and checked by the pyfunc model.
+- **Log before answering.** Each answered request is appended to the
+  prediction log (:mod:`mlnb.predlog`) before its response is sent, so a
+  client that has a request id can always give feedback for it. A log that
+  cannot be written (disk full) is counted and reported, and predictions go on.
+- **Serving never imports the notebook machinery** (papermill, nbclient,
+  jupyter, :mod:`mlnb.pipeline`): a service starts in the time it takes to
+  import MLflow and load the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import difflib
+import importlib.util
+import io
+import logging
+import math
+import operator
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlnb import __version__
+from mlnb.errors import MlnbError
+from mlnb.predlog import PredictionLog, default_log_dir, find_request, new_request_id
+from mlnb.store import tracking_uri as default_tracking_uri
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+MAX_BODY_BYTES = 10 * 2**20
+INLINE_BYTES = 256 * 2**10  # larger bodies are parsed and scored off the event loop
+RETRY_SECONDS = 30.0  # a version that failed to load is tried again after this long
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
+_NUMBER_KINDS = {"double": np.float64, "float": np.float32, "long": np.int64, "integer": np.int32}
+_DUMP = orjson.OPT_SERIALIZE_NUMPY
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class ServeError(MlnbError):
+    """The service cannot start: the store, the model, its alias or its version.
+
+    Attributes:
+        model: the registered model name.
+        alias: the alias the service follows.
+        tracking_uri: the MLflow store asked.
+    """
+
+    def __init__(self, message: str, model: str, alias: str, tracking_uri: str) -> None:
+        self.model = model
+        self.alias = alias
+        self.tracking_uri = tracking_uri
+        super().__init__(message)
+
+
+class _Reject(Exception):
+    """A request answered with a 4xx (or 5xx) JSON error."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "BAD_REQUEST") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message if len(message) <= 2000 else message[:1997] + "..."
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error_code": self.code, "message": self.message})
+
+
+# --- the input schema and the checks against it ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """The column part of a model signature, shaped for checking requests fast."""
+
+    columns: tuple[str, ...]
+    kinds: tuple[str, ...]
+    required: tuple[bool, ...]
+    numeric: bool = field(init=False)
+    integral: list[int] = field(init=False)
+    names: list[str] = field(init=False)
+    row_of: Callable[[dict[str, Any]], Sequence[Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "numeric", all(kind in _NUMBER_KINDS for kind in self.kinds))
+        set_(self, "integral", [i for i, k in enumerate(self.kinds) if k in ("long", "integer")])
+        set_(self, "names", list(self.columns))
+        first = self.columns[0]
+        getter = operator.itemgetter(*self.columns)
+        set_(self, "row_of", getter if len(self.columns) > 1 else lambda r: (r[first],))
+
+    @classmethod
+    def of(cls, signature: Any) -> InputSchema | None:
+        """The schema of a signature with named scalar columns; ``None`` for any other."""
+        from mlflow.types import DataType
+
+        inputs = getattr(signature, "inputs", None)
+        if inputs is None or inputs.is_tensor_spec() or not inputs.has_input_names():
+            return None
+        specs = inputs.inputs
+        if not specs or not all(isinstance(spec.type, DataType) for spec in specs):
+            return None  # arrays, objects, maps: left to MLflow's own parsing
+        return cls(
+            tuple(str(spec.name) for spec in specs),
+            tuple(spec.type.name for spec in specs),
+            tuple(bool(getattr(spec, "required", True)) for spec in specs),
+        )
+
+    def missing(self, present: Sequence[Any]) -> str | None:
+        """A message naming the signature columns absent from ``present``, or ``None``."""
+        have = set(present)
+        lacking = [c for c in self.columns if c not in have]
+        if not lacking:
+            return None
+        names = ", ".join(repr(c) for c in lacking[:10]) + (" ..." if len(lacking) > 10 else "")
+        text = f"missing column{'s' if len(lacking) > 1 else ''} {names}"
+        extra = [str(c) for c in present if c not in set(self.columns)]
+        near = [m for c in lacking[:10] for m in difflib.get_close_matches(c, extra, 1, 0.8)]
+        if near:
+            text += f" (the request has {', '.join(repr(n) for n in near)}: a typo?)"
+        return text + f"; the model's signature needs {len(self.columns)} columns"
+
+
+def _matrix(rows: Any, names: list[Any] | None, schema: InputSchema) -> np.ndarray | None:
+    """Rows as a float64 matrix in signature order, or ``None`` to take the checked path."""
+    if not isinstance(rows, list) or not rows:
+        return None
+    try:
+        matrix = np.asarray(rows)
+    except (ValueError, TypeError):  # ragged rows
+        return None
+    if matrix.dtype.kind not in "iuf" or matrix.ndim != 2:
+        return None
+    if names is not None and names != schema.names:
+        if len(set(names)) != len(names) or schema.missing(names) is not None:
+            return None
+        position = {name: i for i, name in enumerate(names)}
+        if matrix.shape[1] != len(names):
+            return None
+        matrix = matrix[:, [position[c] for c in schema.columns]]
+    elif matrix.shape[1] != len(schema.columns):
+        return None
+    if schema.integral:
+        part = matrix[:, schema.integral]
+        if matrix.dtype.kind == "f" and not np.array_equal(part, np.round(part)):
+            return None
+    return np.ascontiguousarray(matrix, dtype=np.float64)
+
+
+def _fast(fmt: str, data: Any, schema: InputSchema) -> np.ndarray | None:
+    """The JSON payload as a float64 matrix without a DataFrame, when it is clean."""
+    if fmt == "dataframe_split":
+        if isinstance(data, dict):
+            return _matrix(data.get("data"), data.get("columns"), schema)
+        return None
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        try:
+            return _matrix(list(map(schema.row_of, data)), None, schema)
+        except (KeyError, TypeError):
+            return None
+    if fmt == "dataframe_records":
+        return None
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        return _matrix(data, None, schema)
+    if isinstance(data, dict):
+        try:
+            columns = _matrix([data[c] for c in schema.columns], None, schema_t(schema, data))
+        except (KeyError, TypeError):
+            return None
+        return None if columns is None else np.ascontiguousarray(columns.T)
+    return None
+
+
+def schema_t(schema: InputSchema, data: dict[str, Any]) -> InputSchema:
+    """A schema whose "rows" are the columns of ``data`` (for column-major payloads)."""
+    lengths = {len(v) if isinstance(v, list) else -1 for v in data.values()}
+    width = lengths.pop() if len(lengths) == 1 else -1
+    return InputSchema(tuple(str(i) for i in range(max(width, 1))), ("double",) * max(width, 1),
+                       (True,) * max(width, 1))
+
+
+def _frame(fmt: str, data: Any, schema: InputSchema | None) -> pd.DataFrame:
+    """The JSON payload of one scoring format as a DataFrame (not yet checked)."""
+    width = len(schema.columns) if schema else None
+
+    def positional(rows: list[Any], where: str) -> pd.DataFrame:
+        if not all(isinstance(row, list) for row in rows):
+            raise _Reject(f"'{fmt}': each row{where} must be a list of values")
+        lengths = {len(row) for row in rows}
+        if schema is None:
+            return pd.DataFrame(rows)
+        if lengths != {width}:
+            got = ", ".join(str(n) for n in sorted(lengths))
+            raise _Reject(
+                f"'{fmt}': rows have {got} values; the model's signature has {width} columns "
+                "(name them, or give the values in the signature's order)"
+            )
+        return pd.DataFrame(rows, columns=list(schema.columns))
+
+    try:
+        if fmt == "dataframe_split":
+            if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+                raise _Reject(
+                    "'dataframe_split' must be an object with 'data' (a list of rows) "
+                    "and optionally 'columns' and 'index'"
+                )
+            if data.get("columns") is None:
+                return positional(data["data"], " of 'data'")
+            if not all(isinstance(row, list) for row in data["data"]):
+                raise _Reject("'dataframe_split': each row of 'data' must be a list of values")
+            return pd.DataFrame(data["data"], columns=data["columns"])
+        if isinstance(data, list) and all(isinstance(row, dict) for row in data):
+            return pd.DataFrame.from_records(data) if data else pd.DataFrame()
+        if fmt == "dataframe_records":
+            raise _Reject("'dataframe_records' must be a list of objects, one per row")
+        if isinstance(data, list):
+            return positional(data, "")
+        if isinstance(data, dict):
+            if all(isinstance(value, list) for value in data.values()):
+                return pd.DataFrame(data)
+            if not any(isinstance(value, list | dict) for value in data.values()):
+                return pd.DataFrame([data])
+        raise _Reject(
+            f"'{fmt}' must be a list of rows (objects or lists) or an object of columns"
+        )
+    except _Reject:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise _Reject(f"'{fmt}' is not a table: {exc}") from exc
+
+
+def _show(value: Any) -> str:
+    kinds = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}
+    text = orjson.dumps(value, default=str).decode()
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
+
+
+def _coerce(values: pd.Series, kind: str, required: bool, text: bool) -> pd.Series:
+    """One column converted to its signature type; raises ValueError naming the bad row."""
+    null = values.isna()
+    if null.any():
+        if required:
+            raise ValueError(f"row {int(np.argmax(null.to_numpy()))} has no value")
+        values = values.where(~null, None)
+    present = values[~null]
+    if kind in _NUMBER_KINDS:
+        dtype = np.dtype(_NUMBER_KINDS[kind])
+        numbers = values
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            if text:
+                numbers = pd.to_numeric(values, errors="coerce")
+                bad = numbers.isna() & ~null
+            else:
+                bad = present.map(lambda v: isinstance(v, bool) or not isinstance(v, int | float))
+            if bad.any():
+                row = bad[bad].index[0]
+                raise ValueError(f"row {row} has {_show(values[row])}; expected a number")
+            numbers = numbers.astype(np.float64)
+        if dtype.kind == "i":
+            whole = numbers[~null] == np.round(numbers[~null])
+            if not whole.all():
+                row = whole[~whole].index[0]
+                raise ValueError(f"row {row} has {numbers[row]!r}; expected an integer")
+            return numbers.astype(dtype) if not null.any() else numbers.astype(np.float64)
+        return numbers.astype(dtype)
+    if kind == "boolean":
+        if not pd.api.types.is_bool_dtype(values):
+            bad = present.map(lambda v: not isinstance(v, bool | np.bool_))
+            if bad.any():
+                row = bad[bad].index[0]
+                raise ValueError(f"row {row} has {_show(values[row])}; expected true or false")
+        return values
+    if kind == "string":
+        if text:
+            return values.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        bad = present.map(lambda v: not isinstance(v, str))
+        if bad.any():
+            row = bad[bad].index[0]
+            raise ValueError(f"row {row} has {_show(values[row])}; expected a string")
+        return values
+    if kind == "datetime":
+        try:
+            return pd.to_datetime(values)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a date and time: {exc}") from None
+    if kind == "binary":
+        import base64
+
+        try:
+            return values.map(lambda v: v if v is None or isinstance(v, bytes) else base64.b64decode(v))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not base64: {exc}") from None
+    return values
+
+
+def check_frame(frame: pd.DataFrame, schema: InputSchema, text: bool = False) -> pd.DataFrame:
+    """A request's table checked against the signature: its columns, in order, typed.
+
+    Args:
+        frame: the parsed request; extra columns are dropped, as MLflow does.
+        schema: the model's input schema.
+        text: the values came from text (CSV), so numbers may be written as strings.
+
+    Raises:
+        _Reject: naming the missing columns, or each column with a bad value.
+    """
+    if frame.columns.has_duplicates:
+        twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise _Reject(f"duplicate columns: {', '.join(repr(c) for c in twice)}")
+    if (message := schema.missing(list(frame.columns))) is not None:
+        raise _Reject(message)
+    if frame.empty:
+        raise _Reject("the request has no rows to predict")
+    frame = frame.reset_index(drop=True)
+    problems: list[str] = []
+    checked: dict[str, pd.Series] = {}
+    for name, kind, required in zip(schema.columns, schema.kinds, schema.required, strict=True):
+        try:
+            checked[name] = _coerce(frame[name], kind, required, text)
+        except ValueError as exc:
+            problems.append(f"column '{name}' ({kind}): {exc}")
+    if problems:
+        more = f" (and {len(problems) - 5} more columns)" if len(problems) > 5 else ""
+        raise _Reject("; ".join(problems[:5]) + more)
+    return pd.DataFrame(checked)
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded model version, immutable: a request holds it from start to end."""
+
+    version: str
+    source: str
+    run_id: str | None
+    flavor: str  # "sklearn": its own predict on a matrix or frame; "pyfunc": the MLflow wrapper
+    predict: Callable[..., Any]
+    schema: InputSchema | None
+    wants_matrix: bool
+    takes_params: bool
+    loaded_at: datetime
+
+
+def load_version(client: MlflowClient, name: str, version: str, uri: str) -> Served:
+    """Load one registered version: its signature, and the fastest flavor that predicts.
+
+    Raises:
+        MlflowException, OSError or whatever the model's loader raises.
+    """
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    found = client.get_model_version(name, version)
+    source = client.get_model_version_download_uri(name, version)
+    if source.startswith("mlflow-artifacts:") and uri.startswith(("http://", "https://")):
+        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+        source = MlflowArtifactsRepository.resolve_uri(source, uri)
+    meta = Model.load(source)
+    schema = InputSchema.of(meta.signature)
+    conf = meta.flavors.get("python_function", {})
+    if schema is not None and "sklearn" in meta.flavors and conf.get("loader_module") == (
+        "mlflow.sklearn"
+    ):
+        import mlflow.sklearn
+
+        model = mlflow.sklearn.load_model(source)
+        names = getattr(model, "feature_names_in_", None)
+        matrix = schema.numeric and (names is None or list(names) == schema.names)
+        if matrix and names is not None:
+            # the matrix holds exactly the columns the model was fitted on, in order
+            warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning)
+        predict = getattr(model, conf.get("predict_fn", "predict"))
+        flavor, takes_params = "sklearn", False
+    else:
+        import inspect
+
+        model = mlflow.pyfunc.load_model(source)
+        predict, flavor, matrix = model.predict, "pyfunc", False
+        takes_params = "params" in inspect.signature(model.predict).parameters
+    return Served(
+        version=str(version),
+        source=source,
+        run_id=found.run_id,
+        flavor=flavor,
+        predict=predict,
+        schema=schema,
+        wants_matrix=matrix,
+        takes_params=takes_params,
+        loaded_at=datetime.now(UTC),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Predictions in a form orjson writes: NumPy arrays as they are, frames as records."""
+    if isinstance(value, np.ndarray):
+        return np.ascontiguousarray(value) if value.dtype.kind in "biuf" else value.tolist()
+    if isinstance(value, pd.DataFrame):
+        return value.to_dict(orient="records")
+    if isinstance(value, pd.Series):
+        return _jsonable(value.to_numpy())
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _count(value: Any) -> int:
+    try:
+        return len(value)
+    except TypeError:
+        return 1
+
+
+def _error_text(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, MlflowException) else text
+
+
+def score(served: Served, mime: str, body: bytes) -> tuple[Any, list[str], Any, int]:
+    """Parse, check and predict one request body.
+
+    Returns:
+        The predictions, the input column names, the inputs as the model saw
+        them (for the log) and the number of rows.
+
+    Raises:
+        _Reject: the body is not a table the model's signature accepts, or the
+            model failed on it.
+    """
+    schema, params = served.schema, None
+    if mime == JSON:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _Reject(f"malformed JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise _Reject(
+                f"the JSON body must be an object with one of the keys {', '.join(FORMATS)}; "
+                f"got {_show(doc)}"
+            )
+        keys = [key for key in FORMATS if key in doc]
+        if len(keys) != 1:
+            raise _Reject(
+                f"the JSON body must have exactly one of the keys {', '.join(FORMATS)}; "
+                f"it has {', '.join(repr(k) for k in doc) or 'none'}"
+            )
+        fmt, data, params = keys[0], doc[keys[0]], doc.get("params")
+        if schema is None:
+            batch = _mlflow_parse(lambda s: _infer(doc, fmt, s), served)
+        else:
+            batch = _fast(fmt, data, schema) if served.wants_matrix else None
+            if batch is None:
+                batch = check_frame(_frame(fmt, data, schema), schema)
+    else:
+        try:
+            if mime == CSV:
+                frame = pd.read_csv(io.BytesIO(body))
+            else:
+                frame = pd.read_parquet(io.BytesIO(body))
+        except Exception as exc:  # pandas raises many kinds for a body it cannot read
+            what = "CSV" if mime == CSV else "Parquet"
+            raise _Reject(f"cannot read the body as {what}: {_error_text(exc)}") from None
+        batch = frame if schema is None else check_frame(frame, schema, text=mime == CSV)
+    if isinstance(batch, pd.DataFrame) and served.wants_matrix:
+        batch = batch.to_numpy(dtype=np.float64)
+    try:
+        if params is not None and served.takes_params:
+            raw = served.predict(batch, params=params)
+        else:
+            raw = served.predict(batch)
+    except Exception as exc:
+        logger.warning("version %s could not predict: %s", served.version, _error_text(exc))
+        raise _Reject(f"the model could not predict on this input: {_error_text(exc)}") from None
+    if isinstance(batch, np.ndarray) and schema is not None:
+        columns, inputs = schema.names, batch
+    elif isinstance(batch, pd.DataFrame):
+        columns = [str(c) for c in batch.columns]
+        inputs = batch.to_numpy(dtype=object).tolist()
+    else:
+        columns, inputs = [], [_jsonable(batch)]
+    return _jsonable(raw), columns, inputs, _count(inputs)
+
+
+def _infer(doc: dict[str, Any], fmt: str, schema: Any) -> Any:
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    return infer_and_parse_data({fmt: doc[fmt]}, schema)
+
+
+def _mlflow_parse(parse: Callable[[Any], Any], served: Served) -> Any:
+    """Parse with MLflow's scoring-server functions (models without a column signature)."""
+    metadata = getattr(getattr(served.predict, "__self__", None), "metadata", None)
+    schema = metadata.get_input_schema() if metadata is not None else None
+    try:
+        return parse(schema)
+    except MlflowException as exc:
+        raise _Reject(exc.message) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _Reject(f"the input is not a table: {_error_text(exc)}") from None
+
+
+# --- metrics, health, the alias follower --------------------------------------------------------
+
+
+class Metrics:
+    """Prometheus metrics of one service, in a registry of its own."""
+
+    def __init__(self, model: str, alias: str) -> None:
+        self.registry = CollectorRegistry()
+        self.model, self.alias = model, alias
+        r = self.registry
+        self.requests = Counter(
+            "mlnb_serve_requests", "Requests answered, by endpoint and status code.",
+            ["endpoint", "code"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "mlnb_serve_request_duration_seconds", "Time to answer a request, by endpoint.",
+            ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.errors = Counter(
+            "mlnb_serve_errors", "Requests answered with an error, by endpoint and kind.",
+            ["endpoint", "kind"], registry=r,
+        )  # fmt: skip
+        self.rows = Counter("mlnb_serve_predicted_rows", "Input rows predicted.", registry=r)
+        self.version = Gauge(
+            "mlnb_serve_model_version", "1 for the model version serving.",
+            ["model", "alias", "version"], registry=r,
+        )  # fmt: skip
+        self.swaps = Counter("mlnb_serve_model_swaps", "New versions swapped in.", registry=r)
+        self.load_failures = Counter(
+            "mlnb_serve_model_load_failures", "Attempts to load a version that failed.", registry=r
+        )
+        self.load_failing = Gauge(
+            "mlnb_serve_model_load_failing",
+            "1 while the alias names a version that failed to load.",
+            registry=r,
+        )
+        self.alias_failures = Counter(
+            "mlnb_serve_alias_lookup_failures", "Registry look-ups of the alias that failed.",
+            registry=r,
+        )  # fmt: skip
+        self.log_failures = Counter(
+            "mlnb_serve_prediction_log_failures", "Records the prediction log could not take.",
+            registry=r,
+        )  # fmt: skip
+        self._answered: dict[tuple[str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    def answered(self, endpoint: str, code: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        child = self._answered.get((endpoint, code))
+        if child is None:
+            child = self._answered[(endpoint, code)] = self.requests.labels(endpoint, str(code))
+        child.inc()
+        timer = self._timers.get(endpoint)
+        if timer is None:
+            timer = self._timers[endpoint] = self.latency.labels(endpoint)
+        timer.observe(seconds)
+
+    def serving(self, old: str | None, new: str) -> None:
+        """Move the version gauge from ``old`` to ``new``."""
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.version.remove(self.model, self.alias, old)
+        self.version.labels(self.model, self.alias, new).set(1)
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """A problem the service reports while it goes on serving."""
+
+    message: str
+    since: datetime
+    version: str | None = None
+    retry_at: float = 0.0  # time.monotonic() of the next attempt
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"message": self.message, "since": self.since.isoformat()}
+        if self.version is not None:
+            out["version"] = self.version
+        return out
+
+
+class Service:
+    """The state of one prediction service: the serving version, its log and metrics.
+
+    Args:
+        client: the MLflow client of the store.
+        tracking_uri: that store's URI.
+        model: the registered model name.
+        alias: the alias followed.
+        first: the version loaded at start.
+        log: the prediction log.
+        poll_seconds: how often the alias is looked up.
+        max_body_bytes: the largest request body taken.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        tracking_uri: str,
+        model: str,
+        alias: str,
+        first: Served,
+        log: PredictionLog,
+        poll_seconds: float,
+        max_body_bytes: int,
+    ) -> None:
+        self.client, self.uri, self.model, self.alias = client, tracking_uri, model, alias
+        self.current = first
+        self.alias_version = first.version
+        self.log = log
+        self.poll_seconds = poll_seconds
+        self.max_body_bytes = max_body_bytes
+        self.metrics = Metrics(model, alias)
+        self.metrics.serving(None, first.version)
+        self.load_trouble: Trouble | None = None
+        self.alias_trouble: Trouble | None = None
+        self.log_trouble: Trouble | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # the follower thread
+
+    def start(self) -> None:
+        """Start following the alias."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, name="mlnb-serve-alias", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop following the alias (a load in progress gets ``timeout`` seconds)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # never let the follower die: the service must keep serving
+                logger.exception("following alias '%s' of '%s' failed", self.alias, self.model)
+
+    def poll(self) -> None:
+        """Look the alias up once; load and swap in the version it names if that is new."""
+        try:
+            target = str(self.client.get_model_version_by_alias(self.model, self.alias).version)
+        except Exception as exc:
+            self.metrics.alias_failures.inc()
+            if self.alias_trouble is None:
+                logger.warning(
+                    "cannot look up alias '%s' of '%s' (still serving version %s): %s",
+                    self.alias, self.model, self.current.version, _error_text(exc),
+                )  # fmt: skip
+            self.alias_trouble = Trouble(
+                f"cannot look up the alias: {_error_text(exc)}", datetime.now(UTC)
+            )
+            return
+        if self.alias_trouble is not None:
+            logger.info("alias '%s' of '%s' can be looked up again", self.alias, self.model)
+            self.alias_trouble = None
+        self.alias_version = target
+        if target == self.current.version:
+            if self.load_trouble is not None:  # the alias went back to the serving version
+                self.load_trouble = None
+                self.metrics.load_failing.set(0)
+            return
+        failed = self.load_trouble
+        if failed is not None and failed.version == target and time.monotonic() < failed.retry_at:
+            return
+        logger.info(
+            "alias '%s' of '%s' names version %s; loading it", self.alias, self.model, target
+        )
+        try:
+            loaded = load_version(self.client, self.model, target, self.uri)
+        except Exception as exc:
+            self.metrics.load_failures.inc()
+            self.metrics.load_failing.set(1)
+            self.load_trouble = Trouble(
+                f"version {target} failed to load: {_error_text(exc)}",
+                datetime.now(UTC) if failed is None or failed.version != target else failed.since,
+                target,
+                time.monotonic() + RETRY_SECONDS,
+            )
+            logger.error(
+                "version %s of '%s' failed to load; still serving version %s "
+                "(next try in %.0f s): %s",
+                target, self.model, self.current.version, RETRY_SECONDS, _error_text(exc),
+            )  # fmt: skip
+            return
+        old, self.current = self.current, loaded  # the swap: one reference
+        self.load_trouble = None
+        self.metrics.load_failing.set(0)
+        self.metrics.swaps.inc()
+        self.metrics.serving(old.version, loaded.version)
+        logger.info(
+            "now serving version %s of '%s' (alias '%s'), was version %s",
+            loaded.version, self.model, self.alias, old.version,
+        )  # fmt: skip
+
+    # reports
+
+    def troubles(self) -> dict[str, Any]:
+        """Each problem the service has now, by name."""
+        found = {
+            "load_error": self.load_trouble,
+            "alias_error": self.alias_trouble,
+            "log_error": self.log_trouble,
+        }
+        return {name: t.as_json() for name, t in found.items() if t is not None}
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` answers: ``ok``, or ``degraded`` with the problems."""
+        served, problems = self.current, self.troubles()
+        return {
+            "status": "degraded" if problems else "ok",
+            "model": self.model,
+            "alias": self.alias,
+            "model_version": served.version,
+            "alias_version": self.alias_version,
+            "serving_since": served.loaded_at.isoformat(),
+            **problems,
+        }
+
+    def version_info(self) -> dict[str, Any]:
+        """What ``/version`` answers: the versions of MLflow, mlnb and the model."""
+        import mlflow
+
+        served = self.current
+        return {
+            "mlflow_version": mlflow.__version__,
+            "mlnb_version": __version__,
+            "model": self.model,
+            "alias": self.alias,
+            "model_version": served.version,
+            "alias_version": self.alias_version,
+            "run_id": served.run_id,
+            "source": served.source,
+            "flavor": served.flavor,
+            "tracking_uri": self.uri,
+            **self.troubles(),
+        }
+
+    def logged(self, write: Callable[[], None]) -> None:
+        """Run one log write; a failure is counted and reported, never raised."""
+        try:
+            write()
+        except (OSError, TypeError, ValueError) as exc:  # disk full; an unserializable value
+            self.metrics.log_failures.inc()
+            if self.log_trouble is None:
+                logger.error("cannot write the prediction log: %s", _error_text(exc))
+            self.log_trouble = Trouble(f"cannot write the log: {_error_text(exc)}", datetime.now(UTC))
+        else:
+            if self.log_trouble is not None:
+                logger.info("the prediction log can be written again")
+                self.log_trouble = None
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+def _headers(scope: Scope) -> tuple[str | None, str, int | None]:
+    """The media type, its charset and the declared length of a request."""
+    media, charset, length = None, "utf-8", None
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            parts = value.decode("latin-1").split(";")
+            media = parts[0].strip().lower()
+            for part in parts[1:]:
+                name, _, val = part.partition("=")
+                if name.strip().lower() == "charset":
+                    charset = val.strip().strip('"').lower()
+        elif key == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise _Reject("the Content-Length header is not a number") from None
+    return media, charset, length
+
+
+async def _body(receive: Receive, declared: int | None, limit: int) -> bytes:
+    """The whole request body; a 413 as soon as it is known to exceed ``limit``."""
+    too_large = _Reject(
+        f"the request body exceeds {limit:,} bytes; send fewer rows per request",
+        413,
+        "REQUEST_LIMIT_EXCEEDED",
+    )
+    if declared is not None and declared > limit:
+        raise too_large
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise too_large
+        return body
+    chunks, size = [body], len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Reject("the client went away", 400)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_INTERNAL = _Reject("internal error; the server log has the details", 500, "INTERNAL_ERROR")
+
+
+class _Endpoint:
+    """A raw ASGI endpoint with uniform errors and metrics (Starlette passes it through)."""
+
+    def __init__(
+        self,
+        service: Service,
+        name: str,
+        work: Callable[[Scope, Receive], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]],
+    ) -> None:
+        self.service, self.name, self.work = service, name, work
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        try:
+            status, body, headers = await self.work(scope, receive)
+        except _Reject as reject:
+            status, body, headers = reject.status, reject.body(), []
+            self.service.metrics.errors.labels(self.name, reject.code.lower()).inc()
+        except Exception:
+            logger.exception("%s failed", self.name)
+            status, body, headers = _INTERNAL.status, _INTERNAL.body(), []
+            self.service.metrics.errors.labels(self.name, "internal_error").inc()
+        if self.name == "invocations" and not headers:
+            headers = [(b"x-model-version", self.service.current.version.encode())]
+        await _send(send, status, body, headers)
+        self.service.metrics.answered(self.name, status, time.perf_counter() - start)
+
+
+def _media(media: str | None, charset: str, allowed: Sequence[str]) -> str:
+    if media is None:
+        raise _Reject(
+            f"the request has no Content-Type; send {' or '.join(allowed)}", 415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        )  # fmt: skip
+    if media not in allowed:
+        raise _Reject(
+            f"unsupported Content-Type '{media}'; send {' or '.join(allowed)}", 415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        )  # fmt: skip
+    if charset not in ("utf-8", "utf8"):
+        raise _Reject(f"unsupported charset '{charset}'; send UTF-8", 415, "UNSUPPORTED_MEDIA_TYPE")
+    return media
+
+
+def _feedback_items(body: bytes) -> list[tuple[str, list[Any]]]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Reject(f"malformed JSON: {exc}") from None
+    items = doc if isinstance(doc, list) else [doc]
+    if not items:
+        raise _Reject("no feedback in the request")
+    out = []
+    for i, item in enumerate(items):
+        where = f"item {i}: " if isinstance(doc, list) else ""
+        if not isinstance(item, dict):
+            raise _Reject(f'{where}feedback is an object {{"request_id": ..., "labels": [...]}}')
+        rid, labels = item.get("request_id"), item.get("labels")
+        if not isinstance(rid, str):
+            raise _Reject(f"{where}'request_id' must be the string a prediction answered")
+        if not isinstance(labels, list):
+            raise _Reject(f"{where}'labels' must be a list, one label per predicted row")
+        out.append((rid, labels))
+    return out
+
+
+class _Handlers:
+    """The work of ``/invocations`` and ``/feedback`` on one :class:`Service`."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def invocations(self, scope: Scope, receive: Receive) -> tuple[int, bytes, Any]:
+        service = self.service
+        served = service.current  # one version answers the whole request
+        media, charset, declared = _headers(scope)
+        body = await _body(receive, declared, service.max_body_bytes)
+        if not body:
+            raise _Reject("the request body is empty; send the rows to predict")
+        mime = _media(media, charset, (JSON, CSV, PARQUET))
+        ms = time.time_ns() // 1_000_000
+        if len(body) <= INLINE_BYTES:
+            outputs, columns, inputs, rows = score(served, mime, body)
+        else:
+            loop = asyncio.get_running_loop()
+            outputs, columns, inputs, rows = await loop.run_in_executor(
+                None, score, served, mime, body
+            )
+        request_id = new_request_id(ms)
+        service.logged(
+            lambda: service.log.write_prediction(
+                request_id, ms, served.version, columns, inputs, outputs, rows
+            )
+        )
+        service.metrics.rows.inc(rows)
+        answer = {"predictions": outputs, "model_version": served.version, "request_id": request_id}
+        headers = [
+            (b"x-model-version", served.version.encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        return 200, orjson.dumps(answer, option=_DUMP), headers
+
+    async def feedback(self, scope: Scope, receive: Receive) -> tuple[int, bytes, Any]:
+        service = self.service
+        media, charset, declared = _headers(scope)
+        body = await _body(receive, declared, service.max_body_bytes)
+        if not body:
+            raise _Reject('the request body is empty; send {"request_id": ..., "labels": [...]}')
+        _media(media, charset, (JSON,))
+        items = _feedback_items(body)
+        unknown = []
+        loop = asyncio.get_running_loop()
+        for request_id, labels in items:
+            rows = service.log.recent_rows(request_id)
+            if rows is None:  # an older request: look in the day file its id names
+                rows = await loop.run_in_executor(
+                    None, find_request, service.log.directory, request_id
+                )
+            if rows is None:
+                unknown.append(request_id)
+            elif len(labels) != rows:
+                raise _Reject(
+                    f"request '{request_id}' predicted {rows} row{'s' if rows != 1 else ''}; "
+                    f"got {len(labels)} label{'s' if len(labels) != 1 else ''}"
+                )
+        if unknown:
+            names = ", ".join(f"'{rid}'" for rid in unknown[:5])
+            raise _Reject(
+                f"unknown request id{'s' if len(unknown) > 1 else ''} {names}; give feedback "
+                "with the request_id of a prediction this service logged",
+                404,
+                "RESOURCE_DOES_NOT_EXIST",
+            )
+        ms = time.time_ns() // 1_000_000
+        for request_id, labels in items:
+            service.logged(lambda r=request_id, v=labels: service.log.write_feedback(r, v, ms))
+        if service.log_trouble is not None:
+            raise _Reject(service.log_trouble.message, 503, "TEMPORARILY_UNAVAILABLE")
+        return 200, orjson.dumps({"accepted": len(items)}), []
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+def build_app(service: Service) -> Starlette:
+    """The ASGI application of a :class:`Service`."""
+    handlers = _Handlers(service)
+
+    async def ping(request: Request) -> Response:
+        return Response("\n", media_type="application/json")  # as mlflow models serve
+
+    async def health(request: Request) -> Response:
+        return _json(service.health())
+
+    async def version(request: Request) -> Response:
+        return _json(service.version_info())
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        reject = (
+            _Reject(f"no route {request.method} {request.url.path}", status, "ENDPOINT_NOT_FOUND")
+            if status in (404, 405)
+            else _INTERNAL
+        )
+        return Response(reject.body(), reject.status, media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, service.stop)
+            service.log.close()
+
+    app = Starlette(
+        routes=[
+            Route("/invocations", _Endpoint(service, "invocations", handlers.invocations),
+                  methods=["POST"]),
+            Route("/feedback", _Endpoint(service, "feedback", handlers.feedback), methods=["POST"]),
+            Route("/ping", ping),
+            Route("/health", health),
+            Route("/version", version),
+            Route("/metrics", metrics),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: http_error},
+        lifespan=lifespan,
+    )  # fmt: skip
+    app.state.service = service
+    return app
+
+
+# --- starting a service ---------------------------------------------------------------------------
+
+
+def _fail(message: str, model: str, alias: str, uri: str) -> ServeError:
+    return ServeError(message, model, alias, uri)
+
+
+def _resolve(client: MlflowClient, uri: str, model: str, alias: str) -> str:
+    """The version ``alias`` names, or a :class:`ServeError` that says what to do."""
+    try:
+        registered = client.get_registered_model(model)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise _fail(f"cannot use the MLflow store {uri}: {exc.message}", model, alias, uri)
+        names = [m.name for m in client.search_registered_models(max_results=1000)]
+        near = difflib.get_close_matches(model, names, 1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise _fail(
+            f"no registered model '{model}' in the MLflow store {uri}{hint}; register one "
+            "by running a pipeline with a `model` section (`mlnb run`)",
+            model, alias, uri,
+        ) from None  # fmt: skip
+    except Exception as exc:  # the store cannot be reached: SQLAlchemy, HTTP errors
+        raise _fail(f"cannot reach the MLflow store {uri}: {exc}", model, alias, uri) from None
+    aliases = dict(registered.aliases or {})
+    if alias not in aliases:
+        others = ", ".join(f"@{a} → version {v}" for a, v in sorted(aliases.items()))
+        raise _fail(
+            f"no version of '{model}' has alias '{alias}'; promote one with "
+            f"`mlnb promote {model}`" + (f" (aliases set: {others})" if others else ""),
+            model, alias, uri,
+        )  # fmt: skip
+    return str(aliases[alias])
+
+
+def create_app(
+    model: str,
+    alias: str = "champion",
+    tracking_uri: str | None = None,
+    log_dir: Path | None = None,
+    poll_seconds: float = 1.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    *,
+    project: Path | None = None,
+) -> Starlette:
+    """Load the version ``alias`` names and build the ASGI app that serves it.
+
+    The app follows the alias once it runs (its lifespan starts the follower
+    thread); building it starts nothing.
+
+    Args:
+        model: the registered model name.
+        alias: the alias to serve and follow.
+        tracking_uri: the MLflow store; default ``MLFLOW_TRACKING_URI``, else
+            the project's ``mlflow.db``.
+        log_dir: the prediction log folder; default ``<project>/.mlnb/predictions``.
+        poll_seconds: how often the alias is looked up.
+        max_body_bytes: the largest request body taken (larger: 413).
+        project: the project root; default the current folder.
+
+    Returns:
+        A Starlette application; ``app.state.service`` is its :class:`Service`.
+
+    Raises:
+        ServeError: the store cannot be reached, the model is not registered,
+            the alias is not set, or the version it names cannot be loaded.
+    """
+    root = Path(project) if project is not None else Path.cwd()
+    uri = tracking_uri or default_tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise _fail(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}; run `mlnb run` in the project "
+            "first, or point MLFLOW_TRACKING_URI at your store",
+            model, alias, uri,
+        )  # fmt: skip
+    if poll_seconds <= 0 or max_body_bytes <= 0:
+        raise _fail("poll_seconds and max_body_bytes must be positive", model, alias, uri)
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as exc:
+        raise _fail(f"cannot open the MLflow store {uri}: {exc}", model, alias, uri) from None
+    version = _resolve(client, uri, model, alias)
+    try:
+        first = load_version(client, model, version, uri)
+    except Exception as exc:
+        raise _fail(
+            f"version {version} of '{model}' (alias '{alias}') cannot be loaded: "
+            f"{_error_text(exc)}; move the alias to a version that loads",
+            model, alias, uri,
+        ) from None  # fmt: skip
+    if first.schema is None:
+        logger.warning(
+            "version %s of '%s' has no column signature: requests are checked by MLflow only",
+            version, model,
+        )  # fmt: skip
+    directory = Path(log_dir) if log_dir is not None else default_log_dir(root)
+    try:
+        log = PredictionLog(directory)
+    except OSError as exc:
+        raise _fail(f"cannot create the prediction log at {directory}: {exc}", model, alias, uri)
+    service = Service(client, uri, model, alias, first, log, poll_seconds, max_body_bytes)
+    logger.info(
+        "serving version %s of '%s' (alias '%s', %s flavor) from %s; logging predictions to %s",
+        version, model, alias, first.flavor, uri, directory,
+    )  # fmt: skip
+    return build_app(service)
+
+
+def _listen(host: str, port: int, model: str, alias: str, uri: str) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise _fail(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port",
+            model, alias, uri,
+        ) from None  # fmt: skip
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["mlnb"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+@contextlib.contextmanager
+def _return_on_signals() -> Any:
+    """Let ``serve`` return after uvicorn's graceful shutdown on SIGINT or SIGTERM.
+
+    uvicorn handles both signals itself, then re-raises the one it caught to
+    the handler that was there before it started; that handler is a no-op
+    here, so the process does not die (SIGTERM) or raise (SIGINT) past us.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(
+    model: str,
+    alias: str = "champion",
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    tracking_uri: str | None = None,
+    log_dir: Path | None = None,
+    *,
+    project: Path | None = None,
+    poll_seconds: float = 1.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    log_level: str = "info",
+) -> None:
+    """Serve a model's aliased version over HTTP until SIGINT or SIGTERM.
+
+    One uvicorn worker (uvloop and httptools when installed), no access log;
+    mlnb's own messages (swaps, load failures) go to the server log on
+    stderr. Returns after a graceful shutdown.
+
+    Args:
+        model: the registered model name.
+        alias: the alias to serve and follow.
+        host: the address to listen on.
+        port: the port to listen on (0: any free port).
+        tracking_uri: the MLflow store (see :func:`create_app`).
+        log_dir: the prediction log folder (see :func:`create_app`).
+        project: the project root; default the current folder.
+        poll_seconds: how often the alias is looked up.
+        max_body_bytes: the largest request body taken.
+        log_level: the server log's level.
+
+    Raises:
+        ServeError: as :func:`create_app`, or the address is taken.
+    """
+    import uvicorn
+
+    logging.config_dict = None  # type: ignore[attr-defined]
+    config_log = _log_config(log_level)
+    import logging.config
+
+    logging.config.dictConfig(config_log)
+    app = create_app(
+        model, alias, tracking_uri, log_dir, poll_seconds, max_body_bytes, project=project
+    )
+    service: Service = app.state.service
+    sock = _listen(host, port, model, alias, service.uri)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan="on",
+        access_log=False,
+        log_config=config_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        with _return_on_signals():
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        service.log.close()
+
+
+__all__ = ["Served", "Service", "ServeError", "create_app", "serve"]
+_ = math  # noqa: F841
