@@ -8,7 +8,6 @@ never imports MLflow.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
@@ -205,26 +204,25 @@ def ui(host: str, port: int) -> None:
     """Start the MLflow UI on this project's store (stop it with Ctrl-C)."""
     import subprocess
 
-    from mlnb.store import ARTIFACT_DIR, tracking_uri
+    from mlnb.store import default_artifact_location, tracking_uri
 
-    root = Path.cwd()
+    uri = tracking_uri(Path.cwd())
     command = [
         sys.executable,
         "-m",
         "mlflow",
         "ui",
         "--backend-store-uri",
-        tracking_uri(root),
+        uri,
         "--host",
         host,
         "--port",
         str(port),
     ]
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        command += ["--default-artifact-root", (root / ARTIFACT_DIR).resolve().as_uri()]
-    click.echo(
-        f"MLflow UI on http://{host}:{port} for {tracking_uri(root)} (Ctrl-C stops it)", err=True
-    )
+    location = default_artifact_location(uri)
+    if location:
+        command += ["--default-artifact-root", location]
+    click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)", err=True)
     process = subprocess.Popen(command)
 
     def stop(signum: int, frame: Any) -> None:

@@ -306,7 +306,13 @@ class _Runner:
                 registration, decision = self._deliver(pipeline, results)
                 tags["mlnb.model.version"] = registration.version
                 if decision is not None:
-                    tags["mlnb.model.decision"] = "promoted" if decision.promoted else "rejected"
+                    tags["mlnb.model.decision"] = (
+                        "promoted"
+                        if decision.promoted
+                        else "champion"
+                        if decision.champion == decision.version
+                        else "rejected"
+                    )
             except MlnbError as exc:
                 delivery_error, status = exc, "FAILED"
                 tags[tracking.TAG_ERROR] = str(exc)[:5000]
@@ -372,17 +378,6 @@ class _Runner:
             )
         if not self.promote:
             return registration, None
-        if reg.alias(model.name, registry.CHAMPION) == registration.version:
-            return registration, registry.Decision(
-                model.name,
-                registration.version,
-                False,
-                registration.version,
-                config.metric,
-                None,
-                None,
-                f"v{registration.version} is already the champion",
-            )
         decision = reg.gate(
             model.name,
             registration.version,

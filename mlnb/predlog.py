@@ -99,9 +99,9 @@ def _day(ms: int) -> str:
 
 def _default(value: Any) -> Any:
     """Serialize what orjson does not know: NumPy scalars, bytes, anything else as text."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
+    tolist = getattr(value, "tolist", None)  # NumPy arrays and scalars
+    if callable(tolist):
+        return tolist()
     if isinstance(value, bytes):
         import base64
 

@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from mlnb.errors import MlnbError
 from mlnb.spec import METRICS, ModelSpec, suggest
+from mlnb.store import default_artifact_location
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -268,6 +269,20 @@ class Registry:
         self.tag_version(name, target, {TAG_REASON: reason})
         return Decision(name, target, True, current, None, None, None, reason)
 
+    def _gate_experiment(self) -> str:
+        """The experiment of gate runs outside a pipeline run, with artifacts beside the store."""
+        found = self.client.get_experiment_by_name(GATE_EXPERIMENT)
+        if found is not None:
+            return str(found.experiment_id)
+        location = default_artifact_location(self.uri)
+        try:
+            return str(self.client.create_experiment(GATE_EXPERIMENT, artifact_location=location))
+        except MlflowException:  # created meanwhile by another gate
+            found = self.client.get_experiment_by_name(GATE_EXPERIMENT)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
     def _history(self, name: str) -> list[str]:
         try:
             tags = self.client.get_registered_model(name).tags
@@ -332,17 +347,23 @@ class Registry:
             )
         champion = self.alias(name, CHAMPION)
         if champion == version:
-            champion = None
+            return Decision(
+                name,
+                version,
+                False,
+                champion,
+                config.metric,
+                None,
+                None,
+                f"v{version} is already the champion",
+            )
 
         import mlflow
         from mlflow.models import MetricThreshold
         from mlflow.models.evaluation.validation import ModelValidationFailedException
 
         if experiment_id is None:
-            found = self.client.get_experiment_by_name(GATE_EXPERIMENT)
-            experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(GATE_EXPERIMENT)
-            )
+            experiment_id = self._gate_experiment()
         run_tags = {"mlflow.runName": f"gate {name} v{version}", "mlnb.kind": "gate"}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
@@ -394,6 +415,9 @@ class Registry:
                 except ModelValidationFailedException:
                     promoted = False
             reason = _reason(config, version, score, champion, best, promoted)
+        except RegistryError:
+            self.client.set_terminated(gate_run, "FAILED")
+            raise
         except MlflowException as exc:
             self.client.set_terminated(gate_run, "FAILED")
             raise RegistryError(
@@ -472,16 +496,17 @@ def _reason(
     if promoted and champion is None:
         limit = f" (threshold {bar:g})" if bar is not None else ""
         return f"v{version} promoted: first champion, {metric} = {score:.4f}{limit}"
+    margin = f" by at least {config.min_improvement:g}" if config.min_improvement else ""
     if promoted:
         return (
             f"v{version} promoted: {metric} {score:.4f} beats champion v{champion} "
-            f"({best:.4f}) by at least {config.min_improvement:g}"
+            f"({best:.4f}){margin}"
         )
     if bar is not None and (score < bar if config.greater_is_better else score > bar):
         return f"v{version} not promoted: {metric} {score:.4f} is {worse} the threshold {bar:g}"
     return (
         f"v{version} not promoted: {metric} {score:.4f} does not beat champion "
-        f"v{champion} ({best:.4f}) by more than {config.min_improvement:g}"
+        f"v{champion} ({best:.4f}){margin}"
     )
 
 

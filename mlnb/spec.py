@@ -649,9 +649,8 @@ def _check_model(spec: PipelineSpec, collect: _Collector) -> None:
     if model.metric not in known and model.greater_is_better is None:
         collect.add(
             ["model", "metric"],
-            f"'{model.metric}' is not a metric mlflow.evaluate "
-            f"computes for a {model.type}{suggest(model.metric, known)}; name one, or set "
-            "greater_is_better for a metric of your own",
+            f"'{model.metric}' is not a metric mlflow.evaluate computes for a {model.type}"
+            f"{suggest(model.metric, known)} (for a metric of your own, set greater_is_better)",
         )
 
 

@@ -1,7 +1,8 @@
 """Where the MLflow store is, decided without importing MLflow.
 
 The embedded default is a SQLite file in the project, ``<root>/mlflow.db``,
-with artifacts beside it in ``<root>/mlartifacts``; ``MLFLOW_TRACKING_URI``
+with artifacts beside it in ``<root>/mlartifacts`` (any SQLite store keeps its
+artifacts beside its file); ``MLFLOW_TRACKING_URI``
 points mlnb and the stage kernels at another store. Kept apart from
 :mod:`mlnb.tracking` so that a run can start its kernels before it pays for
 importing MLflow.
@@ -21,8 +22,14 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DB_FILE).resolve()}"
 
 
-def default_artifact_location(root: Path, uri: str) -> str | None:
-    """Where artifacts of new experiments go on the embedded store; ``None`` elsewhere."""
-    if uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
-        return (root / ARTIFACT_DIR).resolve().as_uri()
+def default_artifact_location(uri: str) -> str | None:
+    """Where artifacts of new experiments go: beside a SQLite store's file, else the server's say.
+
+    Decided by the URI alone (MLflow's ``set_tracking_uri`` exports
+    ``MLFLOW_TRACKING_URI``, so the environment cannot tell the default store
+    from a chosen one).
+    """
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        return (database.parent / ARTIFACT_DIR).resolve().as_uri()
     return None

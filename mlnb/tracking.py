@@ -157,7 +157,7 @@ class Tracker:
             found = self.client.get_experiment_by_name(name)
             if found is not None:
                 return str(found.experiment_id)
-            location = default_artifact_location(self.root, self.uri)
+            location = default_artifact_location(self.uri)
             try:
                 return str(self.client.create_experiment(name, artifact_location=location))
             except MlflowException:  # created meanwhile by a concurrent run

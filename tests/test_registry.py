@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
             "roc_auc": roc_auc_score(y_test, proba),
             "log_loss": log_loss(y_test, proba),
         }
-        with mlflow.start_run(experiment_id=experiment_id) as run:
+        with mlflow.start_run(experiment_id=experiment_id) as run, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # schema hints about integer predictions
             mlflow.sklearn.log_model(
                 model, name="model", input_example=X.head(3), pip_requirements=["scikit-learn"]
             )
@@ -120,6 +122,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     mlflow.set_tracking_uri(None)
     assert scores["strong"]["roc_auc"] > 0.99
     assert 0.9 < scores["medium"]["roc_auc"] < scores["strong"]["roc_auc"] - 0.05
+    assert scores["strong"]["roc_auc"] - scores["medium"]["roc_auc"] < 0.1  # min_improvement
     assert scores["strong"] == scores["strong_copy"]
     assert scores["weak"]["roc_auc"] < 0.9
     return Models(folder, experiment_id, runs, scores)
@@ -256,7 +259,7 @@ def test_gate_without_champion(
             0.9,
             0.1,
             False,
-            r"does not beat champion v1 \(0\.9\d+\) by more than 0\.1$",
+            r"does not beat champion v1 \(0\.9\d+\) by at least 0\.1$",
             id="gain-below-min-improvement",
         ),
         pytest.param(
@@ -462,12 +465,6 @@ def test_require_names_the_near_model(project, models: Models) -> None:
         reg.version("cancer", "4")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Registry.gate: a RegistryError raised by _metric inside the try block escapes "
-    "the `except MlflowException` handler, so the gate run is left RUNNING",
-)
 def test_gate_metric_not_computed_fails_its_run(project, models: Models) -> None:
     reg, holdout = store_of(project, models)
     register(reg, models, "medium")
@@ -484,12 +481,6 @@ def test_gate_metric_not_computed_fails_its_run(project, models: Models) -> None
     assert gate_run.info.status == "FAILED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Registry.gate creates the mlnb-gate experiment without an artifact location, so "
-    "the gate's evaluation artifacts go to <cwd>/mlruns, not beside the store in mlartifacts",
-)
 def test_gate_experiment_keeps_artifacts_beside_the_store(project, models: Models) -> None:
     reg, holdout = store_of(project, models)
     register(reg, models, "medium")
@@ -498,7 +489,7 @@ def test_gate_experiment_keeps_artifacts_beside_the_store(project, models: Model
     reg.gate("m", "1", config(), holdout)
 
     location = reg.client.get_experiment_by_name(GATE_EXPERIMENT).artifact_location
-    assert location == (project.root / "mlartifacts").resolve().as_uri()
+    assert location.startswith((project.root / "mlartifacts").resolve().as_uri())
 
 
 # -- the model: section of a spec -----------------------------------------------------
