@@ -198,6 +198,63 @@ def promote(model: str, version: str | None, force: bool, rollback: bool, verbos
 
 
 @main.command()
+@click.argument("model")
+@click.option(
+    "--alias", default="champion", show_default=True, help="The alias to serve and follow."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--log-dir",
+    type=click.Path(path_type=Path),
+    help="Prediction log folder [default: .mlnb/predictions].",
+)
+@click.option(
+    "--poll-seconds",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="How often the alias is looked up.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def serve(
+    model: str,
+    alias: str,
+    host: str,
+    port: int,
+    log_dir: Path | None,
+    poll_seconds: float,
+    verbose: bool,
+) -> None:
+    """Serve MODEL's ALIAS version with MLflow's scoring protocol, following the alias."""
+    from mlnb.serve import serve as run_service
+
+    try:
+        run_service(model, alias, host=host, port=port, log_dir=log_dir, poll_seconds=poll_seconds)
+    except MlnbError as error:
+        _fail(error, verbose)
+
+
+@main.command("export-predictions")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option(
+    "--log-dir",
+    type=click.Path(path_type=Path),
+    help="Prediction log folder [default: .mlnb/predictions].",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def export_predictions(target: Path, log_dir: Path | None, verbose: bool) -> None:
+    """Write the prediction log, with feedback labels joined, to TARGET (.csv or .parquet)."""
+    from mlnb.predlog import default_log_dir, export
+
+    try:
+        rows = export(log_dir or default_log_dir(Path.cwd()), target)
+    except MlnbError as error:
+        _fail(error, verbose)
+    click.echo(f"{rows} predictions written to {target}")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 def ui(host: str, port: int) -> None:
