@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# MLflow sends usage telemetry unless told not to; mlnb's own commands stay on this machine
+export DO_NOT_TRACK = true
 
 .PHONY: setup demo test lint check bench clean
 

@@ -15,10 +15,12 @@ __all__ = [
     "MlnbError",
     "Pipeline",
     "PipelineResult",
+    "Registry",
     "SpecError",
     "StageError",
     "__version__",
     "check_paths",
+    "create_app",
     "load_pipeline",
     "run_pipeline",
 ]
@@ -32,12 +34,16 @@ _LAZY = {
     "PipelineResult": "mlnb.pipeline",
     "run_pipeline": "mlnb.pipeline",
     "check_paths": "mlnb.check",
+    "Registry": "mlnb.registry",
+    "create_app": "mlnb.serve",
 }
 
 if TYPE_CHECKING:
     from mlnb.check import check_paths
     from mlnb.errors import MlnbError, SpecError, StageError
     from mlnb.pipeline import PipelineResult, run_pipeline
+    from mlnb.registry import Registry
+    from mlnb.serve import create_app
     from mlnb.spec import Pipeline, load_pipeline
 
 

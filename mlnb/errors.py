@@ -15,7 +15,14 @@ carries the cell index, exception name and value::
     │   ├── StageTimeoutError the stage ran past its ``timeout``
     │   └── MissingOutputError a declared output was not written
     ├── PipelineError        a pipeline run failed or cannot be resumed
-    └── TrackingError        the MLflow store cannot be reached or used
+    ├── TrackingError        the MLflow store cannot be reached or used
+    ├── KernelStartError     a Jupyter kernel does not start (mlnb.kernels)
+    ├── RegistryError        a model cannot be registered, gated or promoted (mlnb.registry)
+    ├── ServeError           the prediction service cannot start (mlnb.serve)
+    └── PredictionLogError   the prediction log cannot be read or exported (mlnb.predlog)
+
+The last four live beside the code that raises them, so that importing the
+error tree stays free of MLflow.
 """
 
 from __future__ import annotations

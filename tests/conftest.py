@@ -19,6 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+# MLflow's telemetry would reach out of this machine; tests talk to 127.0.0.1 only
+os.environ["DO_NOT_TRACK"] = "true"
+
 HERE = Path(__file__).parent
 SCENARIOS = HERE / "notebooks"
 REPO = HERE.parent
