@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from mlnb.errors import MlnbError
 from mlnb.spec import METRICS, ModelSpec, suggest
-from mlnb.store import default_artifact_location
+from mlnb.tracking import ensure_experiment
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -269,20 +269,6 @@ class Registry:
         self.tag_version(name, target, {TAG_REASON: reason})
         return Decision(name, target, True, current, None, None, None, reason)
 
-    def _gate_experiment(self) -> str:
-        """The experiment of gate runs outside a pipeline run, with artifacts beside the store."""
-        found = self.client.get_experiment_by_name(GATE_EXPERIMENT)
-        if found is not None:
-            return str(found.experiment_id)
-        location = default_artifact_location(self.uri)
-        try:
-            return str(self.client.create_experiment(GATE_EXPERIMENT, artifact_location=location))
-        except MlflowException:  # created meanwhile by another gate
-            found = self.client.get_experiment_by_name(GATE_EXPERIMENT)
-            if found is None:
-                raise
-            return str(found.experiment_id)
-
     def _history(self, name: str) -> list[str]:
         try:
             tags = self.client.get_registered_model(name).tags
@@ -363,7 +349,10 @@ class Registry:
         from mlflow.models.evaluation.validation import ModelValidationFailedException
 
         if experiment_id is None:
-            experiment_id = self._gate_experiment()
+            try:
+                experiment_id = ensure_experiment(self.client, GATE_EXPERIMENT, self.uri)
+            except MlflowException as exc:
+                raise RegistryError(f"cannot create the gate's experiment: {exc.message}") from exc
         run_tags = {"mlflow.runName": f"gate {name} v{version}", "mlnb.kind": "gate"}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id

@@ -61,6 +61,25 @@ TAG_OUTPUTS = "mlnb.outputs"
 TAG_ERROR = "mlnb.error"
 
 
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created on first use with artifacts beside a SQLite store.
+
+    Raises:
+        MlflowException: the store refuses.
+    """
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = default_artifact_location(uri)
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:  # created meanwhile by a concurrent run
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
 @dataclass(frozen=True)
 class GitInfo:
     """The commit of the project and whether its work tree had changes."""
@@ -154,17 +173,7 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it on first use."""
         try:
-            found = self.client.get_experiment_by_name(name)
-            if found is not None:
-                return str(found.experiment_id)
-            location = default_artifact_location(self.uri)
-            try:
-                return str(self.client.create_experiment(name, artifact_location=location))
-            except MlflowException:  # created meanwhile by a concurrent run
-                found = self.client.get_experiment_by_name(name)
-                if found is None:
-                    raise
-                return str(found.experiment_id)
+            return ensure_experiment(self.client, name, self.uri)
         except MlflowException as exc:
             raise TrackingError(
                 f"cannot use experiment '{name}' on {self.uri}: {exc.message}"
