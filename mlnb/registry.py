@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -126,14 +127,8 @@ class Registry:
     """Registered models on one MLflow store."""
 
     def __init__(self, uri: str) -> None:
-        import mlflow
-
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        # MLflow resolves "models:/<id>" sources and evaluates models through its
-        # process-wide store: it must be this one
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
 
     # -- registration ------------------------------------------------------------
 
@@ -174,13 +169,14 @@ class Registry:
                 )
             model = max(models, key=lambda m: m.creation_timestamp)
             self._ensure_registered_model(name)
-            created = self.client.create_model_version(
-                name,
-                model.model_uri,
-                run_id=run_id,
-                tags=dict(tags or {}),
-                model_id=model.model_id,
-            )
+            with process_store(self.uri):
+                created = self.client.create_model_version(
+                    name,
+                    model.model_uri,
+                    run_id=run_id,
+                    tags=dict(tags or {}),
+                    model_id=model.model_id,
+                )
             version = str(created.version)
             self.client.set_registered_model_alias(name, CHALLENGER, version)
             return Registration(name, version, created=True)
@@ -370,7 +366,7 @@ class Registry:
                         "mlnb.kind": "evaluation",
                     },
                 )
-                with mlflow.start_run(run_id=child.info.run_id), _quiet():
+                with process_store(self.uri), mlflow.start_run(run_id=child.info.run_id), _quiet():
                     results[label] = mlflow.models.evaluate(
                         f"models:/{name}/{v}",
                         data=data,
@@ -395,7 +391,7 @@ class Registry:
             promoted = True
             if threshold is not None:
                 try:
-                    with _quiet():
+                    with process_store(self.uri), _quiet():
                         mlflow.validate_evaluation_results(
                             {config.metric: threshold},
                             results["challenger"],
@@ -443,6 +439,34 @@ class Registry:
         if promoted:
             self._move_champion(name, version, self.alias(name, CHAMPION))
         return decision
+
+
+@contextlib.contextmanager
+def process_store(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry store at ``uri`` for a while.
+
+    MLflow resolves ``models:/<id>`` sources, runs ``evaluate`` and starts
+    fluent runs through its process-wide store, whatever client is at hand;
+    mlnb sets it only around those calls and restores it (and the variables
+    ``set_tracking_uri`` exports), so a caller's own MLflow set-up survives.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import warnings
@@ -716,3 +717,13 @@ def test_example_registers_gates_and_promotes(project) -> None:
     assert "gate:" not in quiet.stdout
     assert reg.alias("cancer", CHAMPION) == "1" and reg.alias("cancer", CHALLENGER) == "3"
     assert TAG_DECISION not in reg.client.get_model_version("cancer", "3").tags
+
+
+def test_the_registry_leaves_mlflows_process_store_as_it_was(project, models: Models) -> None:
+    import mlflow
+
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), dict(os.environ))
+    reg, holdout = store_of(project, models)
+    register(reg, models, "medium")
+    reg.gate("m", "1", config(), holdout)
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), dict(os.environ)) == before
