@@ -30,8 +30,9 @@ lint: setup ## ruff, import-layer contracts, mlnb's own check
 test: lint ## every test (real kernels, real SQLite MLflow stores)
 	$(BIN)/python -m pytest
 
-bench: setup ## benchmarks, printed side by side with plain papermill
+bench: setup ## benchmarks, each printed side by side with its baseline tool
 	$(BIN)/python benchmarks/bench_run.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf .mlnb mlflow.db mlartifacts data dist .pytest_cache
