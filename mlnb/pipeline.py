@@ -38,7 +38,7 @@ from mlnb.events import (
 )
 from mlnb.kernels import KernelPool
 from mlnb.spec import Pipeline, Stage, load_pipeline, project_root, substitute
-from mlnb.store import tracking_uri
+from mlnb.store import tracking_uri as default_tracking_uri
 
 if TYPE_CHECKING:
     from mlnb.registry import Decision, Registration
@@ -224,7 +224,8 @@ class _Runner:
         self.jobs = jobs
         self.force = force
         self.log_output = log_output
-        self.uri = tracking_uri
+        self.uri = tracking_uri or default_tracking_uri(root)
+        self.input_hashes: dict[Path, str] = {}
         self.cache = cachemod.Cache(root)
         self.pool: KernelPool | None = None
         self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlnb-upload")
@@ -241,7 +242,7 @@ class _Runner:
     # -- the run -----------------------------------------------------------------
 
     def run(self, pipeline: Pipeline | None, resume: str | None, spec_path: Path) -> PipelineResult:
-        uri = self.uri = self.uri or tracking_uri(self.root)
+        uri = self.uri
         if pipeline is not None:
             # start kernels before importing MLflow: the two overlap
             self._prestart(pipeline, self._predicted_misses(pipeline, {}))
@@ -250,6 +251,7 @@ class _Runner:
         tracker = tracking.Tracker(self.root, uri)
         self.tracker = tracker
         self.lineage = tracking.lineage_tags(self.root, spec_path.resolve())
+        self.spec_sha = hashlib.sha256(spec_path.read_bytes()).hexdigest()
         results: dict[str, StageResult]
         if resume is None:
             assert pipeline is not None
@@ -352,7 +354,7 @@ class _Runner:
             registry.TAG_PIPELINE_RUN: self.run_id,
             registry.TAG_SOURCE_RUN: source_run,
             registry.TAG_TRIGGER: self.trigger,
-            registry.TAG_SPEC_SHA: hashlib.sha256(pipeline.path.read_bytes()).hexdigest(),
+            registry.TAG_SPEC_SHA: self.spec_sha,
             **registry.gate_tags(config, holdout),
             **{
                 f"{registry.TAG_DATA}{name}.{out}": digest
@@ -362,7 +364,7 @@ class _Runner:
         }
         if self.lineage.get(tracking.MLFLOW_GIT_COMMIT):
             tags[registry.TAG_GIT_COMMIT] = self.lineage[tracking.MLFLOW_GIT_COMMIT]
-        reg = registry.Registry(self.uri or tracking_uri(self.root))
+        reg = registry.Registry(self.uri)
         registration = reg.register(
             model.name, source_run, self.experiment_id, model.artifact, tags
         )
@@ -391,12 +393,11 @@ class _Runner:
     def _start_parent(self, tracker: Tracker, experiment_id: str, pipeline: Pipeline) -> str:
         from mlnb import tracking
 
-        spec_text = pipeline.path.read_bytes()
         tags = {
             tracking.TAG_KIND: "pipeline",
             tracking.TAG_PIPELINE: pipeline.name,
             tracking.TAG_SPEC: str(pipeline.path),
-            tracking.TAG_SPEC_SHA: hashlib.sha256(spec_text).hexdigest(),
+            tracking.TAG_SPEC_SHA: self.spec_sha,
             tracking.TAG_PROFILE: pipeline.profile or "",
             tracking.TAG_OVERRIDES: json.dumps(dict(pipeline.overrides), default=str),
             **self.lineage,
@@ -487,9 +488,9 @@ class _Runner:
         self.to_execute = [s.kernel for s in misses]
         if not misses:
             return
-        self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or ""}, cwd=pipeline.root)
+        pool = self._ensure_pool()
         for kernel in self.to_execute[: self.jobs]:
-            self.pool.prestart(kernel)
+            pool.prestart(kernel)
         self.prestarted = min(self.jobs, len(self.to_execute))
         from mlnb.tracking import warm_html  # imports MLflow: after the kernels are on their way
 
@@ -548,10 +549,20 @@ class _Runner:
         for name, value in params.items():
             path = self._project_path(value)
             if path is not None:
-                inputs[name] = cachemod.hash_path(path)
+                inputs[name] = self._input_hash(path)
         return cachemod.stage_key(
             stage.info.fingerprint, stage.kernel, params, inputs, stage.outputs
         )
+
+    def _input_hash(self, path: Path) -> str:
+        """The content hash of a project file a parameter names, computed once per run."""
+        with self.lock:
+            known = self.input_hashes.get(path)
+        if known is None:
+            known = cachemod.hash_path(path)
+            with self.lock:
+                self.input_hashes[path] = known
+        return known
 
     def _project_path(self, value: Any) -> Path | None:
         """A parameter naming an existing file or folder under the project root."""
@@ -571,7 +582,7 @@ class _Runner:
             return None
 
     def _resolved_params(
-        self, stage: Stage, results: Mapping[str, StageResult], stage_dir: Path
+        self, stage: Stage, results: Mapping[str, StageResult], outputs: Mapping[str, str]
     ) -> dict[str, Any]:
         outputs_of = {name: res.outputs for name, res in results.items()}
         params = substitute(dict(stage.params), outputs_of)
@@ -579,8 +590,7 @@ class _Runner:
             path = self._project_path(value)
             if path is not None:
                 params[name] = str(path.resolve())
-        for name, relative in stage.outputs.items():
-            params[name] = str(stage_dir / relative)
+        params.update(outputs)
         return params
 
     def _run_stage(self, stage: Stage, results: dict[str, StageResult]) -> None:
@@ -609,7 +619,8 @@ class _Runner:
         res = results[stage.name]
         started = time.perf_counter()
         stage_dir = self.workspace / stage.name
-        params = self._resolved_params(stage, results, stage_dir)
+        outputs = {name: str(stage_dir / rel) for name, rel in stage.outputs.items()}
+        params = self._resolved_params(stage, results, outputs)
         key = self._key(stage, results) if stage.cache else ""
         hit = self.cache.get(key) if key and not self.force else None
         tags = {
@@ -625,7 +636,6 @@ class _Runner:
         tracker = self.tracker
         run_id = tracker.start_run(self.experiment_id, stage.name, tags, parent_run_id=self.run_id)
         res.run_id = run_id
-        outputs = {name: str(stage_dir / rel) for name, rel in stage.outputs.items()}
 
         if hit is not None:
             for name, source in hit.outputs.items():
@@ -656,7 +666,7 @@ class _Runner:
         executed = self.workspace / f"{stage.name}.ipynb"
         self.emit(StageStarted(stage.name, run_id))
         env = {
-            "MLFLOW_TRACKING_URI": self.uri or "",
+            "MLFLOW_TRACKING_URI": self.uri,
             "MLFLOW_RUN_ID": run_id,
             "MLFLOW_EXPERIMENT_ID": self.experiment_id,
             "MLNB_STAGE": stage.name,
@@ -708,7 +718,7 @@ class _Runner:
         """The kernel pool; created here when no stage was expected to execute."""
         with self.lock:
             if self.pool is None:
-                self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri or ""}, cwd=self.root)
+                self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri}, cwd=self.root)
             return self.pool
 
     def _upload(self, run_id: str, executed: Path, status: str) -> None:
