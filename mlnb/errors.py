@@ -27,6 +27,8 @@ error tree stays free of MLflow.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,3 +197,9 @@ class PipelineError(MlnbError):
 
 class TrackingError(MlnbError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for a near candidate, or ``""``."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""

@@ -29,8 +29,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlnb.errors import MlnbError
-from mlnb.spec import METRICS, ModelSpec, suggest
+from mlnb.errors import MlnbError, suggest
+from mlnb.spec import METRICS, ModelSpec
+from mlnb.tracking import TAG_SPEC_SHA as TAG_SPEC_SHA  # versions carry the tag runs carry
 from mlnb.tracking import ensure_experiment
 
 CHAMPION = "champion"
@@ -39,7 +40,6 @@ CHALLENGER = "challenger"
 TAG_PIPELINE_RUN = "mlnb.pipeline_run_id"
 TAG_SOURCE_RUN = "mlnb.source_run_id"
 TAG_GIT_COMMIT = "mlnb.git_commit"
-TAG_SPEC_SHA = "mlnb.spec_sha256"
 TAG_TRIGGER = "mlnb.trigger"
 TAG_DATA = "mlnb.data."
 TAG_HOLDOUT = "mlnb.holdout"

@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import difflib
 import functools
 import importlib.util
 import logging
@@ -72,7 +71,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlnb.errors import MlnbError
+from mlnb.errors import MlnbError, suggest
 from mlnb.predlog import PredictionLog, default_log_dir, find_request, new_request_id
 from mlnb.scoring import CSV, JSON, PARQUET, Reject, error_text, load_version, score
 from mlnb.service import Service
@@ -395,12 +394,10 @@ def _resolve(
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise fail(f"cannot use the MLflow store {uri}: {exc.message}") from None
         names = [m.name for m in client.search_registered_models(max_results=1000)]
-        near = difflib.get_close_matches(model, names, 1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise fail(
-            f"no registered model '{model}' in the MLflow store {uri}{hint}; register one "
-            "by running a pipeline with a `model` section (`mlnb run`)"
-        ) from None
+        hint = suggest(model, names) or (
+            "; register one by running a pipeline with a `model` section (`mlnb run`)"
+        )
+        raise fail(f"no registered model '{model}' in the MLflow store {uri}{hint}") from None
     except Exception as exc:  # the store cannot be reached: SQLAlchemy, HTTP errors
         raise fail(f"cannot reach the MLflow store {uri}: {exc}") from None
     aliases = dict(registered.aliases or {})

@@ -22,7 +22,6 @@ is an error, never silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlnb import notebook as nbmod
-from mlnb.errors import NotebookError, Problem, SpecError
+from mlnb.errors import NotebookError, Problem, SpecError, suggest
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -215,12 +214,6 @@ def project_root(spec_path: Path) -> Path:
     """Return the project root for a spec file (see the module docstring)."""
     folder = spec_path.resolve().parent
     return folder.parent if folder.name == "pipelines" else folder
-
-
-def suggest(name: str, candidates: Iterable[str]) -> str:
-    """Return ``"; did you mean 'x'?"`` for a near candidate, or ``""``."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def references(value: Any) -> list[tuple[str, str]]:
