@@ -2,7 +2,9 @@
 
 Started by :class:`mlnb.forkserver.ForkServer` as ``python -m mlnb._zygote``.
 It reads one JSON request per line on stdin (``argv``, ``env``, ``cwd``,
-``stderr``) and answers ``{"pid": N}`` on stdout. Each child becomes its own
+``stderr``) and answers ``{"pid": N}`` on stdout. Modules named on its command
+line are imported too, before the first fork (a monitor preloads what its
+drift notebook imports, so each check's kernel has them at no cost). Each child becomes its own
 session leader, takes the requested environment and directory, re-seeds
 ``random`` and runs ``IPKernelApp`` exactly as ``python -m ipykernel_launcher``
 would, with the connection file of the request. The server stays single
@@ -77,7 +79,7 @@ def main() -> None:
     import importlib
 
     # what a kernel imports on its way up, measured with -X importtime
-    for module in PRELOAD:
+    for module in (*PRELOAD, *sys.argv[1:]):
         with contextlib.suppress(Exception):
             importlib.import_module(module)
 

@@ -1,4 +1,4 @@
-"""``mlnb check``: lint pipeline specs and notebooks for CI.
+"""``mlnb check``: lint pipeline and monitor specs and notebooks for CI.
 
 Everything ``mlnb run`` would refuse is reported here without running
 anything, plus what only hurts later: a stage notebook without a
@@ -17,7 +17,11 @@ import yaml
 
 from mlnb import notebook as nbmod
 from mlnb.errors import NotebookError, Problem, SpecError
+from mlnb.monitorspec import load_monitor
 from mlnb.spec import load_pipeline
+
+#: top-level keys that make a YAML file in pipelines/ a monitor spec
+MONITOR_KEYS = ("triggers", "retrain", "schedule")
 
 SKIP_DIRS = {
     ".git",
@@ -43,15 +47,21 @@ def _walk(folder: Path, pattern: str) -> list[Path]:
     return found
 
 
-def _is_pipeline_spec(path: Path) -> bool:
+def spec_kind(path: Path) -> str | None:
+    """``pipeline`` or ``monitor`` for an mlnb spec file, ``None`` for other YAML."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
-        return True  # let the spec reader report it
+        return "pipeline"  # let the spec reader report it
     if not isinstance(data, dict):
-        return data is not None  # a list or a scalar is a broken spec; an empty file is not one
+        # a list or a scalar is a broken spec; an empty file is not one
+        return "pipeline" if data is not None else None
     keys = [str(k) for k in data]
-    return "stages" in keys or bool(difflib.get_close_matches("stages", keys))
+    if any(k in keys for k in MONITOR_KEYS) and "stages" not in keys:
+        return "monitor"
+    if "stages" in keys or difflib.get_close_matches("stages", keys):
+        return "pipeline"
+    return None
 
 
 def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
@@ -66,7 +76,7 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
         if path.is_dir():
             spec_dir = path if path.name == "pipelines" else path / "pipelines"
             if spec_dir.is_dir():
-                specs += [p for p in sorted(spec_dir.glob("*.y*ml")) if _is_pipeline_spec(p)]
+                specs += [p for p in sorted(spec_dir.glob("*.y*ml")) if spec_kind(p)]
             notebooks += _walk(path, "*.ipynb")
         elif path.suffix in (".yaml", ".yml"):
             specs.append(path)
@@ -89,7 +99,13 @@ def _absolute_paths(value: Any) -> list[str]:
 
 
 def check_spec(path: Path) -> list[Problem]:
-    """Every problem of one pipeline spec and its stage notebooks' parameters."""
+    """Every problem of one spec: a monitor spec, or a pipeline and its notebooks' parameters."""
+    if spec_kind(path) == "monitor":
+        try:
+            load_monitor(path)
+        except SpecError as exc:
+            return exc.problems
+        return []
     try:
         pipeline = load_pipeline(path)
     except SpecError as exc:

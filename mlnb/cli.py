@@ -235,6 +235,86 @@ def serve(
         _fail(error, verbose)
 
 
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--once", is_flag=True, help="Run one check, then exit with a code that tells.")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def monitor(spec: Path, once: bool, verbose: bool) -> None:
+    """Check the model of monitor SPEC on its schedule; retrain when a trigger fires.
+
+    Each check runs the drift notebook on the recent predictions, scores the
+    labeled ones, and retrains, gates and promotes when drift, performance or
+    the schedule calls for it. Ctrl-C or SIGTERM stops after the current check
+    (a second one aborts it; a model is never left half-registered).
+
+    \b
+    Exit codes of --once:
+      0  no trigger fired
+      1  the check or the retrain failed
+      3  retrained; the gate kept the champion
+      4  retrained; the new version is champion
+      5  a trigger fired but no retrain started (cooldown, one running, no labels)
+    """
+    import threading
+
+    from mlnb.monitor import MonitorRunner
+    from mlnb.monitorspec import load_monitor
+
+    try:
+        loaded = load_monitor(_spec_path(str(spec)))
+    except MlnbError as error:
+        _fail(error, verbose)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping after the current check (signal again to abort it)", err=True)
+
+    runner = MonitorRunner(loaded, say=lambda line: click.echo(line, err=True))
+    try:
+        if once:
+            code = runner.check().exit_code
+        else:
+            signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGTERM, on_signal)
+            what = ", ".join(loaded.spec.triggers)
+            click.echo(
+                f"monitoring {loaded.spec.model}@{loaded.spec.alias} ({what}); Ctrl-C stops",
+                err=True,
+            )
+            runner.run(stop)
+            code = 0
+    except KeyboardInterrupt:
+        click.secho("interrupted", fg="red", err=True)
+        code = EXIT_INTERRUPTED
+    finally:
+        runner.close()
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("models", nargs=-1)
+@click.option("--checks", default=3, show_default=True, help="How many recent checks to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def status(models: tuple[str, ...], checks: int, as_json: bool, verbose: bool) -> None:
+    """For each registered model (or MODELS): what serves, its figures, recent checks, retrains."""
+    from mlnb.status import gather, render
+
+    try:
+        found = gather(Path.cwd(), list(models), checks=checks)
+    except MlnbError as error:
+        _fail(error, verbose)
+    if as_json:
+        import json
+
+        click.echo(json.dumps([m.as_dict() for m in found], indent=2, default=str))
+    else:
+        render(found)
+
+
 @main.command("export-predictions")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option(

@@ -71,10 +71,10 @@ class SpecError(MlnbError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], kind: str = "pipeline spec") -> None:
         self.problems = list(problems)
         count = len(self.problems)
-        head = f"{count} problem{'s' if count != 1 else ''} in the pipeline spec:"
+        head = f"{count} problem{'s' if count != 1 else ''} in the {kind}:"
         super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
 
 

@@ -78,10 +78,11 @@ class ForkedProcess:
 class ForkServer:
     """A ``python -m mlnb._zygote`` process and the pipe that drives it."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload: Sequence[str] = ()) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self._failed = False
+        self._preload = list(preload)
         self.flags: list[str] = []
 
     @property
@@ -95,7 +96,7 @@ class ForkServer:
                 return
             self.flags = list(flags)
             self._proc = subprocess.Popen(
-                [sys.executable, *self.flags, "-m", "mlnb._zygote"],
+                [sys.executable, *self.flags, "-m", "mlnb._zygote", *self._preload],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from queue import Empty
@@ -56,6 +56,8 @@ class KernelPool:
         startup_timeout: seconds a kernel may take to answer.
         fork: fork kernels from a server that imported ipykernel once
             (:mod:`mlnb.forkserver`) instead of starting each from scratch.
+        preload: modules the fork server imports as well, so every kernel
+            starts with them imported.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class KernelPool:
         log_dir: Path | None = None,
         startup_timeout: float = 60,
         fork: bool = True,
+        preload: Sequence[str] = (),
     ) -> None:
         self._env = {**os.environ, **(env or {})}
         self._cwd = str(cwd) if cwd else None
@@ -79,7 +82,7 @@ class KernelPool:
         # one context for all kernel managers: a manager that creates its own
         # destroys it on shutdown, which can block on sockets of other threads
         self._context = zmq.asyncio.Context()
-        self._server = ForkServer() if fork else None  # starts with the first kernel
+        self._server = ForkServer(preload) if fork else None  # starts with the first kernel
 
     def prestart(self, kernel_name: str, count: int = 1) -> None:
         """Begin starting ``count`` more kernels of ``kernel_name`` in the background."""

@@ -205,3 +205,25 @@ def source_position(executed: nbformat.NotebookNode, index: int) -> int:
     """
     injected_before = sum(1 for cell in executed.cells[:index] if INJECTED_TAG in _tags(cell))
     return index - injected_before + 1
+
+
+def imported_modules(path: Path) -> list[str]:
+    """The modules a notebook's code cells import at top level, in order of appearance.
+
+    ``import a.b`` gives ``a.b``; ``from a.b import c`` gives ``a.b``. Cells
+    that are not valid Python (magics, say) are skipped.
+    """
+    found: dict[str, None] = {}
+    for cell in read(path).cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                found.update((alias.name, None) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found[node.module] = None
+    return list(found)

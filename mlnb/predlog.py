@@ -246,10 +246,16 @@ def find_request(directory: Path, request_id: str) -> int | None:
         return None
 
 
-def _records(directory: Path, kind: str) -> Iterator[dict[str, Any]]:
-    """Every well-formed record of one kind, oldest day first; torn lines are skipped."""
+def _records(directory: Path, kind: str, since_ms: int | None = None) -> Iterator[dict[str, Any]]:
+    """Every well-formed record of one kind, oldest day first; torn lines are skipped.
+
+    With ``since_ms``, day files before that day are not read.
+    """
+    first = _day(since_ms) if since_ms is not None else ""
     paths = sorted(
-        p for p in directory.iterdir() if (m := _FILE_NAME.match(p.name)) and m[1] == kind
+        p
+        for p in directory.iterdir()
+        if (m := _FILE_NAME.match(p.name)) and m[1] == kind and m[2] >= first
     )
     for path in paths:
         with path.open("rb") as handle:
@@ -309,7 +315,7 @@ class _Group:
         )
 
 
-def load_predictions(log_dir: Path) -> pd.DataFrame:
+def load_predictions(log_dir: Path, since_ms: int | None = None) -> pd.DataFrame:
     """Read a prediction log as a table: one row per predicted input row.
 
     Columns: ``request_id``, ``row`` (the row's index in its request),
@@ -322,6 +328,8 @@ def load_predictions(log_dir: Path) -> pd.DataFrame:
 
     Args:
         log_dir: the log folder (``<project>/.mlnb/predictions`` by default).
+        since_ms: only requests from this time on (Unix milliseconds); the
+            day files before it are not read.
 
     Raises:
         PredictionLogError: the folder does not exist.
@@ -335,7 +343,7 @@ def load_predictions(log_dir: Path) -> pd.DataFrame:
             "(or in the folder its log_dir names)"
         )
     groups: dict[tuple[str, ...], _Group] = {}
-    for record in _records(directory, PREDICTIONS):
+    for record in _records(directory, PREDICTIONS, since_ms):
         columns = tuple(str(c) for c in record.get("columns") or ())
         groups.setdefault(columns, _Group()).add(record)
     frames = [group.frame(columns) for columns, group in groups.items()]
@@ -346,9 +354,12 @@ def load_predictions(log_dir: Path) -> pd.DataFrame:
     table["time"] = pd.to_datetime(table["time"], utc=True, format="ISO8601")
     table["row"] = table["row"].astype("int64")
     table["model_version"] = table["model_version"].astype(object)
+    if since_ms is not None:
+        start = pd.Timestamp(since_ms, unit="ms", tz="UTC")
+        table = table[table["time"] >= start].reset_index(drop=True)
 
     labels: dict[tuple[str, int], Any] = {}
-    for record in _records(directory, FEEDBACK):
+    for record in _records(directory, FEEDBACK, since_ms):
         values = record.get("labels")
         if isinstance(values, list):
             for row, value in enumerate(values):
@@ -383,3 +394,32 @@ def export(log_dir: Path, path: Path) -> int:
     else:
         table.to_parquet(target, index=False)
     return len(table)
+
+
+def latest_prediction(log_dir: Path) -> tuple[str, str] | None:
+    """The model version and time of the newest logged prediction, or ``None``.
+
+    Reads only the tail of the newest day file.
+    """
+    directory = Path(log_dir)
+    if not directory.is_dir():
+        return None
+    days = sorted(
+        p
+        for p in directory.iterdir()
+        if (m := _FILE_NAME.match(p.name)) and m[1] == PREDICTIONS and p.stat().st_size
+    )
+    if not days:
+        return None
+    with days[-1].open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 65536))
+        lines = handle.read().splitlines()
+    for line in reversed(lines):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "model_version" in record:
+            return str(record["model_version"]), str(record.get("time", ""))
+    return None

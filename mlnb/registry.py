@@ -31,7 +31,9 @@ from mlflow.tracking import MlflowClient
 
 from mlnb.errors import MlnbError, suggest
 from mlnb.spec import METRICS, ModelSpec
-from mlnb.tracking import TAG_SPEC_SHA as TAG_SPEC_SHA  # versions carry the tag runs carry
+from mlnb.tracking import TAG_SPEC_SHA as TAG_SPEC_SHA  # versions carry the tags runs carry
+from mlnb.tracking import TAG_TRIGGER as TAG_TRIGGER
+from mlnb.tracking import TAG_TRIGGER_REASON as TAG_TRIGGER_REASON
 from mlnb.tracking import ensure_experiment
 
 CHAMPION = "champion"
@@ -40,9 +42,10 @@ CHALLENGER = "challenger"
 TAG_PIPELINE_RUN = "mlnb.pipeline_run_id"
 TAG_SOURCE_RUN = "mlnb.source_run_id"
 TAG_GIT_COMMIT = "mlnb.git_commit"
-TAG_TRIGGER = "mlnb.trigger"
+
 TAG_DATA = "mlnb.data."
 TAG_HOLDOUT = "mlnb.holdout"
+TAG_TRAINING_DATA = "mlnb.training_data"
 TAG_GATE_CONFIG = "mlnb.gate.config"
 TAG_DECISION = "mlnb.gate.decision"
 TAG_REASON = "mlnb.gate.reason"

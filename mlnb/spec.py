@@ -23,10 +23,10 @@ is an error, never silently ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,6 +37,7 @@ from mlnb.errors import NotebookError, Problem, SpecError, suggest
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 COMMAND_LINE = "command line"
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class _Loader(yaml.SafeLoader):
@@ -107,6 +108,7 @@ class ModelSpec(BaseModel):
     artifact: str = "model"
     type: Literal["classifier", "regressor"] = "classifier"
     holdout: str
+    training_data: str | None = None
     target: str
     metric: str
     greater_is_better: bool | None = None
@@ -288,7 +290,7 @@ def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
     return result
 
 
-class _Lines:
+class Lines:
     """Line numbers of keys in a YAML document, by key path."""
 
     def __init__(self, text: str) -> None:
@@ -322,8 +324,8 @@ class _Lines:
         return f"line {line}: {dotted}" if line else dotted
 
 
-class _Collector:
-    def __init__(self, file: str, lines: _Lines) -> None:
+class Collector:
+    def __init__(self, file: str, lines: Lines) -> None:
         self.file = file
         self.lines = lines
         self.problems: list[Problem] = []
@@ -340,50 +342,81 @@ def _display(path: Path, base: Path) -> str:
         return str(path)
 
 
-def read_spec(path: Path) -> tuple[PipelineSpec, _Lines]:
-    """Parse and structurally validate a spec file.
+def read_spec(path: Path) -> tuple[PipelineSpec, Lines]:
+    """Parse and structurally validate a pipeline spec file.
 
     Raises:
         SpecError: with every structural problem found.
+    """
+
+    def owner(loc: list[Any]) -> type[BaseModel]:
+        if len(loc) >= 3 and loc[0] == "stages":
+            return StageSpec
+        if len(loc) >= 2 and loc[0] == "model":
+            return ModelSpec
+        return PipelineSpec
+
+    return read_document(
+        path,
+        PipelineSpec,
+        owner,
+        "pipeline spec",
+        "a pipeline spec is a YAML mapping with 'name' and 'stages'",
+    )
+
+
+def read_document(
+    path: Path,
+    model: type[_M],
+    owner: Callable[[list[Any]], type[BaseModel]],
+    kind: str,
+    shape: str,
+) -> tuple[_M, Lines]:
+    """Parse a YAML file into ``model``, every structural problem at once.
+
+    Args:
+        path: the file.
+        model: the pydantic model of the whole document.
+        owner: the model that owns the key at a location (for "did you mean").
+        kind: what the file is, for messages (``pipeline spec``).
+        shape: what a document must look like, said when it is not a mapping.
+
+    Raises:
+        SpecError: naming the file, line and key of each problem.
     """
     file = str(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise SpecError([Problem(file, "", "no such pipeline spec")]) from None
+        raise SpecError([Problem(file, "", f"no such {kind}")], kind) from None
     except OSError as exc:
-        raise SpecError([Problem(file, "", f"cannot read the spec: {exc.strerror}")]) from None
+        raise SpecError(
+            [Problem(file, "", f"cannot read the {kind}: {exc.strerror}")], kind
+        ) from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([Problem(file, where, f"invalid YAML: {reason}")]) from None
-    lines = _Lines(text)
+        raise SpecError([Problem(file, where, f"invalid YAML: {reason}")], kind) from None
+    lines = Lines(text)
     if not isinstance(data, dict):
-        raise SpecError(
-            [Problem(file, "", "a pipeline spec is a YAML mapping with 'name' and 'stages'")]
-        )
+        raise SpecError([Problem(file, "", shape)], kind)
     try:
-        return PipelineSpec.model_validate(data), lines
+        return model.model_validate(data), lines
     except ValidationError as exc:
-        collector = _Collector(file, lines)
+        collector = Collector(file, lines)
         for error in exc.errors():
             loc = list(error["loc"])
             if error["type"] == "extra_forbidden":
-                owner: type[BaseModel] = PipelineSpec
-                if len(loc) >= 3 and loc[0] == "stages":
-                    owner = StageSpec
-                elif len(loc) >= 2 and loc[0] == "model":
-                    owner = ModelSpec
-                known = owner.model_fields.keys()
+                known = owner(loc).model_fields.keys()
                 collector.add(loc, f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), known)}")
             elif error["type"] == "missing":
                 collector.add(loc, f"required key '{loc[-1]}' is missing")
             else:
                 collector.add(loc, error["msg"])
-        raise SpecError(collector.problems) from None
+        raise SpecError(collector.problems, kind) from None
 
 
 def load_pipeline(
@@ -409,7 +442,7 @@ def load_pipeline(
     spec, lines = read_spec(path)
     root = project_root(path)
     overrides = dict(overrides or {})
-    collect = _Collector(str(path), lines)
+    collect = Collector(str(path), lines)
 
     infos: dict[str, nbmod.NotebookInfo] = {}
     for name, stage in spec.stages.items():
@@ -610,7 +643,7 @@ def load_pipeline(
     )
 
 
-def _check_model(spec: PipelineSpec, collect: _Collector) -> None:
+def _check_model(spec: PipelineSpec, collect: Collector) -> None:
     """The ``model:`` section: its stage, holdout reference and metric exist."""
     model = spec.model
     assert model is not None
@@ -618,26 +651,9 @@ def _check_model(spec: PipelineSpec, collect: _Collector) -> None:
         collect.add(
             ["model", "stage"], f"unknown stage '{model.stage}'{suggest(model.stage, spec.stages)}"
         )
-    ref = None
-    whole = REFERENCE.fullmatch(model.holdout.strip())
-    if whole:
-        ref = parse_reference(whole.group(1))
-    if ref is None:
-        collect.add(
-            ["model", "holdout"],
-            "the holdout data is an output of a stage, written ${stage.outputs.name}",
-        )
-    elif ref.stage not in spec.stages:
-        collect.add(
-            ["model", "holdout"], f"unknown stage '{ref.stage}'{suggest(ref.stage, spec.stages)}"
-        )
-    elif ref.output not in spec.stages[ref.stage].outputs:
-        outs = spec.stages[ref.stage].outputs
-        collect.add(
-            ["model", "holdout"],
-            f"stage '{ref.stage}' has no output '{ref.output}'"
-            f"{suggest(ref.output, outs) or '; its outputs: ' + ', '.join(outs)}",
-        )
+    _check_output(spec, "holdout", model.holdout, "holdout data", collect)
+    if model.training_data is not None:
+        _check_output(spec, "training_data", model.training_data, "training data", collect)
     known = METRICS[model.type]
     if model.metric not in known and model.greater_is_better is None:
         collect.add(
@@ -647,18 +663,50 @@ def _check_model(spec: PipelineSpec, collect: _Collector) -> None:
         )
 
 
-def holdout_reference(model: ModelSpec) -> Reference:
-    """The stage output a validated ``model:`` section names as its holdout data."""
-    ref = parse_reference(REFERENCE.fullmatch(model.holdout.strip()).group(1))  # type: ignore[union-attr]
+def _check_output(spec: PipelineSpec, key: str, value: str, what: str, collect: Collector) -> None:
+    """A ``model:`` key that names one stage output, ``${stage.outputs.name}``."""
+    ref = None
+    whole = REFERENCE.fullmatch(value.strip())
+    if whole:
+        ref = parse_reference(whole.group(1))
+    if ref is None:
+        collect.add(
+            ["model", key], f"the {what} is an output of a stage, written ${{stage.outputs.name}}"
+        )
+    elif ref.stage not in spec.stages:
+        collect.add(["model", key], f"unknown stage '{ref.stage}'{suggest(ref.stage, spec.stages)}")
+    elif ref.output not in spec.stages[ref.stage].outputs:
+        outs = spec.stages[ref.stage].outputs
+        collect.add(
+            ["model", key],
+            f"stage '{ref.stage}' has no output '{ref.output}'"
+            f"{suggest(ref.output, outs) or '; its outputs: ' + ', '.join(outs)}",
+        )
+
+
+def output_reference(value: str) -> Reference:
+    """The stage output a validated ``model:`` key (``holdout``, ``training_data``) names."""
+    ref = parse_reference(REFERENCE.fullmatch(value.strip()).group(1))  # type: ignore[union-attr]
     assert ref is not None
     return ref
 
 
+def holdout_reference(model: ModelSpec) -> Reference:
+    """The stage output a validated ``model:`` section names as its holdout data."""
+    return output_reference(model.holdout)
+
+
 def _notebook_info(
-    root: Path, name: str, stage: StageSpec, collect: _Collector
+    root: Path, name: str, stage: StageSpec, collect: Collector
 ) -> nbmod.NotebookInfo | None:
-    where = ["stages", name, "notebook"]
-    raw = Path(stage.notebook)
+    return notebook_info(root, stage.notebook, ["stages", name, "notebook"], collect)
+
+
+def notebook_info(
+    root: Path, notebook: str, where: list[Any], collect: Collector
+) -> nbmod.NotebookInfo | None:
+    """Inspect the notebook a spec names at ``where``; a problem is collected, not raised."""
+    raw = Path(notebook)
     nb_path = raw if raw.is_absolute() else root / raw
     if not nb_path.is_file():
         siblings = (
@@ -668,12 +716,12 @@ def _notebook_info(
         )
         collect.add(
             where,
-            f"no such notebook '{stage.notebook}' (looked for {nb_path}; "
-            f"relative paths start at the project root){suggest(stage.notebook, siblings)}",
+            f"no such notebook '{notebook}' (looked for {nb_path}; "
+            f"relative paths start at the project root){suggest(notebook, siblings)}",
         )
         return None
     if nb_path.suffix != ".ipynb":
-        collect.add(where, f"'{stage.notebook}' is not a .ipynb notebook")
+        collect.add(where, f"'{notebook}' is not a .ipynb notebook")
         return None
     try:
         return nbmod.inspect(nb_path)
@@ -696,7 +744,7 @@ def _check_override(
     spec: PipelineSpec,
     infos: Mapping[str, nbmod.NotebookInfo],
     all_declared: list[str],
-    collect: _Collector,
+    collect: Collector,
     file: str | None = None,
 ) -> None:
     target, dot, name = key.partition(".")

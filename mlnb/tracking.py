@@ -59,6 +59,8 @@ TAG_CACHED = "mlnb.cached"
 TAG_CACHED_FROM = "mlnb.cached_from_run"
 TAG_OUTPUTS = "mlnb.outputs"
 TAG_ERROR = "mlnb.error"
+TAG_TRIGGER = "mlnb.trigger"  # why a run (and the model version it delivered) happened
+TAG_TRIGGER_REASON = "mlnb.trigger.reason"  # the evidence: "drift: p=0.0003 on 3 of 20 ..."
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:

@@ -1,0 +1,209 @@
+"""``mlnb status``: for each model, what serves, its figures, the last checks and retrains.
+
+Everything comes from the project's MLflow store (aliases, version tags, the
+monitor's check runs) and the prediction log (the version that answered
+last); nothing is kept anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+
+from mlnb import monitor as mon
+from mlnb import registry
+from mlnb.predlog import default_log_dir, latest_prediction
+from mlnb.store import tracking_uri
+from mlnb.tracking import TAG_KIND, Tracker
+
+
+@dataclass
+class CheckLine:
+    """One monitor check as status shows it."""
+
+    run_id: str
+    time: str
+    monitor: str
+    version: str
+    drift: str
+    decision: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RetrainLine:
+    """The last retrain a monitor started."""
+
+    time: str
+    status: str
+    reason: str
+    evidence: str
+    run_id: str
+    version: str
+
+
+@dataclass
+class ModelStatus:
+    """One registered model."""
+
+    name: str
+    champion: str | None
+    challenger: str | None
+    champion_metric: str | None = None
+    champion_score: float | None = None
+    champion_trigger: str | None = None
+    champion_reason: str | None = None
+    served_version: str | None = None
+    served_at: str | None = None
+    checks: list[CheckLine] = field(default_factory=list)
+    retrain: RetrainLine | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gather(root: Path, models: list[str], checks: int = 3) -> list[ModelStatus]:
+    """The status of ``models`` (every registered model when empty) on the project's store.
+
+    Raises:
+        RegistryError: a model named is not registered.
+        TrackingError: the store cannot be opened.
+    """
+    uri = tracking_uri(root)
+    tracker = Tracker(root, uri)
+    reg = registry.Registry(uri)
+    client = tracker.client
+    if models:
+        for name in models:
+            reg.require(name)
+    else:
+        models = sorted(m.name for m in client.search_registered_models(max_results=1000))
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    served = latest_prediction(default_log_dir(root))
+    found = []
+    for name in models:
+        status = ModelStatus(
+            name, reg.alias(name, registry.CHAMPION), reg.alias(name, registry.CHALLENGER)
+        )
+        if status.champion is not None:
+            tags = reg.version(name, status.champion).tags
+            config = json.loads(tags.get(registry.TAG_GATE_CONFIG) or "{}")
+            status.champion_metric = config.get("metric")
+            score = tags.get(registry.TAG_SCORE)
+            status.champion_score = float(score) if score else None
+            status.champion_trigger = tags.get(registry.TAG_TRIGGER)
+            status.champion_reason = tags.get(registry.TAG_TRIGGER_REASON) or None
+        if served is not None:
+            status.served_version, status.served_at = served
+        if experiments:
+            status.checks = _checks(client, experiments, name, checks)
+            status.retrain = _retrain(client, experiments, name)
+        found.append(status)
+    return found
+
+
+def _search(client: Any, experiments: list[str], where: str, count: int) -> list[Any]:
+    try:
+        return list(
+            client.search_runs(
+                experiments, filter_string=where, max_results=count, order_by=["start_time DESC"]
+            )
+        )
+    except MlflowException:
+        return []
+
+
+def _when(run: Any) -> str:
+    ms = run.info.start_time or 0
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _checks(client: Any, experiments: list[str], name: str, count: int) -> list[CheckLine]:
+    where = f"tags.`{TAG_KIND}` = '{mon.KIND_CHECK}' and tags.`{mon.TAG_MODEL}` = '{name}'"
+    lines = []
+    for run in _search(client, experiments, where, count):
+        tags = run.data.tags
+        keep = ("labels", "window_rows", "drift.features_drifted", "drift.p_value_min")
+        lines.append(
+            CheckLine(
+                run.info.run_id,
+                _when(run),
+                tags.get(mon.TAG_MONITOR, ""),
+                tags.get(mon.TAG_MODEL_VERSION, ""),
+                tags.get(mon.TAG_DRIFT_STATUS, "-"),
+                tags.get(mon.TAG_DECISION, run.info.status.lower()),
+                {k: v for k, v in run.data.metrics.items() if k in keep or k.startswith("live.")},
+            )
+        )
+    return lines
+
+
+def _retrain(client: Any, experiments: list[str], name: str) -> RetrainLine | None:
+    where = (
+        f"tags.`{TAG_KIND}` = '{mon.KIND_CHECK}' and tags.`{mon.TAG_MODEL}` = '{name}' "
+        f"and tags.`{mon.TAG_RETRAIN}` LIKE '%'"
+    )
+    runs = _search(client, experiments, where, 1)
+    if not runs:
+        return None
+    tags = runs[0].data.tags
+    return RetrainLine(
+        _when(runs[0]),
+        tags.get(mon.TAG_RETRAIN, ""),
+        tags.get(mon.TAG_RETRAIN_REASON, ""),
+        tags.get(mon.TAG_EVIDENCE, ""),
+        tags.get(mon.TAG_RETRAIN_RUN, ""),
+        tags.get(mon.TAG_RETRAIN_VERSION, ""),
+    )
+
+
+def render(models: list[ModelStatus]) -> None:
+    """Print the status for a person (rich on a terminal, plain text in a log)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not models:
+        console.print("no registered models yet: `mlnb run` a pipeline with a model: section")
+        return
+    for model in models:
+        console.rule(f"[bold]{model.name}")
+        if model.champion is None:
+            console.print("champion: none yet")
+        else:
+            score = (
+                f", {model.champion_metric} {model.champion_score:.4f}"
+                if model.champion_score is not None
+                else ""
+            )
+            why = f" — trained on {model.champion_trigger}" if model.champion_trigger else ""
+            if model.champion_reason:
+                why += f" ({model.champion_reason})"
+            console.print(f"champion: v{model.champion}{score}{why}")
+        if model.challenger and model.challenger != model.champion:
+            console.print(f"challenger: v{model.challenger}")
+        if model.served_version is not None:
+            console.print(f"serving: v{model.served_version} (last prediction {model.served_at})")
+        else:
+            console.print("serving: no prediction logged yet")
+        if model.checks:
+            table = Table(title="recent checks", title_justify="left", show_edge=False)
+            for column in ("time (UTC)", "version", "drift", "figures", "decision"):
+                table.add_column(column)
+            for line in model.checks:
+                figures = ", ".join(f"{k} {v:.4g}" for k, v in sorted(line.metrics.items()))
+                table.add_row(line.time, f"v{line.version}", line.drift, figures, line.decision)
+            console.print(table)
+        else:
+            console.print("checks: none yet (`mlnb monitor pipelines/monitor.yaml`)")
+        if model.retrain is not None:
+            r = model.retrain
+            version = f" → v{r.version}" if r.version else ""
+            console.print(f"last retrain: {r.time} UTC, {r.status}{version}: {r.reason}")
+            if r.evidence:
+                console.print(f"  because {r.evidence}")

@@ -1,0 +1,270 @@
+"""The whole loop, told as a story: train, serve, drift, retrain, promote, serve v2.
+
+``make demo`` runs this. It works in a fresh project folder ``demo/`` (a copy
+of ``pipelines/`` and ``notebooks/`` with its own embedded store
+``demo/mlflow.db``), drives the real commands (``mlnb run``, ``mlnb serve``,
+``mlnb monitor --once``, ``mlnb status``) and talks to the service over HTTP
+on 127.0.0.1. Every process it starts, it stops by its PID.
+
+    python scripts/demo.py [--folder demo] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SHIFT = 1.5  # the recalibrated instrument reads every measurement 50 % higher
+BATCH = 10  # rows per request
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=REPO / "demo")
+    args = parser.parse_args()
+    story = Story(args.folder.resolve())
+    try:
+        story.tell()
+    finally:
+        story.close()
+    return 0
+
+
+class Story:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.server: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.figures: dict[str, Any] = {}
+
+    # -- the plot ------------------------------------------------------------------
+
+    def tell(self) -> None:
+        started = time.perf_counter()
+        self.setup()
+        rows, labels = self.data()
+        first, second = rows.iloc[:250], rows.iloc[250:]
+        first_labels, second_labels = labels.iloc[:250], labels.iloc[250:]
+
+        self.chapter("1. Train and promote v1")
+        self.mlnb("run", "pipelines/cancer.yaml")
+        champion = self.champion()
+        self.say(f"→ v{champion['version']} is champion: {champion['reason']}")
+
+        self.chapter("2. Serve it")
+        self.serve()
+        self.say(f"→ mlnb serve cancer (pid {self.server.pid}) on {self.url}")
+
+        self.chapter("3. Traffic, with labels arriving later")
+        accuracy, versions = self.traffic(first, first_labels)
+        self.say(
+            f"→ {len(first)} rows in {len(first) // BATCH} requests, answered by "
+            f"{_versions(versions)}; labels sent to /feedback; live accuracy {accuracy:.3f}"
+        )
+
+        self.chapter("4. The monitor checks: nothing to do")
+        code = self.mlnb("monitor", "pipelines/monitor.yaml", "--once", check=False)
+        check = self.last_check()
+        self.say(f"→ exit {code}: {check['decision']}")
+        self.say(f"  drift: {check['drift']}")
+
+        self.chapter(f"5. The data shifts: a recalibrated instrument reads ×{SHIFT}")
+        shifted = second * SHIFT
+        drift_arrived = time.time()
+        accuracy, versions = self.traffic(shifted, second_labels)
+        self.say(
+            f"→ {len(shifted)} shifted rows answered by {_versions(versions)}; "
+            f"live accuracy falls to {accuracy:.3f}"
+        )
+
+        self.chapter("6. The monitor detects the drift and retrains")
+        code = self.mlnb("monitor", "pipelines/monitor.yaml", "--once", check=False)
+        check = self.last_check()
+        self.say(f"→ exit {code}: {check['decision']}")
+        self.say(f"  evidence: {check['evidence']}")
+        champion = self.champion()
+        self.say(f"  gate: {champion['gate']}")
+        if code != 4:
+            raise SystemExit(f"the retrain did not promote a new champion (exit {code})")
+
+        self.chapter("7. The service answers with the new champion")
+        waited, version = self.until_version(champion["version"], shifted.iloc[:BATCH])
+        since_drift = time.time() - drift_arrived
+        accuracy, versions = self.traffic(shifted.iloc[:100], second_labels.iloc[:100])
+        self.say(
+            f"→ v{version} answers {waited:.1f} s after the promotion; "
+            f"{since_drift:.1f} s from the first drifted request to v{version} answering"
+        )
+        self.say(f"  on shifted data v{version} scores accuracy {accuracy:.3f}")
+
+        self.chapter("8. mlnb status")
+        self.mlnb("status")
+        self.say(f"\nthe whole story took {time.perf_counter() - started:.0f} s")
+        mlnb = os.path.relpath(Path(sys.executable).parent / "mlnb", self.folder)
+        self.say(f"look around: cd {_rel(self.folder)} && {mlnb} ui")
+
+    # -- the props -----------------------------------------------------------------
+
+    def setup(self) -> None:
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True)
+        for name in ("pipelines", "notebooks"):
+            shutil.copytree(REPO / name, self.folder / name)
+        self.say(f"a fresh project in {_rel(self.folder)} (store: {_rel(self.folder)}/mlflow.db)")
+
+    def data(self) -> tuple[Any, Any]:
+        """The data set's rows in a fixed shuffled order: 250 for today, the rest for later."""
+        from sklearn.datasets import load_breast_cancer
+
+        frame = load_breast_cancer(as_frame=True).frame
+        frame.columns = [c.replace(" ", "_") for c in frame.columns]
+        frame = frame.sample(frac=1.0, random_state=7).reset_index(drop=True)
+        return frame.drop(columns="target"), frame["target"]
+
+    def mlnb(self, *args: str, check: bool = True) -> int:
+        self.say(f"$ mlnb {' '.join(args)}", dim=True)
+        env = {**os.environ, "DO_NOT_TRACK": "true", "NO_COLOR": "1", "COLUMNS": "110"}
+        done = subprocess.run(
+            [sys.executable, "-m", "mlnb", *args],
+            cwd=self.folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for line in done.stdout.rstrip().splitlines():
+            self.say(f"    {line}", dim=True)
+        if check and done.returncode != 0:
+            raise SystemExit(f"mlnb {' '.join(args)} failed with exit {done.returncode}")
+        return done.returncode
+
+    def serve(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        log = (self.folder / "serve.log").open("wb")
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "mlnb", "serve", "cancer", "--port", str(port)],
+            cwd=self.folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "DO_NOT_TRACK": "true"},
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.server.poll() is not None:
+                raise SystemExit(f"mlnb serve exited; see {self.folder / 'serve.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("mlnb serve did not answer within 120 s")
+
+    def predict(self, rows: Any) -> dict[str, Any]:
+        body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+        return _post(f"{self.url}/invocations", body)
+
+    def traffic(self, rows: Any, labels: Any) -> tuple[float, set[str]]:
+        right, versions = 0, set()
+        for start in range(0, len(rows), BATCH):
+            batch = rows.iloc[start : start + BATCH]
+            truth = labels.iloc[start : start + BATCH].tolist()
+            answer = self.predict(batch)
+            versions.add(str(answer["model_version"]))
+            right += sum(int(p) == t for p, t in zip(answer["predictions"], truth, strict=True))
+            _post(f"{self.url}/feedback", {"request_id": answer["request_id"], "labels": truth})
+        return right / len(rows), versions
+
+    def until_version(self, version: str, rows: Any) -> tuple[float, str]:
+        started = time.time()
+        while time.time() - started < 60:
+            answer = self.predict(rows)
+            if str(answer["model_version"]) == str(version):
+                return time.time() - started, str(version)
+            time.sleep(0.1)
+        raise SystemExit(f"the service still answers with v{answer['model_version']} after 60 s")
+
+    def champion(self) -> dict[str, Any]:
+        from mlflow import MlflowClient
+
+        uri = f"sqlite:///{self.folder / 'mlflow.db'}"
+        client = MlflowClient(uri, uri)
+        version = client.get_model_version_by_alias("cancer", "champion")
+        return {
+            "version": str(version.version),
+            "reason": version.tags.get("mlnb.gate.reason", ""),
+            "gate": version.tags.get("mlnb.gate.reason", ""),
+        }
+
+    def last_check(self) -> dict[str, str]:
+        from mlflow import MlflowClient
+
+        uri = f"sqlite:///{self.folder / 'mlflow.db'}"
+        client = MlflowClient(uri, uri)
+        experiment = client.get_experiment_by_name("cancer-monitor")
+        run = client.search_runs(
+            [experiment.experiment_id],
+            filter_string="tags.`mlnb.kind` = 'monitor-check'",
+            order_by=["start_time DESC"],
+            max_results=1,
+        )[0]
+        tags = run.data.tags
+        return {
+            "decision": tags.get("mlnb.monitor.decision", ""),
+            "drift": tags.get("mlnb.drift.reason", ""),
+            "evidence": tags.get("mlnb.monitor.evidence", ""),
+        }
+
+    def chapter(self, title: str) -> None:
+        self.say(f"\n{title}", bold=True)
+
+    def say(self, text: str, bold: bool = False, dim: bool = False) -> None:
+        if sys.stdout.isatty() and (bold or dim):
+            text = f"\033[{'1' if bold else '2'}m{text}\033[0m"
+        print(text, flush=True)
+
+    def close(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _versions(versions: set[str]) -> str:
+    return ", ".join(f"v{v}" for v in sorted(versions))
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
