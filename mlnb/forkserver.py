@@ -119,7 +119,7 @@ class ForkServer:
         flags = cmd[1 : index - 1]
         if index < 2 or cmd[index - 1] != "-m" or not all(f.startswith("-") for f in flags):
             return None
-        if os.path.abspath(cmd[0]) != os.path.abspath(sys.executable):
+        if not _same_interpreter(cmd[0], sys.executable):
             return None
         self.start(flags)
         return cmd[index + 1 :] if self.flags == flags else None
@@ -163,6 +163,15 @@ class ForkServer:
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def _same_interpreter(a: str, b: str) -> bool:
+    """Whether two interpreter paths run the same environment (``python`` and
+    ``python3`` of one virtual environment do; the base interpreter it links to does not)."""
+    first, second = os.path.abspath(a), os.path.abspath(b)
+    return os.path.dirname(first) == os.path.dirname(second) and (
+        os.path.realpath(first) == os.path.realpath(second)
+    )
 
 
 class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
