@@ -16,14 +16,13 @@ $(BIN)/mlnb: pyproject.toml
 
 setup: $(BIN)/mlnb ## create .venv with mlnb and its test tools
 
-demo: setup ## lint and run the example pipeline on the embedded MLflow store (mlflow.db)
+demo: setup ## the continuous-training story on a fresh project demo/ (embedded store demo/mlflow.db)
 	$(BIN)/mlnb check pipelines notebooks
-	$(BIN)/mlnb run pipelines/cancer.yaml
-	$(BIN)/mlnb run pipelines/cancer.yaml
+	$(BIN)/python scripts/demo.py
 
 lint: setup ## ruff, import-layer contracts, mlnb's own check
-	$(BIN)/ruff check mlnb tests benchmarks
-	$(BIN)/ruff format --check mlnb tests benchmarks
+	$(BIN)/ruff check mlnb tests benchmarks scripts
+	$(BIN)/ruff format --check mlnb tests benchmarks scripts
 	$(BIN)/lint-imports
 	$(BIN)/mlnb check pipelines notebooks
 
@@ -35,4 +34,4 @@ bench: setup ## benchmarks, each printed side by side with its baseline tool
 	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
-	rm -rf .mlnb mlflow.db mlartifacts data dist .pytest_cache
+	rm -rf .mlnb mlflow.db mlartifacts data dist demo .pytest_cache

@@ -272,10 +272,14 @@ def monitor(spec: Path, once: bool, verbose: bool) -> None:
         stop.set()
         click.echo("stopping after the current check (signal again to abort it)", err=True)
 
+    def abort(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
     runner = MonitorRunner(loaded, say=lambda line: click.echo(line, err=True))
     try:
         if once:
-            code = runner.check().exit_code
+            signal.signal(signal.SIGTERM, abort)  # like Ctrl-C: registration still completes
+            code = runner.check(warm_next=False).exit_code
         else:
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)

@@ -225,8 +225,15 @@ class MonitorRunner:
 
     # -- one check ---------------------------------------------------------------
 
-    def check(self) -> CheckResult:
-        """Run one check (and the retrain it calls for); never raises an MlnbError."""
+    def check(self, warm_next: bool = True) -> CheckResult:
+        """Run one check (and the retrain it calls for).
+
+        Whatever goes wrong ends as a failed check (``error``), never an
+        exception, so a monitor keeps checking; only an interrupt passes.
+
+        Args:
+            warm_next: start the next check's kernel once this one is done.
+        """
         started = time.perf_counter()
         monitor = self.monitor
         result = CheckResult(monitor.name)
@@ -237,9 +244,9 @@ class MonitorRunner:
             experiment = tracker.experiment_id(monitor.name)
             reg = registry.Registry(self.uri)
             result.champion = reg.alias(monitor.spec.model, monitor.spec.alias)
-        except MlnbError as exc:
-            result.error = str(exc)
-            self.say(f"check failed: {exc}")
+        except Exception as exc:  # MlnbError, or the store failing in MLflow's own way
+            result.error = _describe(exc)
+            self.say(f"check failed: {result.error}")
             return result
         result.run_id = tracker.start_run(
             experiment,
@@ -257,6 +264,8 @@ class MonitorRunner:
             self._check(tracker, experiment, reg, result)
         except MlnbError as exc:
             result.error = str(exc)
+        except Exception as exc:  # a broken log file, a store hiccup: report, keep going
+            result.error = _describe(exc)
         except KeyboardInterrupt:
             result.error = "interrupted"
             status = "KILLED"
@@ -273,7 +282,7 @@ class MonitorRunner:
                 )
                 tracker.finish(result.run_id, status)
             self.say(_summary(result))
-            if self.pool is not None and status != "KILLED":
+            if self.pool is not None and warm_next and status != "KILLED":
                 self.pool.prestart(monitor.drift_kernel)  # the next check's kernel
         return result
 
@@ -601,6 +610,11 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(value))
     os.replace(partial, path)
+
+
+def _describe(error: Exception) -> str:
+    """An error for a person: mlnb's own messages as they are, others with their type."""
+    return str(error) if isinstance(error, MlnbError) else f"{type(error).__name__}: {error}"
 
 
 def _span(seconds: float) -> str:

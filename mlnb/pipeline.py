@@ -310,24 +310,26 @@ class _Runner:
             tags[tracking.TAG_ERROR] = "artifacts not uploaded: " + "; ".join(self.upload_errors)
         registration = decision = None
         delivery_error: MlnbError | None = None
-        if status == "FINISHED" and pipeline.spec.model is not None:
-            try:
-                with signals_deferred():  # never a half-registered model
+        # registering, gating and ending the run are not stopped halfway: a
+        # signal that arrives meanwhile takes effect once the run is ended
+        with signals_deferred():
+            if status == "FINISHED" and pipeline.spec.model is not None:
+                try:
                     registration, decision = self._deliver(pipeline, results)
-                tags["mlnb.model.version"] = registration.version
-                if decision is not None:
-                    tags["mlnb.model.decision"] = (
-                        "promoted"
-                        if decision.promoted
-                        else "champion"
-                        if decision.champion == decision.version
-                        else "rejected"
-                    )
-            except MlnbError as exc:
-                delivery_error, status = exc, "FAILED"
-                tags[tracking.TAG_ERROR] = str(exc)[:5000]
-        tracker.log(run_id, tags=tags, metrics={"stages_executed": executed})
-        tracker.finish(run_id, status)
+                    tags["mlnb.model.version"] = registration.version
+                    if decision is not None:
+                        tags["mlnb.model.decision"] = (
+                            "promoted"
+                            if decision.promoted
+                            else "champion"
+                            if decision.champion == decision.version
+                            else "rejected"
+                        )
+                except MlnbError as exc:
+                    delivery_error, status = exc, "FAILED"
+                    tags[tracking.TAG_ERROR] = str(exc)[:5000]
+            tracker.log(run_id, tags=tags, metrics={"stages_executed": executed})
+            tracker.finish(run_id, status)
         if delivery_error is not None:
             raise delivery_error
         return PipelineResult(
