@@ -319,6 +319,118 @@ def status(models: tuple[str, ...], checks: int, as_json: bool, verbose: bool) -
         render(found)
 
 
+@main.command("test")
+@click.argument("pipelines", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--junit-xml", type=click.Path(path_type=Path), help="Write the results as JUnit XML."
+)
+@click.option("--no-nbval", is_flag=True, help="Skip running the notebooks by hand with nbval.")
+def test_command(pipelines: tuple[Path, ...], junit_xml: Path | None, no_nbval: bool) -> None:
+    """Smoke-test PIPELINES (default: every spec in pipelines/) headless, as CI does.
+
+    Each pipeline runs with its ci profile against a throwaway MLflow store,
+    every stage executed; then nbval runs its notebooks by hand (lax). Exits 1
+    naming the pipeline, stage or notebook, cell and exception of any failure.
+    """
+    from mlnb.smoke import discover_pipelines, run_tests
+
+    specs = [_spec_path(str(p)) for p in pipelines] or discover_pipelines(Path.cwd())
+    if not specs:
+        click.secho("no pipeline specs: name one, or run in a project with pipelines/", fg="red")
+        sys.exit(2)
+    report = run_tests(specs, nbval=not no_nbval, say=lambda line: click.echo(line))
+    if junit_xml is not None:
+        report.junit(junit_xml)
+        click.echo(f"JUnit XML: {junit_xml}")
+    failures = report.failures
+    passed = sum(c.status == "passed" for c in report.cases)
+    if failures:
+        click.secho(f"{len(failures)} failed, {passed} passed", fg="red", err=True)
+        for case in failures:
+            click.secho(f"error: {case.message}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"all {passed} passed", err=True)
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Where the bundle goes [default: dist/]."
+)
+@click.option("--version", "label", help="The bundle version [default: its content hash].")
+@click.option("--image", is_flag=True, help="Also build the Docker image (needs docker).")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def build(pipeline: str, out: Path | None, label: str | None, image: bool, verbose: bool) -> None:
+    """Pack PIPELINE into a versioned, reproducible bundle, with a Dockerfile beside it."""
+    from mlnb.bundle import build as build_bundle
+    from mlnb.bundle import build_image
+
+    try:
+        built = build_bundle(_spec_path(pipeline), out, label)
+    except MlnbError as error:
+        _fail(error, verbose)
+    manifest = built.manifest
+    click.echo(f"bundle:     {built.path} ({built.path.stat().st_size / 1024:.0f} KiB)")
+    click.echo(f"version:    {manifest.version}")
+    click.echo(f"files:      {len(manifest.files)}, content sha256 {manifest.content_sha256}")
+    commit = manifest.git_commit or "not in git"
+    if manifest.git_dirty:
+        commit += " (with uncommitted changes: the bundle holds them, the commit does not)"
+    click.echo(f"git:        {commit}")
+    click.echo(f"Dockerfile: {built.dockerfile}")
+    if image:
+        try:
+            tag = build_image(built)
+        except MlnbError as error:
+            _fail(error, verbose)
+        click.echo(f"image:      {tag}")
+
+
+@main.command()
+@click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@click.option("--list", "listing", is_flag=True, help="List deployments, the live one marked.")
+@click.option("--rollback", metavar="PIPELINE", help="Make the previous version live again.")
+@click.option("--to", "to_version", metavar="VERSION", help="With --rollback: this version.")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def deploy(
+    bundle: Path | None,
+    listing: bool,
+    rollback: str | None,
+    to_version: str | None,
+    verbose: bool,
+) -> None:
+    """Make BUNDLE the live version of its pipeline: what mlnb monitor retrains with."""
+    from mlnb import deploy as deploymod
+    from mlnb.store import tracking_uri
+
+    root = Path.cwd()
+    uri = tracking_uri(root)
+    if sum(bool(x) for x in (bundle, listing, rollback)) != 1:
+        click.secho("give a BUNDLE, --list or --rollback PIPELINE", fg="red", err=True)
+        sys.exit(2)
+    try:
+        if listing:
+            records = deploymod.history(root, uri)
+            if not records:
+                click.echo("nothing deployed yet: mlnb build PIPELINE, then mlnb deploy BUNDLE")
+            for r in records:
+                mark = "*" if r.live else " "
+                commit = (r.git_commit or "")[:10]
+                line = f"{r.pipeline:<16} {r.version:<16} {r.action:<9} {r.time} {commit}"
+                click.echo(f"{mark} {line}")
+            return
+        if rollback:
+            done = deploymod.rollback(root, uri, rollback, to_version)
+        else:
+            assert bundle is not None
+            done = deploymod.deploy(bundle, root, uri)
+    except MlnbError as error:
+        _fail(error, verbose)
+    verb = "rolled back to" if done.action == "rollback" else "deployed"
+    click.echo(f"{verb} {done.pipeline} {done.version}: live, in {done.path}")
+    click.echo(f"mlnb monitor retrains with {done.spec}")
+
+
 @main.command("export-predictions")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option(

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlnb import live
 from mlnb.cache import state_dir
+from mlnb.deploy import live_spec
 from mlnb.errors import MlnbError, PipelineError, StageError
 from mlnb.kernels import KernelPool
 from mlnb.monitorspec import Monitor, fill_placeholders
@@ -75,6 +76,7 @@ TAG_RETRAIN = "mlnb.monitor.retrain"
 TAG_RETRAIN_REASON = "mlnb.monitor.retrain_reason"
 TAG_RETRAIN_RUN = "mlnb.monitor.retrain_run_id"
 TAG_RETRAIN_VERSION = "mlnb.monitor.retrain_version"
+TAG_RETRAIN_PIPELINE = "mlnb.monitor.retrain_pipeline"  # the deployed version, or the working copy
 TAG_DRIFT_STATUS = "mlnb.drift.status"
 TAG_DRIFT_REASON = "mlnb.drift.reason"
 #: what fork servers may not preload: picks a plotting backend at import
@@ -114,6 +116,7 @@ class RetrainResult:
     reason: str
     run_id: str | None = None
     version: str | None = None
+    pipeline: str = ""
 
 
 @dataclass
@@ -355,6 +358,7 @@ class MonitorRunner:
                     TAG_RETRAIN_REASON: retrain.reason[:5000],
                     TAG_RETRAIN_RUN: retrain.run_id or "",
                     TAG_RETRAIN_VERSION: retrain.version or "",
+                    TAG_RETRAIN_PIPELINE: retrain.pipeline,
                 },
             )
             if retrain.status == "failed":
@@ -525,16 +529,27 @@ class MonitorRunner:
                 spec.retrain.params,
                 {"monitor.labeled_data": str(labeled), "monitor.trigger": trigger},
             )
-            self.say(f"retraining {spec.model} with {spec.retrain.pipeline}: {evidence}")
+            self.say(f"retraining {spec.model}: {evidence}")
             return self._run_pipeline(params, trigger, evidence)
+
+    def pipeline_spec(self) -> tuple[Path, str]:
+        """The spec a retrain runs: the live deployment's, else the working copy's; and which."""
+        name = self.monitor.pipeline_spec.name
+        deployed = live_spec(self.monitor.root, name)
+        if deployed is not None:
+            version, spec = deployed
+            return spec, f"deployed {name} {version}"
+        return self.monitor.pipeline, f"{self.monitor.spec.retrain.pipeline} (working copy)"
 
     def _run_pipeline(self, params: dict[str, Any], trigger: str, evidence: str) -> RetrainResult:
         from mlnb.pipeline import run_pipeline
 
         spec = self.monitor.spec
+        path, which = self.pipeline_spec()
+        self.say(f"retraining with {which}")
         try:
             outcome = run_pipeline(
-                self.monitor.pipeline,
+                path,
                 profile=spec.retrain.profile,
                 overrides=params,
                 tracking_uri=self.uri,
@@ -542,17 +557,20 @@ class MonitorRunner:
                 reason=evidence,
             )
         except PipelineError as exc:
-            return RetrainResult("failed", str(exc), exc.run_id)
+            return RetrainResult("failed", str(exc), exc.run_id, pipeline=which)
         except MlnbError as exc:
-            return RetrainResult("failed", str(exc))
+            return RetrainResult("failed", str(exc), pipeline=which)
         decision, registration = outcome.decision, outcome.registration
         if decision is None or registration is None:
-            return RetrainResult("failed", "the pipeline delivered no model", outcome.run_id)
+            return RetrainResult(
+                "failed", "the pipeline delivered no model", outcome.run_id, pipeline=which
+            )
         return RetrainResult(
             "promoted" if decision.promoted else "rejected",
             decision.reason,
             outcome.run_id,
             registration.version,
+            which,
         )
 
 

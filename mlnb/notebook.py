@@ -167,13 +167,8 @@ def _inspect_cached(path: Path, _stamp: tuple[int, int] | None) -> NotebookInfo:
     )
 
 
-def strip_outputs(path: Path) -> bool:
-    """Remove outputs and execution counts from a notebook in place.
-
-    Returns:
-        Whether the file changed.
-    """
-    nb = read(path)
+def _strip(nb: nbformat.NotebookNode) -> bool:
+    """Remove outputs, execution counts and run metadata; whether anything went."""
     changed = False
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -190,11 +185,29 @@ def strip_outputs(path: Path) -> bool:
         if key in nb.metadata:
             nb.metadata.pop(key)
             changed = True
+    return changed
+
+
+def strip_outputs(path: Path) -> bool:
+    """Remove outputs and execution counts from a notebook in place.
+
+    Returns:
+        Whether the file changed.
+    """
+    nb = read(path)
+    changed = _strip(nb)
     if changed:
         tmp = path.with_name(f".{path.name}.tmp")
         nbformat.write(nb, str(tmp))
         tmp.replace(path)
     return changed
+
+
+def stripped_text(path: Path) -> str:
+    """A notebook's text without outputs, as nbformat writes it (the same input, the same text)."""
+    nb = read(path)
+    _strip(nb)
+    return nbformat.writes(nb)
 
 
 def source_position(executed: nbformat.NotebookNode, index: int) -> int:
