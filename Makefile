@@ -26,12 +26,13 @@ lint: setup ## ruff, import-layer contracts, mlnb's own check
 	$(BIN)/lint-imports
 	$(BIN)/mlnb check pipelines notebooks
 
-test: lint ## every test (real kernels, real SQLite MLflow stores)
+test: lint ## every test (real kernels, real SQLite MLflow stores), then mlnb test on the example
 	$(BIN)/python -m pytest
+	$(BIN)/mlnb test --junit-xml reports/mlnb-test.xml
 
 bench: setup ## benchmarks, each printed side by side with its baseline tool
 	$(BIN)/python benchmarks/bench_run.py
 	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
-	rm -rf .mlnb mlflow.db mlartifacts data dist demo .pytest_cache
+	rm -rf .mlnb mlflow.db mlartifacts data dist demo reports .pytest_cache

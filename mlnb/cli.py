@@ -431,6 +431,26 @@ def deploy(
     click.echo(f"mlnb monitor retrains with {done.spec}")
 
 
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", help="The pipeline and model name [default: the folder's name].")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+def init(directory: Path, name: str | None, verbose: bool) -> None:
+    """Create a project in DIRECTORY: notebooks, pipeline, monitor, CI and pre-commit configs.
+
+    It passes mlnb check, mlnb test and mlnb build as it is.
+    """
+    from mlnb.scaffold import init as scaffold
+
+    try:
+        written = scaffold(directory, name)
+    except MlnbError as error:
+        _fail(error, verbose)
+    for path in written:
+        click.echo(f"  {path}")
+    click.echo(f"created {len(written)} files in {directory}; next: cd {directory} && mlnb test")
+
+
 @main.command("export-predictions")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option(
