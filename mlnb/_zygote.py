@@ -38,6 +38,9 @@ PRELOAD = (
     "sqlite3",
 )
 
+#: the backend ipykernel sets (MPLBACKEND) where the environment names none
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
 
 def _child(request: dict[str, Any]) -> None:
     code = 1
@@ -55,6 +58,12 @@ def _child(request: dict[str, Any]) -> None:
         os.environ.update(request["env"])
         os.environ["JPY_PARENT_PID"] = str(os.getppid())
         os.chdir(request["cwd"])
+        matplotlib = sys.modules.get("matplotlib")
+        if matplotlib is not None:
+            # preloaded, it read MPLBACKEND from the server's environment: take the
+            # kernel's, or the inline backend that ipykernel makes the default
+            with contextlib.suppress(Exception):
+                matplotlib.rcParams["backend"] = os.environ.get("MPLBACKEND") or INLINE_BACKEND
         random.seed()
         sys.argv = ["ipykernel_launcher", *request["argv"]]
         from ipykernel.kernelapp import IPKernelApp
@@ -97,6 +106,9 @@ def main() -> None:
             _child(request)
         out.write(json.dumps({"pid": pid}) + "\n")
         out.flush()
+    # nothing to flush or clean up (each kernel is its own process), while tearing
+    # down an interpreter that preloaded mlflow or alibi-detect takes 1-4 s
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,12 @@ TAG_RETRAIN_VERSION = "mlnb.monitor.retrain_version"
 TAG_RETRAIN_PIPELINE = "mlnb.monitor.retrain_pipeline"  # the deployed version, or the working copy
 TAG_DRIFT_STATUS = "mlnb.drift.status"
 TAG_DRIFT_REASON = "mlnb.drift.reason"
-#: what fork servers may not preload: picks a plotting backend at import
-_NO_PRELOAD = ("matplotlib",)
+#: what fork servers may not preload (matplotlib may: see mlnb._zygote)
+_NO_PRELOAD: tuple[str, ...] = ()
+#: what a kernel's first MLflow call imports when the store is a database (SQLAlchemy,
+#: alembic, MLflow's ORM models): 1.5-2 s of every check, paid once by the fork server
+_DB_STORE_MODULES = ("mlflow.store.tracking.sqlalchemy_store",)
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,9 @@ class MonitorRunner:
                 for m in imported_modules(monitor.drift_notebook)
                 if m.split(".")[0] not in _NO_PRELOAD
             ]
+            scheme = self.uri.split(":", 1)[0].split("+", 1)[0]
+            if scheme in _DB_SCHEMES and any(m.split(".")[0] == "mlflow" for m in preload):
+                preload += _DB_STORE_MODULES
             self.pool = KernelPool(
                 env={"MLFLOW_TRACKING_URI": self.uri}, cwd=monitor.root, preload=preload
             )

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mlnb.errors import SpecError, suggest
 from mlnb.spec import (
+    COMMAND_LINE,
     REFERENCE,
     Collector,
     PipelineSpec,
@@ -124,8 +125,10 @@ class ScheduleSpec(_Model):
 
     @model_validator(mode="after")
     def _one(self) -> ScheduleSpec:
-        if (self.every is None) == (self.cron is None):
+        if self.every is not None and self.cron is not None:
             raise ValueError("give the schedule either 'every' (e.g. 10m) or 'cron', not both")
+        if self.every is None and self.cron is None:
+            raise ValueError("give the schedule 'every' (e.g. 10m) or 'cron' (e.g. '*/15 * * * *')")
         return self
 
 
@@ -373,8 +376,15 @@ def _check_pipeline(spec: MonitorSpec, path: Path, collect: Collector) -> Pipeli
         pipeline = load_pipeline(path, spec.retrain.profile, overrides)
     except SpecError as exc:
         for problem in exc.problems:
-            where = f"{problem.file}: {problem.location}" if problem.location else problem.file
-            collect.add(["retrain"], f"{where}: {problem.message}")
+            if problem.file == COMMAND_LINE and problem.location.startswith("-p "):
+                # a retrain param reaches the pipeline as an override: say it is one
+                key = problem.location.removeprefix("-p ")
+                collect.add(["retrain", "params", key], problem.message)
+            elif spec.retrain.profile and problem.message.startswith("no profile "):
+                collect.add(["retrain", "profile"], problem.message)
+            else:
+                where = f"{problem.file}: {problem.location}" if problem.location else problem.file
+                collect.add(["retrain", "pipeline"], f"{where}: {problem.message}")
         return None
     model = pipeline.spec.model
     if model is None:

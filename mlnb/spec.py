@@ -414,8 +414,8 @@ def read_document(
                 collector.add(loc, f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), known)}")
             elif error["type"] == "missing":
                 collector.add(loc, f"required key '{loc[-1]}' is missing")
-            else:
-                collector.add(loc, error["msg"])
+            else:  # a validator's message, without pydantic's "Value error, "
+                collector.add(loc, error["msg"].removeprefix("Value error, "))
         raise SpecError(collector.problems, kind) from None
 
 

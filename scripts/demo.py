@@ -103,8 +103,9 @@ class Story:
         since_drift = time.time() - drift_arrived
         accuracy, versions = self.traffic(shifted.iloc[:100], second_labels.iloc[:100])
         self.say(
-            f"→ v{version} answers {waited:.1f} s after the promotion; "
-            f"{since_drift:.1f} s from the first drifted request to v{version} answering"
+            f"→ v{version} answers {waited:.1f} s after the check ended (the service had "
+            f"followed the alias already); {since_drift:.1f} s from the first drifted request "
+            f"to v{version} answering: the traffic, the check, the retrain and the gate"
         )
         self.say(f"  on shifted data v{version} scores accuracy {accuracy:.3f}")
 

@@ -646,7 +646,7 @@ def test_example_registers_gates_and_promotes(project) -> None:
     assert tags[TAG_HOLDOUT] == prepare.outputs["test_path"]
     assert Path(tags[TAG_HOLDOUT]).is_absolute()
     assert json.loads(tags[TAG_GATE_CONFIG]) == {
-        "metric": "roc_auc",
+        "metric": "accuracy_score",
         "greater_is_better": True,
         "model_type": "classifier",
         "target": "target",
@@ -680,7 +680,7 @@ def test_example_registers_gates_and_promotes(project) -> None:
 
     assert worse.returncode == 0, worse.stderr
     assert "model:     cancer version 2 (registered; alias challenger)" in worse.stdout
-    assert "gate:      v2 not promoted: roc_auc " in worse.stdout
+    assert "gate:      v2 not promoted: accuracy_score " in worse.stdout
     assert reg.alias("cancer", CHAMPION) == "1" and reg.alias("cancer", CHALLENGER) == "2"
     assert reg.client.get_model_version("cancer", "2").tags[TAG_DECISION] == "rejected"
 
@@ -698,7 +698,7 @@ def test_example_registers_gates_and_promotes(project) -> None:
 
     gated = project.mlnb("promote", "cancer", "--version", "2")
     assert gated.returncode == 3, gated.stdout + gated.stderr
-    assert "v2 not promoted: roc_auc " in gated.stdout
+    assert "v2 not promoted: accuracy_score " in gated.stdout
     assert "champion:  cancer version 1" in gated.stdout
     assert "Traceback" not in gated.stderr
     assert reg.alias("cancer", CHAMPION) == "1"
