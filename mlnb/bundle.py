@@ -274,7 +274,7 @@ def vendored() -> dict[str, bytes]:
     members = {
         f"{VENDOR}/mlnb/{p.relative_to(package).as_posix()}": p.read_bytes()
         for p in sorted(package.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".typed")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     }
     try:
         requires = metadata.requires("mlnb") or []
@@ -293,7 +293,10 @@ def vendored() -> dict[str, bytes]:
         "[project.scripts]\n"
         'mlnb = "mlnb.cli:main"\n\n'
         "[tool.setuptools.packages.find]\n"
-        'include = ["mlnb*"]\n'
+        'include = ["mlnb*"]\n\n'
+        "[tool.setuptools.package-data]\n"
+        'mlnb = ["py.typed", "templates/project/*", "templates/project/*/*", '
+        '"templates/project/*/*/*"]\n'
     )
     members[f"{VENDOR}/pyproject.toml"] = pyproject.encode()
     return members

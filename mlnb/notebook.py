@@ -27,6 +27,8 @@ from mlnb.errors import NotebookError
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
+#: papermill's markdown cells around an error (at the top, and before the failing cell)
+ERROR_MARKER_TAG = "papermill-error-cell-tag"
 
 
 @dataclass(frozen=True)
@@ -214,9 +216,12 @@ def source_position(executed: nbformat.NotebookNode, index: int) -> int:
     """Map a cell index of an executed notebook to its 1-based position in the source.
 
     papermill inserts an ``injected-parameters`` cell; positions reported to a
-    user must be those of the notebook they edit.
+    user must be those of the notebook they edit. When a cell fails, papermill
+    also writes two error marker cells into the notebook, after computing the
+    index it reports; they are left out before the index is applied.
     """
-    injected_before = sum(1 for cell in executed.cells[:index] if INJECTED_TAG in _tags(cell))
+    cells = [cell for cell in executed.cells if ERROR_MARKER_TAG not in _tags(cell)]
+    injected_before = sum(1 for cell in cells[:index] if INJECTED_TAG in _tags(cell))
     return index - injected_before + 1
 
 

@@ -5,7 +5,8 @@ Two checks per pipeline, each reported per stage or notebook:
 1. **The pipeline** runs with its ``ci`` profile (small parameters), every
    stage executed (no cache), against a throwaway MLflow store in a
    temporary folder, so the gate and registration run too without touching
-   the project's store. Its workspace is removed afterwards.
+   the project's store. Its workspace is removed afterwards, unless a stage
+   failed: the failure names the executed notebook in it.
 2. **The notebooks run by hand**: nbval (``--nbval-lax``) executes each stage
    notebook (and each drift notebook of a monitor that retrains with the
    pipeline) with its own defaults, in stage order, the way a data scientist
@@ -18,6 +19,7 @@ exception. ``--junit-xml`` writes the cases as JUnit XML for CI systems.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,8 @@ from pathlib import Path
 from mlnb.errors import MlnbError, PipelineError, SpecError
 
 CI_PROFILE = "ci"
+#: colour codes: nbval's own, and the kernel's traceback (pytest's JUnit XML writes ESC as #x1B)
+_ANSI = re.compile(r"(?:\x1b|#x1B)\[[0-9;]*m")
 
 
 @dataclass
@@ -111,6 +115,7 @@ def run_tests(
     scratch = Path(tempfile.mkdtemp(prefix="mlnb-test-"))
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
     try:
+        _create_store(uri, scratch / "mlartifacts")
         notebooks: dict[Path, Path] = {}  # notebook → project root, in stage order
         for spec in specs:
             cases, found = _pipeline(Path(spec), uri, say)
@@ -122,6 +127,18 @@ def run_tests(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+def _create_store(uri: str, artifacts: Path) -> None:
+    """Create the throwaway store with its Default experiment's artifacts in the scratch folder.
+
+    MLflow's default, ``./mlruns``, is resolved in the working directory (the
+    project) when the store is created; the notebooks nbval runs log to the
+    Default experiment and would write their artifacts into the project.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(uri, artifacts.as_uri())
 
 
 def _pipeline(
@@ -190,7 +207,8 @@ def _pipeline(
                 say(f"  ✗ model {model.name}: {error}")
                 cases.append(Case(suite, "model", "failed", message=str(error)))
     finally:
-        shutil.rmtree(result.workspace, ignore_errors=True)
+        if not any(case.status == "failed" for case in cases):
+            shutil.rmtree(result.workspace, ignore_errors=True)
     return cases, notebooks
 
 
@@ -212,6 +230,7 @@ def _nbval(
         "-o",
         "addopts=",
         "-q",
+        "--color=no",
         f"--junit-xml={report}",
         f"--rootdir={root}",
         *[str(nb) for nb in notebooks],
@@ -235,7 +254,7 @@ def _nbval(
             yield Case(suite, str(rel), "skipped", message="nbval collected no cells")
         elif failed:
             _, cell, _, message = failed[0]
-            text = f"{rel}: {cell.replace('::', ' ')}: {message}"
+            text = f"{rel}: {_headline(notebook, cell, message)}\n{message}"
             say(f"  ✗ {text.splitlines()[0]}")
             yield Case(suite, str(rel), "failed", seconds, text)
         else:
@@ -256,7 +275,7 @@ def _read_junit(path: Path) -> list[tuple[str, str, float, str]]:
             failure = item.find("error")
         text = ""
         if failure is not None:
-            text = (failure.get("message") or "") + "\n" + (failure.text or "")
+            text = _ANSI.sub("", failure.text or failure.get("message") or "")
         cases.append(
             (
                 item.get("classname", ""),
@@ -266,6 +285,27 @@ def _read_junit(path: Path) -> list[tuple[str, str, float, str]]:
             )
         )
     return cases
+
+
+def _headline(notebook: Path, cell: str, report: str) -> str:
+    """``cell 2 raised FileNotFoundError: ...`` from nbval's ``Cell 1`` and its report.
+
+    nbval counts code cells from 0; mlnb reports positions in the notebook
+    (every cell, from 1), as ``mlnb run`` does.
+    """
+    from mlnb.notebook import read
+
+    position = cell
+    match = re.fullmatch(r"Cell (\d+)", cell)
+    if match:
+        try:
+            code = [i for i, c in enumerate(read(notebook).cells) if c.cell_type == "code"]
+        except MlnbError:
+            code = []
+        if int(match.group(1)) < len(code):
+            position = f"cell {code[int(match.group(1))] + 1}"
+    lines = [line.strip() for line in report.splitlines() if line.strip()]
+    return f"{position} raised {lines[-1]}" if lines else f"{position} failed"
 
 
 def _same_notebook(classname: str, notebook: Path, rel: Path) -> bool:
