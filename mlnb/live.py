@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlnb.predlog import META_COLUMNS, load_predictions
+from mlnb.predlog import META_COLUMNS, load_predictions, start_of_last_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,6 +55,8 @@ def load_window(
     since_ms = None
     if since_seconds is not None:
         since_ms = int(((now if now is not None else time.time()) - since_seconds) * 1000)
+    elif last is not None:  # read only the newest day files that hold enough rows
+        since_ms = start_of_last_rows(Path(log_dir), last)
     table = load_predictions(Path(log_dir), since_ms=since_ms)
     table = table.sort_values("time", kind="stable")
     if last is not None:

@@ -396,6 +396,37 @@ def export(log_dir: Path, path: Path) -> int:
     return len(table)
 
 
+def start_of_last_rows(log_dir: Path, rows: int) -> int | None:
+    """The start (Unix ms) of the oldest day file needed to hold the newest ``rows`` rows.
+
+    ``None`` when every day file is needed. Lets a window of the last rows
+    read a few day files instead of the whole log.
+    """
+    directory = Path(log_dir)
+    days = sorted(
+        (m[2], p)
+        for p in directory.iterdir()
+        if (m := _FILE_NAME.match(p.name)) and m[1] == PREDICTIONS
+    )
+    seen = 0
+    for index in range(len(days) - 1, -1, -1):
+        day, path = days[index]
+        with path.open("rb") as handle:
+            for line in handle:
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    seen += len(record.get("inputs") or ())
+        if seen >= rows:
+            if index == 0:
+                return None
+            start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+            return int(start.timestamp() * 1000)
+    return None
+
+
 def latest_prediction(log_dir: Path) -> tuple[str, str] | None:
     """The model version and time of the newest logged prediction, or ``None``.
 
