@@ -33,6 +33,7 @@ test: lint ## every test (real kernels, real SQLite MLflow stores), then mlnb te
 bench: setup ## benchmarks, each printed side by side with its baseline tool
 	$(BIN)/python benchmarks/bench_run.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_monitor.py
 
 clean:
 	rm -rf .mlnb mlflow.db mlartifacts data dist demo reports .pytest_cache
