@@ -13,13 +13,13 @@ One *check* (an MLflow run ``check`` in the monitor's experiment):
 5. when a trigger that is on fires, retrains: the pipeline the spec names,
    with the window's labeled rows, through registration, gate and promotion.
 
+The drift notebook's contract lives in :mod:`mlnb.drift`; the retrain (its
+lock, cooldown and pipeline) in :mod:`mlnb.retrain`.
+
 Design decisions:
 
-- **One retrain at a time per model, across processes.** A retrain holds an
-  exclusive ``flock`` on ``.mlnb/monitor/<model>.lock``; a trigger that finds
-  it held is reported as skipped, never queued. The cooldown is kept in
-  ``.mlnb/monitor/<model>.json``, written under the same lock before the
-  retrain starts, so a crashed retrain still counts.
+- **A check never dies of an error.** Whatever goes wrong ends as a failed
+  check run with the reason, and a scheduled monitor goes on checking.
 - **Stopping never leaves a model half-registered.** The loop only checks a
   flag between checks; a second signal aborts the stages of a running
   retrain, and registration and gating hold signals until they are done
@@ -32,12 +32,9 @@ Design decisions:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,11 +42,18 @@ from typing import TYPE_CHECKING, Any
 
 from mlnb import live
 from mlnb.cache import state_dir
-from mlnb.deploy import live_spec
-from mlnb.errors import MlnbError, PipelineError, StageError
+from mlnb.drift import (
+    TAG_DRIFT_REASON,
+    TAG_DRIFT_STATUS,
+    DriftResult,
+    preload_modules,
+    reference_columns,
+    run_drift,
+)
+from mlnb.errors import MlnbError, StageError
 from mlnb.kernels import KernelPool
-from mlnb.monitorspec import Monitor, fill_placeholders
-from mlnb.notebook import imported_modules
+from mlnb.monitorspec import Monitor, format_duration
+from mlnb.retrain import RetrainResult, pipeline_spec, retrain
 from mlnb.store import tracking_uri as default_tracking_uri
 
 if TYPE_CHECKING:
@@ -65,7 +69,6 @@ EXIT_PROMOTED = 4  # retrained; the new version is champion
 EXIT_SKIPPED = 5  # a trigger fired but no retrain started (cooldown, one running, no data)
 
 KIND_CHECK = "monitor-check"
-KIND_DRIFT = "drift"
 TAG_MONITOR = "mlnb.monitor"
 TAG_MODEL = "mlnb.model"
 TAG_MODEL_VERSION = "mlnb.model.version"
@@ -77,14 +80,6 @@ TAG_RETRAIN_REASON = "mlnb.monitor.retrain_reason"
 TAG_RETRAIN_RUN = "mlnb.monitor.retrain_run_id"
 TAG_RETRAIN_VERSION = "mlnb.monitor.retrain_version"
 TAG_RETRAIN_PIPELINE = "mlnb.monitor.retrain_pipeline"  # the deployed version, or the working copy
-TAG_DRIFT_STATUS = "mlnb.drift.status"
-TAG_DRIFT_REASON = "mlnb.drift.reason"
-#: what fork servers may not preload (matplotlib may: see mlnb._zygote)
-_NO_PRELOAD: tuple[str, ...] = ()
-#: what a kernel's first MLflow call imports when the store is a database (SQLAlchemy,
-#: alembic, MLflow's ORM models): 1.5-2 s of every check, paid once by the fork server
-_DB_STORE_MODULES = ("mlflow.store.tracking.sqlalchemy_store",)
-_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 @dataclass(frozen=True)
@@ -93,34 +88,6 @@ class Trigger:
 
     kind: str
     evidence: str
-
-
-@dataclass
-class DriftResult:
-    """What the drift notebook decided.
-
-    Attributes:
-        status: ``drift``, ``no_drift``, ``untestable`` or ``failed``.
-        reason: one sentence (the notebook's, or why it could not run).
-        run_id: the notebook's MLflow run.
-        metrics: the figures it logged.
-    """
-
-    status: str
-    reason: str
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class RetrainResult:
-    """How a retrain ended: ``promoted``, ``rejected``, ``failed`` or ``skipped``."""
-
-    status: str
-    reason: str
-    run_id: str | None = None
-    version: str | None = None
-    pipeline: str = ""
 
 
 @dataclass
@@ -189,14 +156,7 @@ class MonitorRunner:
         self.state = state_dir(monitor.root) / "monitor"
         self.pool: KernelPool | None = None
         if monitor.drift_notebook is not None:
-            preload = [
-                m
-                for m in imported_modules(monitor.drift_notebook)
-                if m.split(".")[0] not in _NO_PRELOAD
-            ]
-            scheme = self.uri.split(":", 1)[0].split("+", 1)[0]
-            if scheme in _DB_SCHEMES and any(m.split(".")[0] == "mlflow" for m in preload):
-                preload += _DB_STORE_MODULES
+            preload = preload_modules(monitor.drift_notebook, self.uri)
             self.pool = KernelPool(
                 env={"MLFLOW_TRACKING_URI": self.uri}, cwd=monitor.root, preload=preload
             )
@@ -308,7 +268,21 @@ class MonitorRunner:
         features = self._features(version, window)
 
         if monitor.drift_notebook is not None:
-            drift = self._drift(tracker, experiment, result.run_id, version, window, features)
+            assert self.pool is not None
+            drift = run_drift(
+                monitor,
+                self.pool,
+                tracker,
+                experiment=experiment,
+                parent_run=result.run_id,
+                run_tags={TAG_MONITOR: monitor.name},
+                champion=result.champion,
+                reference=self._reference(version),
+                window=window,
+                features=features,
+                target=self._target(),
+                folder=self.state / monitor.name / result.run_id,
+            )
             result.drift = drift
             metrics.update({f"drift.{k}": v for k, v in drift.metrics.items()})
             tracker.log(
@@ -345,8 +319,8 @@ class MonitorRunner:
                 result.triggers.append(
                     Trigger(
                         "schedule",
-                        f"schedule: champion v{result.champion} is {_span(age)} old "
-                        f"(retrain every {_span(spec.retrain.every)})",
+                        f"schedule: champion v{result.champion} is {format_duration(age)} old "
+                        f"(retrain every {format_duration(spec.retrain.every)})",
                     )
                 )
 
@@ -356,20 +330,31 @@ class MonitorRunner:
             tags[TAG_EVIDENCE] = "; ".join(t.evidence for t in result.triggers)[:5000]
         tracker.log(result.run_id, metrics=metrics, tags=tags)
         if result.triggers:
-            result.retrain = self._retrain(result, window, features)
-            retrain = result.retrain
+            outcome = retrain(
+                monitor,
+                self.uri,
+                self.state,
+                check_run=result.run_id,
+                trigger=result.triggers[0].kind,
+                evidence="; ".join(t.evidence for t in result.triggers),
+                window=window,
+                features=features,
+                target=self._target(),
+                say=self.say,
+            )
+            result.retrain = outcome
             tracker.log(
                 result.run_id,
                 tags={
-                    TAG_RETRAIN: retrain.status,
-                    TAG_RETRAIN_REASON: retrain.reason[:5000],
-                    TAG_RETRAIN_RUN: retrain.run_id or "",
-                    TAG_RETRAIN_VERSION: retrain.version or "",
-                    TAG_RETRAIN_PIPELINE: retrain.pipeline,
+                    TAG_RETRAIN: outcome.status,
+                    TAG_RETRAIN_REASON: outcome.reason[:5000],
+                    TAG_RETRAIN_RUN: outcome.run_id or "",
+                    TAG_RETRAIN_VERSION: outcome.version or "",
+                    TAG_RETRAIN_PIPELINE: outcome.pipeline,
                 },
             )
-            if retrain.status == "failed":
-                result.error = f"retrain failed: {retrain.reason}"
+            if outcome.status == "failed":
+                result.error = f"retrain failed: {outcome.reason}"
 
     def _features(self, version: Any, window: pd.DataFrame) -> list[str]:
         """The model's input columns: the training data's, or else the window's."""
@@ -377,7 +362,7 @@ class MonitorRunner:
         target = self._target()
         if reference is not None and reference.is_file():
             try:
-                columns = _columns(reference)
+                columns = reference_columns(reference)
             except Exception:
                 columns = []
             if columns:
@@ -395,262 +380,14 @@ class MonitorRunner:
         value = version.tags.get(TAG_TRAINING_DATA)
         return Path(value) if value else None
 
-    # -- drift -------------------------------------------------------------------
-
-    def _drift(
-        self,
-        tracker: Tracker,
-        experiment: str,
-        check_run: str,
-        version: Any,
-        window: pd.DataFrame,
-        features: list[str],
-    ) -> DriftResult:
-        monitor = self.monitor
-        assert monitor.drift_notebook is not None and self.pool is not None
-        reference = self._reference(version)
-        pipeline = monitor.spec.retrain.pipeline
-        if reference is None:
-            return DriftResult(
-                "untestable",
-                f"champion v{version.version} carries no training-data lineage (version tag "
-                f"mlnb.training_data); add training_data: ${{stage.outputs.name}} to the "
-                f"model: section of {pipeline} and retrain",
-            )
-        if not reference.is_file():
-            return DriftResult(
-                "untestable",
-                f"the training data of champion v{version.version} is gone: {reference} "
-                "(was the run's workspace under .mlnb/runs deleted?)",
-            )
-        from mlnb import tracking
-        from mlnb.stage import execute_stage
-
-        folder = self.state / monitor.name / check_run
-        folder.mkdir(parents=True, exist_ok=True)
-        current = folder / "current.parquet"
-        _write_table(live.feature_table(window, features), current)
-        params: dict[str, Any] = {
-            **monitor.drift_params,
-            "reference_path": str(reference),
-            "current_path": str(current),
-        }
-        if "features" in monitor.drift_declares:
-            params["features"] = list(features)
-        if "target" in monitor.drift_declares:
-            params["target"] = self._target()
-        run_id = tracker.start_run(
-            experiment,
-            "drift",
-            {
-                tracking.TAG_KIND: KIND_DRIFT,
-                TAG_MONITOR: monitor.name,
-                tracking.TAG_NOTEBOOK: str(monitor.drift_notebook),
-            },
-            parent_run_id=check_run,
-        )
-        executed = folder / "drift.ipynb"
-        env = {
-            "MLFLOW_TRACKING_URI": self.uri,
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_EXPERIMENT_ID": experiment,
-            "MLNB_MONITOR": monitor.name,
-        }
-        spec = monitor.spec.drift
-        assert spec is not None
-        status = "FINISHED"
-        try:
-            execute_stage(
-                "drift",
-                monitor.drift_notebook,
-                executed,
-                params,
-                self.pool,
-                kernel_name=monitor.drift_kernel,
-                env=env,
-                timeout=spec.timeout,
-            )
-        except StageError as exc:
-            status = "FAILED"
-            tracker.log(run_id, tags={tracking.TAG_ERROR: str(exc)[:5000]})
-            return DriftResult("failed", str(exc), run_id)
-        finally:
-            with contextlib.suppress(MlnbError):
-                if executed.exists():
-                    tracker.log_artifact(run_id, executed, "notebook")
-                tracker.finish(run_id, status)
-        run = tracker.get_run(run_id)
-        tags, figures = run.data.tags, dict(run.data.metrics)
-        decided = tags.get(TAG_DRIFT_STATUS)
-        if decided not in ("drift", "no_drift", "untestable"):
-            return DriftResult(
-                "failed",
-                f"{monitor.drift_notebook.name} logged no decision: it must set the run tag "
-                f"{TAG_DRIFT_STATUS} to drift, no_drift or untestable",
-                run_id,
-                figures,
-            )
-        return DriftResult(decided, tags.get(TAG_DRIFT_REASON, decided), run_id, figures)
-
-    # -- retraining --------------------------------------------------------------
-
-    def _retrain(
-        self, result: CheckResult, window: pd.DataFrame, features: list[str]
-    ) -> RetrainResult:
-        monitor, spec = self.monitor, self.monitor.spec
-        evidence = "; ".join(t.evidence for t in result.triggers)
-        trigger = result.triggers[0].kind
-        self.state.mkdir(parents=True, exist_ok=True)
-        with retrain_lock(self.state / f"{spec.model}.lock") as holder:
-            if holder is not None:
-                return RetrainResult(
-                    "skipped", f"another retrain of '{spec.model}' is running (pid {holder})"
-                )
-            ledger = self.state / f"{spec.model}.json"
-            last = _read_json(ledger).get("started")
-            if spec.cooldown and isinstance(last, int | float):
-                ago = time.time() - last
-                if ago < spec.cooldown:
-                    return RetrainResult(
-                        "skipped",
-                        f"cooldown: the last retrain started {_span(ago)} ago "
-                        f"(cooldown {_span(spec.cooldown)})",
-                    )
-            folder = self.state / monitor.name / result.run_id
-            folder.mkdir(parents=True, exist_ok=True)
-            labeled = folder / "labeled.csv"
-            table = live.labeled_table(window, features, self._target())
-            wants_data = any("monitor.labeled_data" in str(v) for v in spec.retrain.params.values())
-            if wants_data and table.empty:
-                return RetrainResult(
-                    "skipped",
-                    "no labeled predictions in the window to retrain on; send labels to "
-                    "/feedback (or drop ${monitor.labeled_data} from retrain.params)",
-                )
-            table.to_csv(labeled, index=False)
-            _write_json(
-                ledger,
-                {"started": time.time(), "check_run": result.run_id, "monitor": monitor.name},
-            )
-            params = fill_placeholders(
-                spec.retrain.params,
-                {"monitor.labeled_data": str(labeled), "monitor.trigger": trigger},
-            )
-            self.say(f"retraining {spec.model}: {evidence}")
-            return self._run_pipeline(params, trigger, evidence)
-
     def pipeline_spec(self) -> tuple[Path, str]:
         """The spec a retrain runs: the live deployment's, else the working copy's; and which."""
-        name = self.monitor.pipeline_spec.name
-        deployed = live_spec(self.monitor.root, name)
-        if deployed is not None:
-            version, spec = deployed
-            return spec, f"deployed {name} {version}"
-        return self.monitor.pipeline, f"{self.monitor.spec.retrain.pipeline} (working copy)"
-
-    def _run_pipeline(self, params: dict[str, Any], trigger: str, evidence: str) -> RetrainResult:
-        from mlnb.pipeline import run_pipeline
-
-        spec = self.monitor.spec
-        path, which = self.pipeline_spec()
-        self.say(f"retraining with {which}")
-        try:
-            outcome = run_pipeline(
-                path,
-                profile=spec.retrain.profile,
-                overrides=params,
-                tracking_uri=self.uri,
-                trigger=trigger,
-                reason=evidence,
-            )
-        except PipelineError as exc:
-            return RetrainResult("failed", str(exc), exc.run_id, pipeline=which)
-        except MlnbError as exc:
-            return RetrainResult("failed", str(exc), pipeline=which)
-        decision, registration = outcome.decision, outcome.registration
-        if decision is None or registration is None:
-            return RetrainResult(
-                "failed", "the pipeline delivered no model", outcome.run_id, pipeline=which
-            )
-        return RetrainResult(
-            "promoted" if decision.promoted else "rejected",
-            decision.reason,
-            outcome.run_id,
-            registration.version,
-            which,
-        )
-
-
-@contextlib.contextmanager
-def retrain_lock(path: Path) -> Iterator[int | None]:
-    """Hold the retrain lock of a model; yields ``None``, or the pid holding it already."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            yield int(holder) if holder.isdigit() else -1
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        try:
-            yield None
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _columns(path: Path) -> list[str]:
-    import pandas as pd
-
-    if path.suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-
-
-def _write_table(table: pd.DataFrame, path: Path) -> None:
-    table.columns = [str(c) for c in table.columns]
-    try:
-        table.to_parquet(path, index=False)
-    except Exception:  # mixed-type object columns: Parquet wants one type per column
-        table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(
-            path, index=False
-        )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(value))
-    os.replace(partial, path)
+        return pipeline_spec(self.monitor)
 
 
 def _describe(error: Exception) -> str:
     """An error for a person: mlnb's own messages as they are, others with their type."""
     return str(error) if isinstance(error, MlnbError) else f"{type(error).__name__}: {error}"
-
-
-def _span(seconds: float) -> str:
-    """A duration a person reads: 45 s, 12 min, 3.5 h, 31 days."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
 
 
 def _clock(when: float) -> str:

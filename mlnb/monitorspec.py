@@ -93,6 +93,17 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """A duration a person reads: 45 s, 12 min, 3.5 h, 31 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
 Duration = float
 
 

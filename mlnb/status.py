@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from mlnb import monitor as mon
 from mlnb import registry
+from mlnb.drift import TAG_DRIFT_STATUS
 from mlnb.predlog import default_log_dir, latest_prediction
 from mlnb.store import tracking_uri
 from mlnb.tracking import TAG_KIND, Tracker
@@ -135,7 +136,7 @@ def _checks(client: Any, experiments: list[str], name: str, count: int) -> list[
                 _when(run),
                 tags.get(mon.TAG_MONITOR, ""),
                 tags.get(mon.TAG_MODEL_VERSION, ""),
-                tags.get(mon.TAG_DRIFT_STATUS, "-"),
+                tags.get(TAG_DRIFT_STATUS, "-"),
                 tags.get(mon.TAG_DECISION, run.info.status.lower()),
                 {k: v for k, v in run.data.metrics.items() if k in keep or k.startswith("live.")},
             )
