@@ -247,11 +247,11 @@ REST = "the rest of MonitorRunner.check()"
 
 def instrument(clock: Clock) -> None:
     """Time the parts of a check by wrapping mlnb's functions (in this process only)."""
-    from mlnb import live, monitor, registry, stage, tracking
+    from mlnb import drift, live, monitor, registry, stage, tracking
 
     clock.wrap(live, "load_window", WINDOW)
     clock.wrap(monitor.MonitorRunner, "_features", COLUMNS)
-    clock.wrap(monitor, "_write_table", WRITE)
+    clock.wrap(drift, "_write_table", WRITE)
     clock.wrap(stage, "execute_stage", NOTEBOOK)
     for name in ("__init__", "experiment_id"):
         clock.wrap(tracking.Tracker, name, OPEN)
