@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MlnbError",
+    "Monitor",
+    "MonitorRunner",
     "Pipeline",
     "PipelineResult",
     "Registry",
@@ -21,6 +23,7 @@ __all__ = [
     "__version__",
     "check_paths",
     "create_app",
+    "load_monitor",
     "load_pipeline",
     "run_pipeline",
 ]
@@ -34,6 +37,9 @@ _LAZY = {
     "PipelineResult": "mlnb.pipeline",
     "run_pipeline": "mlnb.pipeline",
     "check_paths": "mlnb.check",
+    "Monitor": "mlnb.monitorspec",
+    "load_monitor": "mlnb.monitorspec",
+    "MonitorRunner": "mlnb.monitor",
     "Registry": "mlnb.registry",
     "create_app": "mlnb.serve",
 }
@@ -41,6 +47,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from mlnb.check import check_paths
     from mlnb.errors import MlnbError, SpecError, StageError
+    from mlnb.monitor import MonitorRunner
+    from mlnb.monitorspec import Monitor, load_monitor
     from mlnb.pipeline import PipelineResult, run_pipeline
     from mlnb.registry import Registry
     from mlnb.serve import create_app
