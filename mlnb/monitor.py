@@ -32,6 +32,7 @@ Design decisions:
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +70,9 @@ EXIT_PROMOTED = 4  # retrained; the new version is champion
 EXIT_SKIPPED = 5  # a trigger fired but no retrain started (cooldown, one running, no data)
 
 KIND_CHECK = "monitor-check"
+#: check folders kept on disk (the window's inputs, the executed notebook, labeled rows);
+#: the executed notebook and every figure stay in MLflow
+KEEP_CHECKS = 50
 TAG_MONITOR = "mlnb.monitor"
 TAG_MODEL = "mlnb.model"
 TAG_MODEL_VERSION = "mlnb.model.version"
@@ -251,6 +255,7 @@ class MonitorRunner:
                     metrics={"check_seconds": result.seconds},
                 )
                 tracker.finish(result.run_id, status)
+            prune_checks(self.state / monitor.name, KEEP_CHECKS)
             self.say(_summary(result))
             if self.pool is not None and warm_next and status != "KILLED":
                 self.pool.prestart(monitor.drift_kernel)  # the next check's kernel
@@ -383,6 +388,23 @@ class MonitorRunner:
     def pipeline_spec(self) -> tuple[Path, str]:
         """The spec a retrain runs: the live deployment's, else the working copy's; and which."""
         return pipeline_spec(self.monitor)
+
+
+def prune_checks(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest check folders under ``folder``; the removed ones.
+
+    A monitor checking every few minutes would otherwise fill the disk with
+    copies of its window.
+    """
+    if not folder.is_dir():
+        return []
+    checks = sorted(
+        (p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    removed = checks[keep:]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def _describe(error: Exception) -> str:

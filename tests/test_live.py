@@ -89,3 +89,19 @@ def test_labeled_rows_become_training_data(tmp_path: Path) -> None:
     assert len(table) == 6  # requests 0 and 2, three rows each
     assert table["target"].tolist() == [1, 1, 0, 1, 1, 0]
     assert live.input_columns(window) == ["a", "b"]
+
+
+def test_old_check_folders_are_pruned(tmp_path: Path) -> None:
+    import os
+
+    from mlnb.monitor import prune_checks
+
+    for i in range(8):
+        folder = tmp_path / f"check{i}"
+        folder.mkdir()
+        (folder / "current.parquet").write_bytes(b"x")
+        os.utime(folder, (1_000_000 + i, 1_000_000 + i))
+    removed = prune_checks(tmp_path, keep=5)
+    assert sorted(p.name for p in removed) == ["check0", "check1", "check2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"check{i}" for i in range(3, 8)]
+    assert prune_checks(tmp_path / "none", keep=5) == []
