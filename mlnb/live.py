@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlnb.predlog import META_COLUMNS, load_predictions, start_of_last_rows
 
@@ -143,8 +143,3 @@ def feature_table(window: pd.DataFrame, features: Sequence[str] | None = None) -
     """The window's model inputs (all input columns, or those of ``features`` it has)."""
     columns = input_columns(window) if features is None else features
     return window[[c for c in columns if c in window.columns]].reset_index(drop=True)
-
-
-def describe(value: Any) -> str:
-    """A figure for a sentence: 4 significant digits, or 'n/a'."""
-    return "n/a" if value is None else f"{value:.4g}"
