@@ -43,7 +43,7 @@ import yaml
 from mlnb import __version__
 from mlnb import notebook as nbmod
 from mlnb.errors import MlnbError
-from mlnb.spec import Pipeline, load_pipeline
+from mlnb.spec import Pipeline, load_pipeline, project_path
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -215,17 +215,8 @@ def _param_values(pipeline: Pipeline) -> Iterable[Any]:
 
 def _project_files(value: Any, root: Path) -> list[str]:
     """Files under the project root that a parameter names (a file, or a folder's files)."""
-    if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
-        return []
-    if value.startswith("${") or Path(value).is_absolute():
-        return []
-    path = root / value
-    try:
-        if not path.exists() or not path.resolve().is_relative_to(root.resolve()):
-            return []
-    except OSError:
-        return []
-    if path.resolve() == root.resolve():
+    path = project_path(value, root)
+    if path is None or not path.resolve().is_relative_to(root.resolve()):
         return []
     if path.is_file():
         return [_relative(path, root)]

@@ -38,7 +38,7 @@ from mlnb.events import (
     StageStarted,
 )
 from mlnb.kernels import KernelPool
-from mlnb.spec import Pipeline, Stage, load_pipeline, project_root, substitute
+from mlnb.spec import Pipeline, Stage, load_pipeline, project_path, project_root, substitute
 from mlnb.store import tracking_uri as default_tracking_uri
 
 if TYPE_CHECKING:
@@ -564,7 +564,7 @@ class _Runner:
         params = substitute(dict(stage.params), hashed)
         inputs = {}
         for name, value in params.items():
-            path = self._project_path(value)
+            path = project_path(value, self.root)
             if path is not None:
                 inputs[name] = self._input_hash(path)
         return cachemod.stage_key(
@@ -581,30 +581,13 @@ class _Runner:
                 self.input_hashes[path] = known
         return known
 
-    def _project_path(self, value: Any) -> Path | None:
-        """A parameter naming an existing file or folder under the project root."""
-        if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
-            return None
-        path = Path(value)
-        if path.is_absolute() or value.startswith("sha256:"):
-            return None
-        candidate = self.root / path
-        try:
-            return (
-                candidate
-                if candidate.exists() and candidate.resolve() != self.root.resolve()
-                else None
-            )
-        except OSError:
-            return None
-
     def _resolved_params(
         self, stage: Stage, results: Mapping[str, StageResult], outputs: Mapping[str, str]
     ) -> dict[str, Any]:
         outputs_of = {name: res.outputs for name, res in results.items()}
         params = substitute(dict(stage.params), outputs_of)
         for name, value in params.items():
-            path = self._project_path(value)
+            path = project_path(value, self.root)
             if path is not None:
                 params[name] = str(path.resolve())
         params.update(outputs)

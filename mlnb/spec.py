@@ -218,6 +218,24 @@ def project_root(spec_path: Path) -> Path:
     return folder.parent if folder.name == "pipelines" else folder
 
 
+def project_path(value: Any, root: Path) -> Path | None:
+    """The existing file or folder a parameter value names, relative to the project root.
+
+    ``None`` for anything else: non-text, absolute paths, content hashes
+    (``sha256:...``), the root itself, or a path that does not exist.
+    """
+    if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
+        return None
+    path = Path(value)
+    if path.is_absolute() or value.startswith("sha256:"):
+        return None
+    candidate = root / path
+    try:
+        return candidate if candidate.exists() and candidate.resolve() != root.resolve() else None
+    except OSError:
+        return None
+
+
 def references(value: Any) -> list[tuple[str, str]]:
     """Return the ``(inside, whole)`` texts of every ``${...}`` within a value."""
     found: list[tuple[str, str]] = []
