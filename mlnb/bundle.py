@@ -28,7 +28,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import sys
 import tarfile
@@ -42,7 +41,9 @@ import yaml
 
 from mlnb import __version__
 from mlnb import notebook as nbmod
+from mlnb.cache import write_atomic
 from mlnb.errors import MlnbError
+from mlnb.monitorspec import load_monitor
 from mlnb.spec import Pipeline, load_pipeline, project_path
 
 FORMAT = 1
@@ -86,6 +87,16 @@ class Manifest:
             "files": dict(sorted(self.files.items())),
         }
         return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> Manifest:
+        """The manifest of an unpacked bundle.
+
+        Raises:
+            OSError: the folder holds no manifest.
+            BundleError: the manifest cannot be read.
+        """
+        return cls.from_json((folder / MANIFEST).read_bytes(), str(folder))
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> Manifest:
@@ -153,9 +164,7 @@ def build(spec: Path | str, out_dir: Path | None = None, version: str | None = N
     out = out_dir or root / "dist"
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{manifest.name}-{manifest.version}.tar.gz"
-    partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(pack(members))
-    os.replace(partial, target)
+    write_atomic(target, pack(members))
     dockerfile = target.with_name(f"{manifest.name}-{manifest.version}.Dockerfile")
     dockerfile.write_text(dockerfile_text(manifest, target.name))
     return Built(target, dockerfile, manifest)
@@ -169,7 +178,7 @@ def collect(pipeline: Pipeline) -> list[str]:
         found.add(_relative(stage.notebook, root))
     for monitor in monitors_of(pipeline):
         found.add(_relative(monitor, root))
-        drift = _drift_notebook(monitor, root)
+        drift = load_monitor(monitor).drift_notebook
         if drift is not None:
             found.add(_relative(drift, root))
     for value in _param_values(pipeline):
@@ -192,16 +201,6 @@ def monitors_of(pipeline: Pipeline) -> list[Path]:
             if target.resolve() == pipeline.path:
                 found.append(candidate)
     return found
-
-
-def _drift_notebook(monitor: Path, root: Path) -> Path | None:
-    data = yaml.safe_load(monitor.read_text())
-    drift = data.get("drift") if isinstance(data, dict) else None
-    notebook = drift.get("notebook") if isinstance(drift, dict) else None
-    if not isinstance(notebook, str):
-        return None
-    path = Path(notebook) if Path(notebook).is_absolute() else root / notebook
-    return path if path.is_file() else None
 
 
 def _param_values(pipeline: Pipeline) -> Iterable[Any]:

@@ -30,6 +30,24 @@ STATE_DIR = ".mlnb"
 CACHE_VERSION = 1
 
 
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file whole or not at all: into a temporary beside it, then rename.
+
+    Readers see the old contents or the new, never a part; the temporary's
+    name holds the pid, so concurrent writers never share one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def state_dir(root: Path) -> Path:
     """The folder where mlnb keeps workspaces and the cache."""
     return root / STATE_DIR
@@ -139,9 +157,7 @@ class Cache:
             "stats": {name: _stat(Path(p)) for name, p in entry.outputs.items()},
             "created": time.time(),
         }
-        tmp = self.dir / f".{entry.key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self._file(entry.key))
+        write_atomic(self._file(entry.key), json.dumps(data, indent=1))
 
 
 def _stat(path: Path) -> list[int]:

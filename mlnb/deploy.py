@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlnb import bundle as bundlemod
-from mlnb.cache import state_dir
+from mlnb.cache import state_dir, write_atomic
 from mlnb.errors import MlnbError
 
 EXPERIMENT = "mlnb-deployments"
@@ -90,9 +90,8 @@ def live_spec(root: Path, pipeline: str) -> tuple[str, Path] | None:
         version = (folder / LIVE).read_text().strip()
     except OSError:
         return None
-    manifest = folder / version / bundlemod.MANIFEST
     try:
-        parsed = bundlemod.Manifest.from_json(manifest.read_bytes(), str(manifest))
+        parsed = bundlemod.Manifest.of_folder(folder / version)
     except (OSError, bundlemod.BundleError):
         return None
     spec = folder / version / parsed.pipeline
@@ -119,9 +118,7 @@ def deploy(bundle: Path | str, root: Path, uri: str) -> Deployment:
 
 def _same_content(target: Path, manifest: bundlemod.Manifest) -> None:
     try:
-        present = bundlemod.Manifest.from_json(
-            (target / bundlemod.MANIFEST).read_bytes(), str(target)
-        )
+        present = bundlemod.Manifest.of_folder(target)
     except (OSError, bundlemod.BundleError):
         present = None
     if present is None or present.content_sha256 != manifest.content_sha256:
@@ -172,10 +169,7 @@ def _make_live(
             TAG_GIT: manifest.git_commit or "",
         },
     )
-    pointer = target.parent / LIVE
-    partial = pointer.with_name(f".{LIVE}.partial")
-    partial.write_text(manifest.version + "\n")
-    os.replace(partial, pointer)
+    write_atomic(target.parent / LIVE, manifest.version + "\n")
     tracker.client.set_experiment_tag(
         experiment, f"{TAG_LIVE_PREFIX}{manifest.name}", manifest.version
     )
@@ -282,9 +276,7 @@ def rollback(root: Path, uri: str, pipeline: str, version: str | None = None) ->
         raise DeployError(f"version {version} of '{pipeline}' is live already")
     target = deployments_dir(root) / pipeline / version
     try:
-        manifest = bundlemod.Manifest.from_json(
-            (target / bundlemod.MANIFEST).read_bytes(), str(target)
-        )
+        manifest = bundlemod.Manifest.of_folder(target)
     except OSError:
         known = ", ".join(dict.fromkeys(r.version for r in records))
         raise DeployError(

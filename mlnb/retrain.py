@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlnb import live
+from mlnb.cache import write_atomic
 from mlnb.deploy import live_spec
 from mlnb.errors import MlnbError, PipelineError
 from mlnb.monitorspec import Monitor, fill_placeholders, format_duration
@@ -119,9 +120,8 @@ def retrain(
                 "/feedback (or drop ${monitor.labeled_data} from retrain.params)",
             )
         table.to_csv(labeled, index=False)
-        _write_json(
-            ledger, {"started": time.time(), "check_run": check_run, "monitor": monitor.name}
-        )
+        ledger_entry = {"started": time.time(), "check_run": check_run, "monitor": monitor.name}
+        write_atomic(ledger, json.dumps(ledger_entry))
         params = fill_placeholders(
             spec.retrain.params, {"monitor.labeled_data": str(labeled), "monitor.trigger": trigger}
         )
@@ -196,9 +196,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(value))
-    os.replace(partial, path)
