@@ -115,7 +115,9 @@ def run_tests(
     scratch = Path(tempfile.mkdtemp(prefix="mlnb-test-"))
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
     try:
-        _create_store(uri, scratch / "mlartifacts")
+        from mlnb.tracking import Tracker
+
+        Tracker(scratch, uri)  # creates the store: its artifacts stay in the scratch folder
         notebooks: dict[Path, Path] = {}  # notebook → project root, in stage order
         for spec in specs:
             cases, found = _pipeline(Path(spec), uri, say)
@@ -127,18 +129,6 @@ def run_tests(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
-
-
-def _create_store(uri: str, artifacts: Path) -> None:
-    """Create the throwaway store with its Default experiment's artifacts in the scratch folder.
-
-    MLflow's default, ``./mlruns``, is resolved in the working directory (the
-    project) when the store is created; the notebooks nbval runs log to the
-    Default experiment and would write their artifacts into the project.
-    """
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    SqlAlchemyStore(uri, artifacts.as_uri())
 
 
 def _pipeline(

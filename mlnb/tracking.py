@@ -119,6 +119,21 @@ def param_value(value: Any) -> str:
 _T = TypeVar("_T")
 
 
+def _create_store(uri: str) -> None:
+    """Create a new SQLite store with its Default experiment's artifacts beside the file.
+
+    MLflow would resolve the Default experiment's location, ``./mlruns``, in
+    the working directory of whatever process first opens the store; a
+    notebook run by hand logs there and would scatter artifacts over the project.
+    """
+    location = default_artifact_location(uri)
+    if location is None or Path(uri.removeprefix("sqlite:///")).exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(uri, location)
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Serialize opening a SQLite store: MLflow's first-use schema set-up races otherwise."""
@@ -165,6 +180,7 @@ class Tracker:
         self.uri = uri or tracking_uri(root)
         try:
             with _store_lock(self.uri):
+                _create_store(self.uri)
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)  # creates the schema, once
         except MlflowException as exc:
