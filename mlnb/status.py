@@ -124,8 +124,13 @@ def _when(run: Any) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _of_model(name: str) -> str:
+    """The search filter of a model's check runs."""
+    return f"tags.`{TAG_KIND}` = '{mon.KIND_CHECK}' and tags.`{mon.TAG_MODEL}` = '{name}'"
+
+
 def _checks(client: Any, experiments: list[str], name: str, count: int) -> list[CheckLine]:
-    where = f"tags.`{TAG_KIND}` = '{mon.KIND_CHECK}' and tags.`{mon.TAG_MODEL}` = '{name}'"
+    where = _of_model(name)
     lines = []
     for run in _search(client, experiments, where, count):
         tags = run.data.tags
@@ -145,10 +150,7 @@ def _checks(client: Any, experiments: list[str], name: str, count: int) -> list[
 
 
 def _retrain(client: Any, experiments: list[str], name: str) -> RetrainLine | None:
-    where = (
-        f"tags.`{TAG_KIND}` = '{mon.KIND_CHECK}' and tags.`{mon.TAG_MODEL}` = '{name}' "
-        f"and tags.`{mon.TAG_RETRAIN}` LIKE '%'"
-    )
+    where = f"{_of_model(name)} and tags.`{mon.TAG_RETRAIN}` LIKE '%'"
     runs = _search(client, experiments, where, 1)
     if not runs:
         return None

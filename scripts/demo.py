@@ -94,7 +94,7 @@ class Story:
         self.say(f"→ exit {code}: {check['decision']}")
         self.say(f"  evidence: {check['evidence']}")
         champion = self.champion()
-        self.say(f"  gate: {champion['gate']}")
+        self.say(f"  gate: {champion['reason']}")
         if code != 4:
             raise SystemExit(f"the retrain did not promote a new champion (exit {code})")
 
@@ -208,7 +208,6 @@ class Story:
         return {
             "version": str(version.version),
             "reason": version.tags.get("mlnb.gate.reason", ""),
-            "gate": version.tags.get("mlnb.gate.reason", ""),
         }
 
     def last_check(self) -> dict[str, str]:
