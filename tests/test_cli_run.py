@@ -12,23 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CHAIN, FAILS_FIRST
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
-
-SPEC = """
-    name: p
-    profiles:
-      ci: {x: 10}
-    stages:
-      a:
-        notebook: notebooks/add_one.ipynb
-        params: {x: 1}
-        outputs: {out_path: out.txt}
-      b:
-        notebook: notebooks/reads_input.ipynb
-        params: {in_path: "${a.outputs.out_path}"}
-        outputs: {out_path: out.txt}
-"""
 
 RUN_ID = re.compile(r"^run id:\s+([0-9a-f]{32})$", re.MULTILINE)
 
@@ -45,7 +31,7 @@ def run_id_of(stdout: str) -> str:
     ids=["defaults", "param", "profile"],
 )
 def test_run_prints_the_run_and_its_store(project, args: list[str], x: int) -> None:
-    project.spec(SPEC)
+    project.spec(CHAIN)
 
     done = project.mlnb("run", "pipelines/p.yaml", *args)
 
@@ -69,18 +55,7 @@ def test_run_prints_the_run_and_its_store(project, args: list[str], x: int) -> N
 
 
 def test_failing_stage_names_cell_notebook_and_resume(project) -> None:
-    project.spec(
-        """
-        name: p
-        stages:
-          fail:
-            notebook: notebooks/fails_in_cell_2.ipynb
-          after:
-            notebook: notebooks/add_one.ipynb
-            needs: [fail]
-            outputs: {out_path: out.txt}
-        """
-    )
+    project.spec(FAILS_FIRST)
 
     done = project.mlnb("run", "pipelines/p.yaml")
 
@@ -168,7 +143,7 @@ def assert_finished_apart(project, runs: list[tuple[int, str, str]]) -> None:
 
 @pytest.mark.timeout(240)
 def test_concurrent_runs_keep_their_own_workspaces(project) -> None:
-    project.spec(SPEC)
+    project.spec(CHAIN)
     project.client().search_experiments()  # the store exists, as after any earlier run
 
     assert_finished_apart(project, run_together(project))
@@ -176,7 +151,7 @@ def test_concurrent_runs_keep_their_own_workspaces(project) -> None:
 
 @pytest.mark.timeout(240)
 def test_concurrent_first_runs_share_a_new_store(project) -> None:
-    project.spec(SPEC)
+    project.spec(CHAIN)
 
     runs = run_together(project)
 

@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from conftest import free_port, wait_for_ping
 
 from mlnb import predlog
 
@@ -259,31 +259,16 @@ class Server:
     """``mlnb serve cancer`` on 127.0.0.1, in the project folder (its log goes there)."""
 
     def __init__(self, project: Example) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc, self.output = project.start(
             "serve", MODEL, "--port", str(self.port), "--poll-seconds", "0.5", name="serve"
         )
         try:
-            self._wait_ready()
+            wait_for_ping(self.proc, self.url, self.log, timeout=120)
         except BaseException:
             self.stop()
             raise
-
-    def _wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mlnb serve exited ({self.proc.returncode}):\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"mlnb serve did not answer /ping in {timeout:.0f} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")

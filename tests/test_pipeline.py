@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import CHAIN, FAILS_FIRST
 
 from mlnb.errors import (
     CellError,
@@ -30,19 +31,6 @@ from mlnb.events import RunStarted, StageFinished, StageOutput, StageProgress, S
 from mlnb.pipeline import PipelineResult, run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
-
-CHAIN = """
-    name: p
-    stages:
-      a:
-        notebook: notebooks/add_one.ipynb
-        params: {x: 1}
-        outputs: {out_path: out.txt}
-      b:
-        notebook: notebooks/reads_input.ipynb
-        params: {in_path: "${a.outputs.out_path}"}
-        outputs: {out_path: out.txt}
-"""
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -239,18 +227,7 @@ def test_cache_hits_and_what_invalidates_it(project) -> None:
 
 
 def test_cell_error_fails_the_run_and_skips_downstream(project) -> None:
-    spec = project.spec(
-        """
-        name: p
-        stages:
-          fail:
-            notebook: notebooks/fails_in_cell_2.ipynb
-          after:
-            notebook: notebooks/add_one.ipynb
-            needs: [fail]
-            outputs: {out_path: out.txt}
-        """
-    )
+    spec = project.spec(FAILS_FIRST)
     error = failed_run(spec)
 
     assert len(error.failures) == 1

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import httpx
 import pandas as pd
 import pytest
+from conftest import free_port, wait_for_ping
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlnb import predlog
@@ -98,12 +99,6 @@ class Store:
         return self.models[version].predict(rows).tolist()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """An ``mlnb serve`` process on 127.0.0.1."""
 
@@ -133,23 +128,10 @@ class Server:
                 stderr=subprocess.STDOUT,
             )
         try:
-            self._wait_ready()
+            wait_for_ping(self.proc, self.url, self.log, timeout=90)
         except BaseException:
             self.stop()
             raise
-
-    def _wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited ({self.proc.returncode}):\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server did not answer /ping within {timeout:.0f} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")
