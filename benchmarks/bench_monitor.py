@@ -121,7 +121,7 @@ def make_project(root: Path, rows: int) -> tuple[Path, np.ndarray, np.ndarray]:
     pd.DataFrame(x_ref, columns=FEATURES).assign(target=target).to_csv(reference, index=False)
     model = register(root, x_ref, target, reference)
 
-    from mlnb.predlog import PredictionLog, default_log_dir, new_request_id
+    from mlnb.predictions.log import PredictionLog, default_log_dir, new_request_id
 
     log = PredictionLog(default_log_dir(root))
     predictions = model.predict(x_cur)
@@ -147,7 +147,8 @@ def register(root: Path, x: np.ndarray, y: np.ndarray, reference: Path) -> Any:
     from mlflow import MlflowClient
     from sklearn.linear_model import LogisticRegression
 
-    from mlnb.registry import CHAMPION, TAG_TRAINING_DATA
+    from mlnb import tags
+    from mlnb.models.registry import CHAMPION
     from mlnb.store import default_artifact_location, tracking_uri
 
     uri = tracking_uri(root)
@@ -165,7 +166,7 @@ def register(root: Path, x: np.ndarray, y: np.ndarray, reference: Path) -> Any:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(MODEL, CHAMPION, version)
-    client.set_model_version_tag(MODEL, version, TAG_TRAINING_DATA, str(reference))
+    client.set_model_version_tag(MODEL, version, tags.TRAINING_DATA, str(reference))
     return model
 
 
@@ -247,7 +248,12 @@ REST = "the rest of MonitorRunner.check()"
 
 def instrument(clock: Clock) -> None:
     """Time the parts of a check by wrapping mlnb's functions (in this process only)."""
-    from mlnb import drift, live, monitor, registry, stage, tracking
+    from mlnb import tracking
+    from mlnb.engine import execute as stage
+    from mlnb.models import registry
+    from mlnb.monitoring import drift
+    from mlnb.monitoring import runner as monitor
+    from mlnb.predictions import window as live
 
     clock.wrap(live, "load_window", WINDOW)
     clock.wrap(monitor.MonitorRunner, "_features", COLUMNS)
@@ -409,8 +415,8 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         fresh.append((time.perf_counter() - start, json.loads(done.stdout)))
     assert all(run["drift"] == 0 for _, run in fresh)
 
-    from mlnb.monitor import MonitorRunner
-    from mlnb.monitorspec import load_monitor
+    from mlnb.monitoring.runner import MonitorRunner
+    from mlnb.specs.monitor import load_monitor
 
     clock = Clock()
     instrument(clock)

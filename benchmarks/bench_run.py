@@ -85,7 +85,7 @@ def main() -> None:
 
     import papermill
 
-    from mlnb.pipeline import run_pipeline
+    from mlnb.pipelines.runner import run_pipeline
 
     # warm both (imports, kernelspec lookup, the SQLite schema)
     papermill.execute_notebook(str(notebook), str(root / "warm.ipynb"), progress_bar=False)

@@ -32,27 +32,29 @@ _LAZY = {
     "MlnbError": "mlnb.errors",
     "SpecError": "mlnb.errors",
     "StageError": "mlnb.errors",
-    "Pipeline": "mlnb.spec",
-    "load_pipeline": "mlnb.spec",
-    "PipelineResult": "mlnb.pipeline",
-    "run_pipeline": "mlnb.pipeline",
-    "check_paths": "mlnb.check",
-    "Monitor": "mlnb.monitorspec",
-    "load_monitor": "mlnb.monitorspec",
-    "MonitorRunner": "mlnb.monitor",
-    "Registry": "mlnb.registry",
-    "create_app": "mlnb.serve",
+    "Pipeline": "mlnb.specs.pipeline",
+    "load_pipeline": "mlnb.pipelines.locate",
+    "PipelineResult": "mlnb.pipelines.results",
+    "run_pipeline": "mlnb.pipelines.runner",
+    "check_paths": "mlnb.delivery.lint",
+    "Monitor": "mlnb.specs.monitor",
+    "load_monitor": "mlnb.pipelines.locate",
+    "MonitorRunner": "mlnb.monitoring.runner",
+    "Registry": "mlnb.models.registry",
+    "create_app": "mlnb.serving.server",
 }
 
 if TYPE_CHECKING:
-    from mlnb.check import check_paths
+    from mlnb.delivery.lint import check_paths
     from mlnb.errors import MlnbError, SpecError, StageError
-    from mlnb.monitor import MonitorRunner
-    from mlnb.monitorspec import Monitor, load_monitor
-    from mlnb.pipeline import PipelineResult, run_pipeline
-    from mlnb.registry import Registry
-    from mlnb.serve import create_app
-    from mlnb.spec import Pipeline, load_pipeline
+    from mlnb.models.registry import Registry
+    from mlnb.monitoring.runner import MonitorRunner
+    from mlnb.pipelines.locate import load_monitor, load_pipeline
+    from mlnb.pipelines.results import PipelineResult
+    from mlnb.pipelines.runner import run_pipeline
+    from mlnb.serving.server import create_app
+    from mlnb.specs.monitor import Monitor
+    from mlnb.specs.pipeline import Pipeline
 
 
 def __getattr__(name: str) -> Any:

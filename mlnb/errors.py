@@ -7,7 +7,8 @@ user or a program needs to act on it, the way papermill's execution error
 carries the cell index, exception name and value::
 
     MlnbError
-    ├── SpecError            a pipeline spec is invalid (all problems at once)
+    ├── UsageError           a command was called with options that do not go together
+    ├── SpecError            a pipeline or monitor spec is invalid (all problems at once)
     ├── NotebookError        a notebook cannot be read or has no parameters cell
     ├── StageError           a stage did not complete
     │   ├── CellError        a cell raised an exception
@@ -16,13 +17,18 @@ carries the cell index, exception name and value::
     │   └── MissingOutputError a declared output was not written
     ├── PipelineError        a pipeline run failed or cannot be resumed
     ├── TrackingError        the MLflow store cannot be reached or used
-    ├── KernelStartError     a Jupyter kernel does not start (mlnb.kernels)
-    ├── RegistryError        a model cannot be registered, gated or promoted (mlnb.registry)
-    ├── ServeError           the prediction service cannot start (mlnb.serve)
-    └── PredictionLogError   the prediction log cannot be read or exported (mlnb.predlog)
+    ├── KernelStartError     a Jupyter kernel does not start (mlnb.engine.kernels)
+    ├── RegistryError        a model cannot be registered, gated or promoted (mlnb.models.registry)
+    ├── PredictionLogError   the prediction log cannot be read or exported (mlnb.predictions.log)
+    ├── ServeError           the prediction service cannot start (mlnb.serving.server)
+    ├── BundleError          a bundle cannot be built, or fails its manifest check
+    │                        (mlnb.delivery.bundle)
+    ├── DeployError          a bundle cannot be deployed or rolled back (mlnb.delivery.deploy)
+    └── ScaffoldError        a project cannot be created where asked (mlnb.delivery.scaffold)
 
-The last four live beside the code that raises them, so that importing the
-error tree stays free of MLflow.
+Those named with a module live beside the code that raises them, so that
+importing the error tree stays free of MLflow. :class:`ExitCode` names every
+exit code the command line uses, once.
 """
 
 from __future__ import annotations
@@ -30,7 +36,24 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlnb.pipelines.results import PipelineResult
+
+
+class ExitCode(IntEnum):
+    """What the ``mlnb`` command exits with."""
+
+    OK = 0
+    FAILED = 1  # a run, check, test or command failed
+    INVALID = 2  # a spec, notebook or the command line is invalid
+    REJECTED = 3  # the gate kept the champion
+    PROMOTED = 4  # mlnb monitor --once: retrained, and the new version is champion
+    SKIPPED = 5  # mlnb monitor --once: a trigger fired but no retrain started
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 
 class MlnbError(Exception):
@@ -39,7 +62,7 @@ class MlnbError(Exception):
     ``exit_code`` is what the command line exits with.
     """
 
-    exit_code: int = 1
+    exit_code: ExitCode = ExitCode.FAILED
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -62,6 +85,12 @@ class Problem:
         return f"{where}: {self.message}"
 
 
+class UsageError(MlnbError):
+    """A command was called with options that do not go together, or with nothing to do."""
+
+    exit_code = ExitCode.INVALID
+
+
 class SpecError(MlnbError):
     """A pipeline spec (or a notebook it names) is invalid.
 
@@ -69,7 +98,7 @@ class SpecError(MlnbError):
     user fixes them all in one pass.
     """
 
-    exit_code = 2
+    exit_code = ExitCode.INVALID
 
     def __init__(self, problems: list[Problem], kind: str = "pipeline spec") -> None:
         self.problems = list(problems)
@@ -81,7 +110,7 @@ class SpecError(MlnbError):
 class NotebookError(MlnbError):
     """A notebook cannot be read, or lacks what mlnb needs from it."""
 
-    exit_code = 2
+    exit_code = ExitCode.INVALID
 
     def __init__(self, path: Path | str, message: str) -> None:
         self.path = str(path)
@@ -185,13 +214,21 @@ class PipelineError(MlnbError):
     Attributes:
         run_id: the MLflow id of the pipeline's parent run, when there is one.
         failures: the stage errors that stopped the run.
+        result: the whole run, when it ran (its stages, workspace, store).
     """
 
     def __init__(
-        self, message: str, run_id: str | None = None, failures: list[StageError] | None = None
+        self,
+        message: str,
+        run_id: str | None = None,
+        failures: list[StageError] | None = None,
+        result: PipelineResult | None = None,
     ) -> None:
         self.run_id = run_id
         self.failures = list(failures or [])
+        self.result = result
+        if result is not None and result.status == "KILLED":  # an interrupt stopped it
+            self.exit_code = ExitCode.INTERRUPTED
         super().__init__(message)
 
 

@@ -1,4 +1,5 @@
-"""Where the MLflow store is, decided without importing MLflow.
+"""Where mlnb keeps things: the MLflow store and the project's state folder, decided
+without importing MLflow.
 
 The embedded default is a SQLite file in the project, ``<root>/mlflow.db``,
 with artifacts beside it in ``<root>/mlartifacts`` (any SQLite store keeps its
@@ -15,6 +16,12 @@ from pathlib import Path
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+STATE_DIR = ".mlnb"
+
+
+def state_dir(root: Path) -> Path:
+    """The folder where mlnb keeps a project's workspaces, cache, logs and locks."""
+    return root / STATE_DIR
 
 
 def tracking_uri(root: Path) -> str:

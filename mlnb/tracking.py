@@ -37,30 +37,13 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
+from mlnb import tags
 from mlnb.errors import TrackingError
 from mlnb.store import default_artifact_location, tracking_uri
 
 PARAM_LIMIT = 6000
 
 # tags mlnb writes; the MLflow UI shows them and --resume reads them back
-TAG_KIND = "mlnb.kind"  # "pipeline" or "stage"
-TAG_PIPELINE = "mlnb.pipeline"
-TAG_SPEC = "mlnb.spec"
-TAG_SPEC_SHA = "mlnb.spec_sha256"
-TAG_PROFILE = "mlnb.profile"
-TAG_OVERRIDES = "mlnb.overrides"
-TAG_WORKSPACE = "mlnb.workspace"
-TAG_GIT_DIRTY = "mlnb.git.dirty"
-TAG_STAGE = "mlnb.stage"
-TAG_NOTEBOOK = "mlnb.notebook"
-TAG_FINGERPRINT = "mlnb.notebook.sha256"
-TAG_CACHE_KEY = "mlnb.cache_key"
-TAG_CACHED = "mlnb.cached"
-TAG_CACHED_FROM = "mlnb.cached_from_run"
-TAG_OUTPUTS = "mlnb.outputs"
-TAG_ERROR = "mlnb.error"
-TAG_TRIGGER = "mlnb.trigger"  # why a run (and the model version it delivered) happened
-TAG_TRIGGER_REASON = "mlnb.trigger.reason"  # the evidence: "drift: p=0.0003 on 3 of 20 ..."
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -277,11 +260,11 @@ class Tracker:
 def lineage_tags(root: Path, spec_path: Path) -> dict[str, str]:
     """Tags that tie a run to its source: git commit and dirtiness, spec file."""
     info = git_info(root)
-    tags = {MLFLOW_SOURCE_TYPE: "PROJECT", MLFLOW_SOURCE_NAME: str(spec_path)}
+    found_tags = {MLFLOW_SOURCE_TYPE: "PROJECT", MLFLOW_SOURCE_NAME: str(spec_path)}
     if info.commit:
-        tags[MLFLOW_GIT_COMMIT] = info.commit
-        tags[TAG_GIT_DIRTY] = str(info.dirty).lower()
-    return tags
+        found_tags[MLFLOW_GIT_COMMIT] = info.commit
+        found_tags[tags.GIT_DIRTY] = str(info.dirty).lower()
+    return found_tags
 
 
 @functools.cache
@@ -310,3 +293,34 @@ def render_html(notebook: Path, target: Path) -> Path:
         body, _ = _html_exporter().from_filename(str(notebook))
     target.write_text(body, encoding="utf-8")
     return target
+
+
+def run_ui(uri: str, host: str, port: int) -> int:
+    """Run the MLflow UI on store ``uri`` until it exits, Ctrl-C or SIGTERM; its exit code.
+
+    The UI is ``mlflow ui`` in a child process, which this function starts and
+    stops by its PID. A SIGTERM stops it like Ctrl-C: the child is terminated
+    and waited for, and :class:`KeyboardInterrupt` is raised.
+    """
+    import signal
+    import sys
+
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", host, "--port", str(port)]
+    location = default_artifact_location(uri)
+    if location:
+        command += ["--default-artifact-root", location]
+    process = subprocess.Popen(command)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)

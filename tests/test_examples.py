@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mlnb.pipeline import run_pipeline
+from mlnb.pipelines.runner import run_pipeline
+from tests.helpers import REPO
 
-REPO = Path(__file__).parent.parent
 ORDER = ["prepare.ipynb", "train.ipynb", "evaluate.ipynb"]
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from mlnb import notebook as nbmod
 from mlnb.errors import NotebookError
-
-SCENARIOS = Path(__file__).resolve().parent / "notebooks"
+from tests.helpers import SCENARIOS
 
 
 def make_notebook(path: Path, *cells: tuple[str, str], tag: int | None = 0) -> Path:

@@ -6,11 +6,11 @@ import re
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).parent.parent
+from tests.helpers import REPO
+
 CONDA_NAMES = {
     "jupyter-client": "jupyter-client",
     "uvicorn-standard": "uvicorn",

@@ -1,0 +1,5 @@
+"""Run the command line as ``python -m mlnb.cli``."""
+
+from mlnb.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""The ``mlnb`` group: its one error handler, its one ``--verbose``, and its commands."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import click
+
+from mlnb import __version__
+from mlnb.errors import ExitCode, MlnbError
+
+VERBOSE = "mlnb.verbose"
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().meta[VERBOSE] = True
+
+
+#: ``--verbose``, declared once: taken by the group and by every command (``mlnb -v run``
+#: and ``mlnb run -v`` mean the same)
+verbose = click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_verbose,
+    help="Show tracebacks.",
+)
+
+
+def fail(message: str, code: ExitCode = ExitCode.FAILED) -> None:
+    """End a command with ``error: message`` and ``code``, the way every failure ends."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    raise click.exceptions.Exit(code)
+
+
+class Group(click.Group):
+    """A click group whose commands fail one way: a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MlnbError as error:
+            if ctx.meta.get(VERBOSE):
+                traceback.print_exception(error)
+            fail(str(error), error.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="red", err=True)
+            raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlnb")
+@verbose
+def main() -> None:
+    """CI/CD and continuous training for ML pipelines whose stages are notebooks."""
+
+
+def _register() -> None:
+    from mlnb.cli import delivery, models, monitoring, pipelines, serving
+
+    for module in (pipelines, models, serving, monitoring, delivery):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

@@ -1,0 +1,108 @@
+"""``mlnb monitor`` and ``mlnb status``: continuous training, and what it has done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from mlnb.cli.main import verbose
+
+if TYPE_CHECKING:
+    from mlnb.monitoring.status import ModelStatus
+
+
+@click.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--once", is_flag=True, help="Run one check, then exit with a code that tells.")
+@verbose
+def monitor(spec: Path, once: bool) -> None:
+    """Check the model of monitor SPEC on its schedule; retrain when a trigger fires.
+
+    Each check runs the drift notebook on the recent predictions, scores the
+    labeled ones, and retrains, gates and promotes when drift, performance or
+    the schedule calls for it. Ctrl-C or SIGTERM stops after the current check
+    (a second one aborts it; a model is never left half-registered).
+
+    \b
+    Exit codes of --once:
+      0  no trigger fired
+      1  the check or the retrain failed
+      3  retrained; the gate kept the champion
+      4  retrained; the new version is champion
+      5  a trigger fired but no retrain started (cooldown, one running, no labels)
+    """
+    from mlnb.monitoring.runner import watch
+    from mlnb.pipelines.locate import load_monitor, spec_path
+
+    loaded = load_monitor(spec_path(spec))
+    code = watch(loaded, once=once, say=lambda line: click.echo(line, err=True))
+    raise click.exceptions.Exit(code)
+
+
+@click.command()
+@click.argument("models", nargs=-1)
+@click.option("--checks", default=3, show_default=True, help="How many recent checks to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@verbose
+def status(models: tuple[str, ...], checks: int, as_json: bool) -> None:
+    """For each registered model (or MODELS): what serves, its figures, recent checks, retrains."""
+    from mlnb.monitoring.status import gather
+
+    found = gather(Path.cwd(), list(models), checks=checks)
+    if as_json:
+        click.echo(json.dumps([m.as_dict() for m in found], indent=2, default=str))
+    else:
+        render(found)
+
+
+def render(models: list[ModelStatus]) -> None:
+    """Print the status for a person (rich on a terminal, plain text in a log)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not models:
+        console.print("no registered models yet: `mlnb run` a pipeline with a model: section")
+        return
+    for model in models:
+        console.rule(f"[bold]{model.name}")
+        if model.champion is None:
+            console.print("champion: none yet")
+        else:
+            score = (
+                f", {model.champion_metric} {model.champion_score:.4f}"
+                if model.champion_score is not None
+                else ""
+            )
+            why = f" — trained on {model.champion_trigger}" if model.champion_trigger else ""
+            if model.champion_reason:
+                why += f" ({model.champion_reason})"
+            console.print(f"champion: v{model.champion}{score}{why}")
+        if model.challenger and model.challenger != model.champion:
+            console.print(f"challenger: v{model.challenger}")
+        if model.served_version is not None:
+            console.print(f"serving: v{model.served_version} (last prediction {model.served_at})")
+        else:
+            console.print("serving: no prediction logged yet")
+        if model.checks:
+            table = Table(title="recent checks", title_justify="left", show_edge=False)
+            for column in ("time (UTC)", "version", "drift", "figures", "decision"):
+                table.add_column(column)
+            for line in model.checks:
+                figures = ", ".join(f"{k} {v:.4g}" for k, v in sorted(line.metrics.items()))
+                table.add_row(line.time, f"v{line.version}", line.drift, figures, line.decision)
+            console.print(table)
+        else:
+            console.print("checks: none yet (`mlnb monitor pipelines/monitor.yaml`)")
+        if model.retrain is not None:
+            r = model.retrain
+            version = f" → v{r.version}" if r.version else ""
+            console.print(f"last retrain: {r.time} UTC, {r.status}{version}: {r.reason}")
+            if r.evidence:
+                console.print(f"  because {r.evidence}")
+
+
+COMMANDS = [monitor, status]

@@ -1,0 +1,121 @@
+"""``mlnb run``: execute a pipeline, showing its stages as they run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from mlnb.cli.main import verbose
+from mlnb.errors import PipelineError
+
+if TYPE_CHECKING:
+    from mlnb.models.gate import Decision
+    from mlnb.pipelines.results import PipelineResult
+
+
+@click.command()
+@click.argument("pipeline")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set a parameter: KEY for every stage declaring it, STAGE.KEY for one stage.",
+)
+@click.option("--profile", help="Apply a named profile of the spec (e.g. ci).")
+@click.option("--force", is_flag=True, help="Execute every stage, even those in the cache.")
+@click.option(
+    "--jobs",
+    "-j",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Independent stages run at once.",
+)
+@click.option("--resume", metavar="RUN_ID", help="Continue a failed run in place.")
+@click.option("--log-output", is_flag=True, help="Stream what the notebooks print.")
+@click.option(
+    "--no-promote", is_flag=True, help="Register the model as challenger without running the gate."
+)
+@verbose
+def run(
+    pipeline: str,
+    params: tuple[str, ...],
+    profile: str | None,
+    force: bool,
+    jobs: int,
+    resume: str | None,
+    log_output: bool,
+    no_promote: bool,
+) -> None:
+    """Execute PIPELINE (a spec file, or a name in pipelines/), tracked in MLflow.
+
+    With a model section, the model becomes a new registered version
+    (alias challenger) and the gate decides whether it becomes champion.
+    """
+    from mlnb.cli.console import reporter
+    from mlnb.pipelines.locate import spec_path
+    from mlnb.pipelines.runner import run_pipeline
+    from mlnb.specs.pipeline import parse_assignments
+
+    overrides = parse_assignments(params)
+    show = reporter()
+    try:
+        result = run_pipeline(
+            spec_path(pipeline),
+            profile=profile,
+            overrides=overrides,
+            force=force,
+            jobs=jobs,
+            resume=resume,
+            log_output=log_output,
+            on_event=show,
+            promote=not no_promote,
+        )
+    except PipelineError as error:
+        show.close()
+        if error.result is None:
+            raise
+        summary(error.result)
+        for failure in error.result.failures:
+            click.secho(f"error: {failure}", fg="red", err=True)
+        click.echo(
+            f"pipeline run {error.result.run_id} {error.result.status} — resume it with: "
+            f"mlnb run {pipeline} --resume {error.result.run_id}",
+            err=True,
+        )
+        raise click.exceptions.Exit(error.exit_code) from None
+    finally:
+        show.close()
+    summary(result)
+
+
+def summary(result: PipelineResult) -> None:
+    """A finished run in a few lines: its stages, where it is, the model it delivered."""
+    counts: dict[str, int] = {}
+    for stage in result.stages:
+        counts[stage.status] = counts.get(stage.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    click.echo(
+        f"pipeline '{result.pipeline}' {result.status.lower()} in {result.seconds:.1f} s ({parts})"
+    )
+    click.echo(f"run id:    {result.run_id}")
+    click.echo(f"store:     {result.tracking_uri}")
+    click.echo(f"see it:    {result.url}")
+    click.echo(f"workspace: {result.workspace}")
+    if result.registration is not None:
+        reg = result.registration
+        how = "registered" if reg.created else "unchanged"
+        click.echo(f"model:     {reg.name} version {reg.version} ({how}; alias challenger)")
+    if result.decision is not None:
+        decision(result.decision)
+
+
+def decision(decided: Decision) -> None:
+    """The gate's sentence, green when the version was promoted."""
+    click.secho(f"gate:      {decided.reason}", fg="green" if decided.promoted else "yellow")
+
+
+COMMANDS = [run]

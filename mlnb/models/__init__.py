@@ -1,0 +1,1 @@
+"""Model CD: registered versions with their lineage, the gate, and the aliases it moves."""

@@ -1,0 +1,1 @@
+"""Continuous training and monitoring: checks on a schedule, drift, retraining, status."""

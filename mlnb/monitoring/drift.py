@@ -1,0 +1,200 @@
+"""The drift check: a drift notebook run on the champion's training data against the window.
+
+The statistics live in a plain notebook a data scientist can open and run by
+hand; this module is the contract around it. Two parameters go in
+(``reference_path``, ``current_path``; ``features`` and ``target`` too when
+the notebook declares them) and two run tags come out (``mlnb.drift.status``:
+``drift``, ``no_drift`` or ``untestable``; ``mlnb.drift.reason``: a
+sentence), next to whatever figures the notebook logs.
+
+Design decisions:
+
+- **Warm kernels.** :func:`preload_modules` lists what the notebook imports,
+  plus MLflow's SQL store when the store is a database, for the fork server of
+  a monitor's kernel pool: alibi-detect and MLflow take seconds to import,
+  paid once per monitor instead of once per check.
+- **No decision, no trigger.** A notebook that fails, or ends without the
+  status tag, fails the check; missing lineage or deleted training data is
+  ``untestable``. Only a notebook that says ``drift`` can trigger a retrain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlnb import tags
+from mlnb.engine.kernels import KernelPool
+from mlnb.errors import MlnbError, StageError
+from mlnb.notebook import imported_modules
+from mlnb.predictions import window as live
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlnb.specs.monitor import Monitor
+    from mlnb.tracking import Tracker
+
+DECISIONS = ("drift", "no_drift", "untestable")
+#: what a kernel's first MLflow call imports when the store is a database (SQLAlchemy,
+#: alembic, MLflow's ORM models): 1.5-2 s of every check, paid once by the fork server
+_DB_STORE_MODULES = ("mlflow.store.tracking.sqlalchemy_store",)
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+@dataclass
+class DriftResult:
+    """What the drift notebook decided.
+
+    Attributes:
+        status: ``drift``, ``no_drift``, ``untestable`` or ``failed``.
+        reason: one sentence (the notebook's, or why it could not run).
+        run_id: the notebook's MLflow run.
+        metrics: the figures it logged.
+    """
+
+    status: str
+    reason: str
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def preload_modules(notebook: Path, uri: str) -> list[str]:
+    """The modules a fork server should import for kernels that run ``notebook``."""
+    preload = imported_modules(notebook)
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme in _DB_SCHEMES and any(m.split(".")[0] == "mlflow" for m in preload):
+        preload += _DB_STORE_MODULES
+    return preload
+
+
+def reference_columns(path: Path) -> list[str]:
+    """The column names of a CSV or Parquet table, without reading its rows."""
+    import pandas as pd
+
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+
+
+def run_drift(
+    monitor: Monitor,
+    pool: KernelPool,
+    tracker: Tracker,
+    *,
+    experiment: str,
+    parent_run: str,
+    run_tags: Mapping[str, str],
+    champion: str,
+    reference: Path | None,
+    window: pd.DataFrame,
+    features: Sequence[str],
+    target: str,
+    folder: Path,
+) -> DriftResult:
+    """Run the monitor's drift notebook, nested under ``parent_run``; read its decision.
+
+    Args:
+        monitor: the validated spec (its drift notebook, params and kernel).
+        pool: where the notebook's kernel comes from.
+        tracker: the MLflow store.
+        experiment: the monitor's experiment.
+        parent_run: the check run.
+        run_tags: tags of the drift run.
+        champion: the champion version, for messages.
+        reference: the champion's training data (``None`` without lineage).
+        window: the predictions compared.
+        features: the model's input columns.
+        target: the label column of the training data.
+        folder: where the window's inputs and the executed notebook are written.
+    """
+    from mlnb.engine.execute import execute_stage
+
+    notebook, spec = monitor.drift_notebook, monitor.spec.drift
+    assert notebook is not None and spec is not None
+    if reference is None:
+        return DriftResult(
+            "untestable",
+            f"champion v{champion} carries no training-data lineage (version tag "
+            f"mlnb.training_data); add training_data: ${{stage.outputs.name}} to the "
+            f"model: section of {monitor.spec.retrain.pipeline} and retrain",
+        )
+    if not reference.is_file():
+        return DriftResult(
+            "untestable",
+            f"the training data of champion v{champion} is gone: {reference} "
+            "(was the run's workspace under .mlnb/runs deleted?)",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    current = folder / "current.parquet"
+    _write_table(live.feature_table(window, features), current)
+    params: dict[str, Any] = {
+        **monitor.drift_params,
+        "reference_path": str(reference),
+        "current_path": str(current),
+    }
+    if "features" in monitor.drift_declares:
+        params["features"] = list(features)
+    if "target" in monitor.drift_declares:
+        params["target"] = target
+    run_id = tracker.start_run(
+        experiment,
+        "drift",
+        {tags.KIND: tags.Kind.DRIFT, tags.NOTEBOOK: str(notebook), **run_tags},
+        parent_run_id=parent_run,
+    )
+    executed = folder / "drift.ipynb"
+    env = {
+        "MLFLOW_TRACKING_URI": tracker.uri,
+        "MLFLOW_RUN_ID": run_id,
+        "MLFLOW_EXPERIMENT_ID": experiment,
+        "MLNB_MONITOR": monitor.name,
+    }
+    status = "FINISHED"
+    try:
+        execute_stage(
+            "drift",
+            notebook,
+            executed,
+            params,
+            pool,
+            kernel_name=monitor.drift_kernel,
+            env=env,
+            timeout=spec.timeout,
+        )
+    except StageError as exc:
+        status = "FAILED"
+        tracker.log(run_id, tags={tags.ERROR: str(exc)[:5000]})
+        return DriftResult("failed", str(exc), run_id)
+    finally:
+        with contextlib.suppress(MlnbError):
+            if executed.exists():
+                tracker.log_artifact(run_id, executed, "notebook")
+            tracker.finish(run_id, status)
+    run = tracker.get_run(run_id)
+    found_tags, figures = run.data.tags, dict(run.data.metrics)
+    decided = found_tags.get(tags.DRIFT_STATUS)
+    if decided not in DECISIONS:
+        return DriftResult(
+            "failed",
+            f"{notebook.name} logged no decision: it must set the run tag "
+            f"{tags.DRIFT_STATUS} to drift, no_drift or untestable",
+            run_id,
+            figures,
+        )
+    return DriftResult(decided, found_tags.get(tags.DRIFT_REASON, decided), run_id, figures)
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    table.columns = [str(c) for c in table.columns]
+    try:
+        table.to_parquet(path, index=False)
+    except Exception:  # mixed-type object columns: Parquet wants one type per column
+        table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(
+            path, index=False
+        )

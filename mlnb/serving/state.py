@@ -1,0 +1,316 @@
+"""The state behind ``mlnb serve``: the version served, the alias follower, metrics, health.
+
+Split from :mod:`mlnb.serve` (the HTTP front). A thread polls the registry
+every ``poll_seconds``; when the alias names another version it loads that
+version beside the serving one and swaps a single reference, so a request
+that read the reference once is answered start to end by one version. A
+version that fails to load leaves the old one serving and is reported (and
+retried after :data:`RETRY_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.config
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+
+from mlnb import __version__
+from mlnb.predictions.log import PredictionLog
+from mlnb.serving.scoring import Served, error_text, load_version
+
+logger = logging.getLogger("mlnb.serve")
+
+RETRY_SECONDS = 30.0  # a version that failed to load is tried again after this long
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """Prometheus metrics of one service, in a registry of its own."""
+
+    def __init__(self, model: str, alias: str) -> None:
+        self.registry = CollectorRegistry()
+        self.model, self.alias = model, alias
+        r = self.registry
+        self.requests = Counter(
+            "mlnb_serve_requests",
+            "Requests answered, by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "mlnb_serve_request_duration_seconds",
+            "Time to answer a request, by endpoint.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "mlnb_serve_errors",
+            "Requests answered with an error, by endpoint and kind.",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.rows = Counter("mlnb_serve_predicted_rows", "Input rows predicted.", registry=r)
+        self.version = Gauge(
+            "mlnb_serve_model_version",
+            "1 for the model version serving.",
+            ["model", "alias", "version"],
+            registry=r,
+        )
+        self.swaps = Counter("mlnb_serve_model_swaps", "New versions swapped in.", registry=r)
+        self.load_failures = Counter(
+            "mlnb_serve_model_load_failures", "Attempts to load a version that failed.", registry=r
+        )
+        self.load_failing = Gauge(
+            "mlnb_serve_model_load_failing",
+            "1 while the alias names a version that failed to load.",
+            registry=r,
+        )
+        self.alias_failures = Counter(
+            "mlnb_serve_alias_lookup_failures",
+            "Registry look-ups of the alias that failed.",
+            registry=r,
+        )
+        self.log_failures = Counter(
+            "mlnb_serve_prediction_log_failures",
+            "Records the prediction log could not take.",
+            registry=r,
+        )
+        self._answered: dict[tuple[str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    def answered(self, endpoint: str, code: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        child = self._answered.get((endpoint, code))
+        if child is None:
+            child = self._answered[(endpoint, code)] = self.requests.labels(endpoint, str(code))
+        child.inc()
+        timer = self._timers.get(endpoint)
+        if timer is None:
+            timer = self._timers[endpoint] = self.latency.labels(endpoint)
+        timer.observe(seconds)
+
+    def serving(self, old: str | None, new: str) -> None:
+        """Move the version gauge from ``old`` to ``new``."""
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.version.remove(self.model, self.alias, old)
+        self.version.labels(self.model, self.alias, new).set(1)
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """A problem the service reports while it goes on serving."""
+
+    message: str
+    since: datetime
+    version: str | None = None
+    retry_at: float = 0.0  # time.monotonic() of the next attempt
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"message": self.message, "since": self.since.isoformat()}
+        if self.version is not None:
+            out["version"] = self.version
+        return out
+
+
+class Service:
+    """The state of one prediction service: the serving version, its log and metrics.
+
+    Args:
+        client: the MLflow client of the store.
+        tracking_uri: that store's URI.
+        model: the registered model name.
+        alias: the alias followed.
+        first: the version loaded at start.
+        log: the prediction log.
+        poll_seconds: how often the alias is looked up.
+        max_body_bytes: the largest request body taken.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        tracking_uri: str,
+        model: str,
+        alias: str,
+        first: Served,
+        log: PredictionLog,
+        poll_seconds: float,
+        max_body_bytes: int,
+    ) -> None:
+        self.client, self.uri, self.model, self.alias = client, tracking_uri, model, alias
+        self.current = first
+        self.alias_version = first.version
+        self.log = log
+        self.poll_seconds = poll_seconds
+        self.max_body_bytes = max_body_bytes
+        self.metrics = Metrics(model, alias)
+        self.metrics.serving(None, first.version)
+        self.load_trouble: Trouble | None = None
+        self.alias_trouble: Trouble | None = None
+        self.log_trouble: Trouble | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # the follower thread
+
+    def start(self) -> None:
+        """Start following the alias."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, name="mlnb-serve-alias", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop following the alias (a load in progress gets ``timeout`` seconds)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # never let the follower die: the service must keep serving
+                logger.exception("following alias '%s' of '%s' failed", self.alias, self.model)
+
+    def poll(self) -> None:
+        """Look the alias up once; load and swap in the version it names if that is new."""
+        try:
+            target = str(self.client.get_model_version_by_alias(self.model, self.alias).version)
+        except Exception as exc:
+            self.metrics.alias_failures.inc()
+            if self.alias_trouble is None:
+                logger.warning(
+                    "cannot look up alias '%s' of '%s' (still serving version %s): %s",
+                    self.alias,
+                    self.model,
+                    self.current.version,
+                    error_text(exc),
+                )
+            self.alias_trouble = Trouble(
+                f"cannot look up the alias: {error_text(exc)}", datetime.now(UTC)
+            )
+            return
+        if self.alias_trouble is not None:
+            logger.info("alias '%s' of '%s' can be looked up again", self.alias, self.model)
+            self.alias_trouble = None
+        self.alias_version = target
+        if target == self.current.version:
+            if self.load_trouble is not None:  # the alias went back to the serving version
+                self.load_trouble = None
+                self.metrics.load_failing.set(0)
+            return
+        failed = self.load_trouble
+        if failed is not None and failed.version == target and time.monotonic() < failed.retry_at:
+            return
+        logger.info(
+            "alias '%s' of '%s' names version %s; loading it", self.alias, self.model, target
+        )
+        try:
+            loaded = load_version(self.client, self.model, target, self.uri)
+        except Exception as exc:
+            self.metrics.load_failures.inc()
+            self.metrics.load_failing.set(1)
+            self.load_trouble = Trouble(
+                f"version {target} failed to load: {error_text(exc)}",
+                datetime.now(UTC) if failed is None or failed.version != target else failed.since,
+                target,
+                time.monotonic() + RETRY_SECONDS,
+            )
+            logger.error(
+                "version %s of '%s' failed to load; still serving version %s "
+                "(next try in %.0f s): %s",
+                target,
+                self.model,
+                self.current.version,
+                RETRY_SECONDS,
+                error_text(exc),
+            )
+            return
+        old, self.current = self.current, loaded  # the swap: one reference
+        self.load_trouble = None
+        self.metrics.load_failing.set(0)
+        self.metrics.swaps.inc()
+        self.metrics.serving(old.version, loaded.version)
+        logger.info(
+            "now serving version %s of '%s' (alias '%s'), was version %s",
+            loaded.version,
+            self.model,
+            self.alias,
+            old.version,
+        )
+
+    # reports
+
+    def troubles(self) -> dict[str, Any]:
+        """Each problem the service has now, by name."""
+        found = {
+            "load_error": self.load_trouble,
+            "alias_error": self.alias_trouble,
+            "log_error": self.log_trouble,
+        }
+        return {name: t.as_json() for name, t in found.items() if t is not None}
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` answers: ``ok``, or ``degraded`` with the problems."""
+        served, problems = self.current, self.troubles()
+        return {
+            "status": "degraded" if problems else "ok",
+            "model": self.model,
+            "alias": self.alias,
+            "model_version": served.version,
+            "alias_version": self.alias_version,
+            "serving_since": served.loaded_at.isoformat(),
+            **problems,
+        }
+
+    def version_info(self) -> dict[str, Any]:
+        """What ``/version`` answers: the versions of MLflow, mlnb and the model."""
+        import mlflow
+
+        served = self.current
+        return {
+            "mlflow_version": mlflow.__version__,
+            "mlnb_version": __version__,
+            "model": self.model,
+            "alias": self.alias,
+            "model_version": served.version,
+            "alias_version": self.alias_version,
+            "run_id": served.run_id,
+            "source": served.source,
+            "flavor": served.flavor,
+            "tracking_uri": self.uri,
+            **self.troubles(),
+        }
+
+    def logged(self, write: Callable[[], None]) -> None:
+        """Run one log write; a failure is counted and reported, never raised."""
+        try:
+            write()
+        except (OSError, TypeError, ValueError) as exc:  # disk full; an unserializable value
+            self.metrics.log_failures.inc()
+            if self.log_trouble is None:
+                logger.error("cannot write the prediction log: %s", error_text(exc))
+            self.log_trouble = Trouble(
+                f"cannot write the log: {error_text(exc)}", datetime.now(UTC)
+            )
+        else:
+            if self.log_trouble is not None:
+                logger.info("the prediction log can be written again")
+                self.log_trouble = None

@@ -1,0 +1,112 @@
+"""Every name mlnb writes into MLflow: run and version tags, run kinds, run states.
+
+One module of names, as MLflow keeps its own in ``mlflow/utils/mlflow_tags.py``:
+the MLflow UI shows these tags, ``--resume``, the gate, the monitor and
+``mlnb status`` read them back, and a reader finds every one here. Importing
+this module imports nothing else, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+# -- what a run is ---------------------------------------------------------------------------------
+
+KIND = "mlnb.kind"
+
+
+class Kind(StrEnum):
+    """The value of :data:`KIND`: what an mlnb run in MLflow is."""
+
+    PIPELINE = "pipeline"
+    STAGE = "stage"
+    GATE = "gate"
+    EVALUATION = "evaluation"
+    CHECK = "monitor-check"
+    DRIFT = "drift"
+    DEPLOYMENT = "deployment"
+
+
+#: MLflow's run states (``mlflow.entities.RunStatus``) by name; a test keeps them equal.
+#: Kept as text so that naming one imports no MLflow.
+RunState = Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
+#: the states a run ends in
+EndState = Literal["FINISHED", "FAILED", "KILLED"]
+
+# -- pipeline and stage runs -----------------------------------------------------------------------
+
+PIPELINE = "mlnb.pipeline"  # a run's pipeline; a deployment run's pipeline too
+SPEC = "mlnb.spec"
+SPEC_SHA = "mlnb.spec_sha256"  # on runs and on the model versions they deliver
+PROFILE = "mlnb.profile"
+OVERRIDES = "mlnb.overrides"
+WORKSPACE = "mlnb.workspace"
+GIT_DIRTY = "mlnb.git.dirty"
+STAGE = "mlnb.stage"
+NOTEBOOK = "mlnb.notebook"
+FINGERPRINT = "mlnb.notebook.sha256"
+CACHE_KEY = "mlnb.cache_key"
+CACHED = "mlnb.cached"
+CACHED_FROM = "mlnb.cached_from_run"
+OUTPUTS = "mlnb.outputs"
+ERROR = "mlnb.error"
+TRIGGER = "mlnb.trigger"  # why a run (and the model version it delivered) happened
+TRIGGER_REASON = "mlnb.trigger.reason"  # the evidence: "drift: p=0.0003 on 3 of 20 ..."
+MODEL_VERSION = "mlnb.model.version"  # the version a pipeline run delivered, or a check watched
+MODEL_DECISION = "mlnb.model.decision"  # what the gate made of it: promoted, rejected, champion
+
+# -- model versions: lineage and the gate ----------------------------------------------------------
+
+PIPELINE_RUN = "mlnb.pipeline_run_id"
+SOURCE_RUN = "mlnb.source_run_id"
+GIT_COMMIT = "mlnb.git_commit"  # on versions and on deployment runs
+DATA_PREFIX = "mlnb.data."  # + "<stage>.<output>": the sha256 of each stage output
+HOLDOUT = "mlnb.holdout"
+TRAINING_DATA = "mlnb.training_data"
+GATE_CONFIG = "mlnb.gate.config"
+GATE_DECISION = "mlnb.gate.decision"  # on the version and on the gate run
+GATE_REASON = "mlnb.gate.reason"  # on the version and on the gate run
+GATE_SCORE = "mlnb.gate.score"
+GATE_CHAMPION_VERSION = "mlnb.gate.champion_version"
+GATE_CHAMPION_SCORE = "mlnb.gate.champion_score"
+GATE_RUN = "mlnb.gate.run_id"
+CHAMPION_HISTORY = "mlnb.champion_history"  # on the registered model
+MODEL_DEPLOYMENT = "mlnb.deployment"  # on the registered model: the live deployment
+
+
+class ModelDecision(StrEnum):
+    """What the gate made of a version (:data:`MODEL_DECISION`, :data:`GATE_DECISION`)."""
+
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    CHAMPION = "champion"  # it was the champion already
+
+
+# -- monitor checks ----------------------------------------------------------------------------------
+
+MONITOR = "mlnb.monitor"
+MODEL = "mlnb.model"
+CHECK_DECISION = "mlnb.monitor.decision"
+CHECK_TRIGGERS = "mlnb.monitor.triggers"
+CHECK_EVIDENCE = "mlnb.monitor.evidence"
+RETRAIN = "mlnb.monitor.retrain"
+RETRAIN_REASON = "mlnb.monitor.retrain_reason"
+RETRAIN_RUN = "mlnb.monitor.retrain_run_id"
+RETRAIN_VERSION = "mlnb.monitor.retrain_version"
+RETRAIN_PIPELINE = "mlnb.monitor.retrain_pipeline"  # the deployed version, or the working copy
+#: the drift notebook's contract: it sets these two on its run
+DRIFT_STATUS = "mlnb.drift.status"
+DRIFT_REASON = "mlnb.drift.reason"
+
+# -- deployments -----------------------------------------------------------------------------------
+
+DEPLOYMENT_VERSION = "mlnb.deployment.version"
+DEPLOYMENT_ACTION = "mlnb.deployment.action"
+DEPLOYMENT_CONTENT = "mlnb.deployment.content_sha256"
+DEPLOYMENT_PATH = "mlnb.deployment.path"
+DEPLOYMENT_BUNDLE = "mlnb.deployment.bundle"
+LIVE_PREFIX = "mlnb.live."  # + "<pipeline>", on the deployments experiment: the live version
+
+#: the longest tag value mlnb writes (MLflow's limit is larger; a reader's is not)
+VALUE_LIMIT = 5000

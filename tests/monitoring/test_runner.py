@@ -1,0 +1,759 @@
+"""``mlnb monitor`` end to end: real kernels, a real SQLite store, real servers and monitors.
+
+One module-scoped project trains version 1 of ``cancer`` with the example
+pipeline (``--profile ci``); every scenario works on a copy of that folder
+(store, workspaces and all), so each has its own registry and prediction log.
+A copied champion's ``mlnb.training_data`` tag still names the original's
+``.mlnb/runs/...`` file (and new runs of its experiments log artifacts into the
+original's ``mlartifacts/``); the original lives as long as the module.
+
+The scenarios that cost a retrain run at once (threads that drive processes)
+at the start of the module, each in its own copy, and are read by more than
+one test:
+
+- ``story``: ``mlnb serve`` answers normal traffic (check: nothing to do),
+  then traffic whose every feature reads ×1.5 (check: drift, retrain, v2
+  promoted, the service follows); ``mlnb status`` tells it afterwards;
+- ``degraded``: labels that contradict every prediction (performance trigger
+  only): a retrain, then a second check inside the cooldown;
+- ``race``: random labels and two monitors started at once: one retrains, the
+  other is turned away, and the gate rejects the worse model.
+
+Monitors and servers are ``python -m mlnb ...`` processes run in the copy,
+each stopped by its PID when it does not end by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from mlnb.predictions import log as predlog
+from tests.helpers import REPO, free_port, wait_for_ping
+
+# the first test also waits for the scenarios that retrain: minutes on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+MODEL = "cancer"
+SEED = 1  # the order of the data set's rows; with it the retrained v2 beats v1 clearly on drift
+SHIFT = 1.5  # drift: a recalibrated instrument reads every measurement 50 % higher
+BATCH = 10  # rows per request
+NORMAL = 250  # the first rows are today's traffic; the rest arrive shifted
+SWAP_WITHIN = 30.0  # seconds for the service to answer with a new champion
+
+
+# -- data and helpers --------------------------------------------------------------------
+
+
+@functools.cache
+def dataset() -> tuple[pd.DataFrame, pd.Series]:
+    """The breast-cancer rows (columns as prepare.ipynb names them) in a fixed order."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    frame = frame.sample(frac=1.0, random_state=SEED).reset_index(drop=True)
+    return frame.drop(columns="target"), frame["target"]
+
+
+def environment() -> dict[str, str]:
+    """The processes' environment: no MLFLOW_* from outside, no telemetry, no colours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true", NO_COLOR="1", COLUMNS="200")
+    return env
+
+
+def monitor_spec(**changes: Any) -> dict[str, Any]:
+    """The example monitor spec, retraining with ``--profile ci``; ``None`` drops a key."""
+    spec = yaml.safe_load((REPO / "pipelines" / "monitor.yaml").read_text())
+    spec["retrain"]["profile"] = "ci"
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return spec
+
+
+def processes_in(root: Path) -> list[str]:
+    """Live processes working in the project folder (kernels, fork servers, servers)."""
+    root_text = str(root.resolve())
+    mine = {p.pid for p in [psutil.Process(), *psutil.Process().parents()]}
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            cwd = proc.cwd()
+            if proc.pid in mine or not (cwd == root_text or cwd.startswith(root_text + os.sep)):
+                continue
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+        except psutil.Error:
+            continue
+    return left
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 30) -> int:
+    """Signal a process by its PID and wait; SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+@dataclass
+class Once:
+    """One finished ``mlnb monitor --once``: its exit code, what it said, its check run."""
+
+    code: int
+    output: str
+    run: Any = None  # mlflow.entities.Run of the check
+
+
+class Example:
+    """A copy of the example project with v1 of ``cancer`` trained."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    def mlnb(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        """Run the mlnb command line in the project, as a user would."""
+        return subprocess.run(
+            [sys.executable, "-m", "mlnb", *args],
+            cwd=self.root,
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self, *args: str, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start an mlnb process in the background; its output goes to a file beside the project."""
+        output = self.root.parent / f"{self.root.name}-{name}.log"
+        with output.open("wb") as handle:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mlnb", *args],
+                cwd=self.root,
+                env=environment(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        return proc, output
+
+    def write_monitor(self, spec: dict[str, Any]) -> str:
+        path = self.root / "pipelines" / f"{spec['name']}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return str(path.relative_to(self.root))
+
+    def once(self, spec: str, timeout: float = 240) -> Once:
+        """``mlnb monitor SPEC --once``, and the check run it made."""
+        before = {r.info.run_id for r in self.checks()}
+        done = self.mlnb("monitor", spec, "--once", timeout=timeout)
+        new = [r for r in self.checks() if r.info.run_id not in before]
+        assert len(new) <= 1, new
+        return Once(done.returncode, done.stdout + done.stderr, new[0] if new else None)
+
+    def checks(self, monitor: str | None = None) -> list[Any]:
+        """Every check run (of one monitor), oldest first."""
+        where = "tags.`mlnb.kind` = 'monitor-check'"
+        if monitor is not None:
+            where += f" and tags.`mlnb.monitor` = '{monitor}'"
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(
+            experiments, filter_string=where, order_by=["attributes.start_time ASC"]
+        )
+
+    def children(self, run: Any) -> list[Any]:
+        return self.client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+        )
+
+    def versions(self) -> list[str]:
+        found = self.client.search_model_versions(f"name = '{MODEL}'")
+        return sorted((str(v.version) for v in found), key=int)
+
+    def alias(self, alias: str = "champion") -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(MODEL, alias).version)
+        except MlflowException:
+            return None
+
+    def tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(MODEL, version).tags)
+
+    def write_log(
+        self,
+        rows: pd.DataFrame,
+        predictions: Sequence[int],
+        labels: Sequence[int] | None,
+        version: str = "1",
+    ) -> None:
+        """Append predictions (and labels) to the project's log as ``mlnb serve`` would."""
+        log = predlog.PredictionLog(predlog.default_log_dir(self.root))
+        try:
+            for start in range(0, len(rows), BATCH):
+                ms = int(time.time() * 1000)
+                request_id = predlog.new_request_id(ms)
+                batch = rows.iloc[start : start + BATCH]
+                outputs = [int(p) for p in predictions[start : start + BATCH]]
+                columns = list(batch.columns)
+                log.write_prediction(
+                    request_id, ms, version, columns, batch.to_numpy().tolist(), outputs, len(batch)
+                )
+                if labels is not None:
+                    truth = [int(v) for v in labels[start : start + BATCH]]
+                    log.write_feedback(request_id, truth, ms)
+        finally:
+            log.close()
+
+
+def copy_of(trained: Example, root: Path) -> Example:
+    shutil.copytree(trained.root, root, symlinks=True)
+    return Example(root)
+
+
+def split(rows: pd.DataFrame) -> dict[str, Any]:
+    """A scoring request in MLflow's ``dataframe_split`` format."""
+    return {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+
+
+class Server:
+    """``mlnb serve cancer`` on 127.0.0.1, in the project folder (its log goes there)."""
+
+    def __init__(self, project: Example) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc, self.output = project.start(
+            "serve", MODEL, "--port", str(self.port), "--poll-seconds", "0.5", name="serve"
+        )
+        try:
+            wait_for_ping(self.proc, self.url, self.log, timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def stop(self) -> int:
+        return stop(self.proc)
+
+    def predict(self, rows: pd.DataFrame) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/invocations", json=split(rows), timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-model-version"] == response.json()["model_version"]
+        return response.json()
+
+    def traffic(self, rows: pd.DataFrame, labels: pd.Series) -> tuple[float, set[str]]:
+        """Predict every row in batches and send the true labels; accuracy and versions seen."""
+        right, versions = 0, set()
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            for start in range(0, len(rows), BATCH):
+                batch = rows.iloc[start : start + BATCH]
+                truth = [int(v) for v in labels.iloc[start : start + BATCH]]
+                answer = http.post("/invocations", json=split(batch))
+                assert answer.status_code == 200, answer.text
+                found = answer.json()
+                versions.add(str(found["model_version"]))
+                right += sum(int(p) == t for p, t in zip(found["predictions"], truth, strict=True))
+                sent = http.post(
+                    "/feedback", json={"request_id": found["request_id"], "labels": truth}
+                )
+                assert sent.status_code == 200, sent.text
+        return right / len(rows), versions
+
+
+# -- the shared projects -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Example:
+    """The example project with ``cancer`` v1 trained (``--profile ci``) and champion."""
+    project = Example(tmp_path_factory.mktemp("trained") / "project")
+    for name in ("pipelines", "notebooks"):
+        shutil.copytree(REPO / name, project.root / name)
+    done = project.mlnb("run", "pipelines/cancer.yaml", "--profile", "ci")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert project.versions() == ["1"] and project.alias() == "1"
+    return project
+
+
+@pytest.fixture
+def example(trained: Example, tmp_path: Path) -> Iterator[Example]:
+    """A copy of the trained project for one test; no process may be left working in it."""
+    project = copy_of(trained, tmp_path / "project")
+    yield project
+    left = processes_in(project.root)
+    assert not left, "processes left behind:\n" + "\n".join(left)
+
+
+@dataclass
+class Story:
+    """Normal traffic and a check, shifted traffic and a check, through a real service."""
+
+    project: Example
+    server: Server
+    spec: str
+    quiet: Once  # the check after normal traffic
+    drifted: Once  # the check after shifted traffic
+    accuracy: dict[str, float] = field(default_factory=dict)  # live, as the client saw it
+    versions_after_quiet: list[str] = field(default_factory=list)
+    swap_seconds: float | None = None  # from the drifted check's end to v2 answering
+
+
+def tell_story(project: Example, servers: list[Server]) -> Story:
+    spec = project.write_monitor(monitor_spec())  # the example spec itself, retraining with ci
+    X, y = dataset()
+    server = Server(project)
+    servers.append(server)
+    accuracy, versions = server.traffic(X.iloc[:NORMAL], y.iloc[:NORMAL])
+    assert versions == {"1"}
+    quiet = project.once(spec)
+    after_quiet = project.versions()
+    drifted_accuracy, _ = server.traffic(X.iloc[NORMAL:] * SHIFT, y.iloc[NORMAL:])
+    drifted = project.once(spec)
+    promoted_at = time.monotonic()
+    told = Story(project, server, spec, quiet, drifted, versions_after_quiet=after_quiet)
+    told.accuracy = {"normal": accuracy, "shifted": drifted_accuracy}
+    if drifted.code == 4:  # wait for the service to follow the alias
+        probe = X.iloc[NORMAL : NORMAL + BATCH] * SHIFT
+        while time.monotonic() - promoted_at < SWAP_WITHIN:
+            if server.predict(probe)["model_version"] == project.alias():
+                told.swap_seconds = time.monotonic() - promoted_at
+                break
+            time.sleep(0.1)
+    return told
+
+
+@dataclass
+class Degraded:
+    project: Example
+    spec: str
+    labels: list[int]  # what was sent as ground truth
+    first: Once  # the check that retrained
+
+
+def degrade(project: Example) -> Degraded:
+    """Labels contradict every prediction; only the performance trigger is on."""
+    spec = project.write_monitor(
+        monitor_spec(name="perf", drift=None, triggers=["performance"], schedule={"every": "1s"})
+    )
+    X, y = dataset()
+    rows, truth = X.iloc[:200], y.iloc[:200].tolist()
+    flipped = [1 - t for t in truth]
+    project.write_log(rows, predictions=truth, labels=flipped)
+    return Degraded(project, spec, flipped, project.once(spec))
+
+
+@dataclass
+class Race:
+    project: Example
+    spec: str
+    codes: list[int]
+    pids: list[int]
+    outputs: list[str]
+    checks: list[Any]  # the two check runs, in the order of ``codes``
+
+
+def run_race(project: Example) -> Race:
+    """Random labels (live accuracy ≈ 0.5) and two ``--once`` monitors started together."""
+    spec = project.write_monitor(
+        monitor_spec(name="race", drift=None, triggers=["performance"], cooldown="1h")
+    )
+    X, y = dataset()
+    rows = X.iloc[:240]
+    noise = np.random.default_rng(0).integers(0, 2, len(rows)).tolist()
+    project.write_log(rows, predictions=y.iloc[:240].tolist(), labels=noise)
+    started = [project.start("monitor", spec, "--once", name=f"race-{i}") for i in range(2)]
+    codes = []
+    try:
+        for proc, _ in started:
+            proc.wait(240)
+            codes.append(proc.returncode)
+    finally:
+        for proc, _ in started:
+            stop(proc)
+    outputs = [output.read_text(errors="replace") for _, output in started]
+    runs = {r.info.run_id: r for r in project.checks("race")}
+    checks = []
+    for text in outputs:
+        found = re.search(r"^check ([0-9a-f]{8})", text, re.MULTILINE)
+        assert found, text
+        [run] = [r for run_id, r in runs.items() if run_id.startswith(found[1])]
+        checks.append(run)
+    return Race(project, spec, codes, [p.pid for p, _ in started], outputs, checks)
+
+
+@pytest.fixture(scope="module")
+def scenarios(
+    trained: Example, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Any]]]:
+    """The three scenarios that retrain, run at once, each in its own copy of the project.
+
+    Each is a chain of processes, mostly one at a time: side by side they keep
+    two cores busy. The story's server runs until the module ends.
+    """
+    folder = tmp_path_factory.mktemp("scenarios")
+    projects = {name: copy_of(trained, folder / name) for name in ("story", "degraded", "race")}
+    servers: list[Server] = []
+    with ThreadPoolExecutor(max_workers=len(projects)) as workers:
+        futures: dict[str, Future[Any]] = {
+            "story": workers.submit(tell_story, projects["story"], servers),
+            "degraded": workers.submit(degrade, projects["degraded"]),
+            "race": workers.submit(run_race, projects["race"]),
+        }
+        try:
+            yield futures
+        finally:
+            wait(futures.values())
+            for server in servers:
+                server.stop()
+    for project in projects.values():
+        left = processes_in(project.root)
+        assert not left, "processes left behind:\n" + "\n".join(left)
+
+
+@pytest.fixture(scope="module")
+def story(scenarios: dict[str, Future[Any]]) -> Story:
+    return scenarios["story"].result()
+
+
+@pytest.fixture(scope="module")
+def degraded(scenarios: dict[str, Future[Any]]) -> Degraded:
+    return scenarios["degraded"].result()
+
+
+@pytest.fixture(scope="module")
+def race(scenarios: dict[str, Future[Any]]) -> Race:
+    return scenarios["race"].result()
+
+
+# -- 1. no drift, no retrain ---------------------------------------------------------------
+
+
+def test_normal_traffic_is_no_drift_and_no_retrain(story: Story) -> None:
+    quiet = story.quiet
+    assert quiet.code == 0, quiet.output
+    assert story.accuracy["normal"] >= 0.9  # the champion is right on today's data
+    run = quiet.run
+    tags, metrics = run.data.tags, run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert tags["mlnb.monitor.decision"] == "no trigger"
+    assert tags["mlnb.drift.status"] == "no_drift"
+    assert tags["mlnb.drift.reason"].startswith("no drift: smallest p")
+    assert tags["mlnb.model.version"] == "1"
+    assert "mlnb.monitor.triggers" not in tags and "mlnb.monitor.retrain" not in tags
+    assert metrics["window_rows"] == NORMAL
+    assert metrics["labels"] == NORMAL
+    assert metrics["live.accuracy"] == pytest.approx(story.accuracy["normal"])
+    assert metrics["drift.features_tested"] == 30
+    assert metrics["drift.features_drifted"] == 0
+    assert metrics["drift.p_value_min"] > metrics["drift.threshold"]
+    assert metrics["champion_age_days"] < 1  # the schedule trigger of the example looked
+    [drift] = story.project.children(run)
+    assert drift.data.tags["mlnb.kind"] == "drift" and drift.info.status == "FINISHED"
+    assert drift.data.tags["mlnb.drift.status"] == "no_drift"
+    assert story.versions_after_quiet == ["1"]  # no new model version
+    assert "→ no trigger" in quiet.output
+
+
+# -- 2. drift → retrain → promotion → the service answers with it --------------------------
+
+
+def test_drift_retrains_promotes_and_the_service_follows(story: Story) -> None:
+    drifted, project = story.drifted, story.project
+    assert drifted.code == 4, drifted.output
+    tags, metrics = drifted.run.data.tags, drifted.run.data.metrics
+    assert tags["mlnb.drift.status"] == "drift"
+    assert re.match(r"drift: p\S+ on \d+ of 30 features", tags["mlnb.drift.reason"])
+    assert metrics["drift.features_drifted"] >= 20
+    assert metrics["live.accuracy"] == pytest.approx(story.accuracy["shifted"], abs=0.05)
+    assert metrics["live.accuracy"] < 0.9  # the threshold: performance fires as well
+    assert tags["mlnb.monitor.triggers"] == "drift,performance"
+    assert tags["mlnb.monitor.retrain"] == "promoted"
+    assert tags["mlnb.monitor.retrain_version"] == "2"
+    assert tags["mlnb.monitor.decision"] == "retrained (drift, performance): v2 promoted"
+    assert tags["mlnb.monitor.retrain_pipeline"] == "pipelines/cancer.yaml (working copy)"
+
+    assert project.versions() == ["1", "2"]
+    assert project.alias("champion") == "2"
+    version = project.tags("2")
+    assert version["mlnb.trigger"] == "drift"  # the first trigger that fired
+    assert version["mlnb.trigger.reason"].startswith(tags["mlnb.drift.reason"])
+    assert "performance: accuracy" in version["mlnb.trigger.reason"]
+    assert version["mlnb.gate.decision"] == "promoted"
+    assert "beats champion v1" in version["mlnb.gate.reason"]
+    assert version["mlnb.pipeline_run_id"] == tags["mlnb.monitor.retrain_run_id"]
+    # v2 learnt from the window's labeled rows: shifted measurements, 3/4 of 300 rows
+    training = pd.read_csv(version["mlnb.training_data"])
+    assert Path(version["mlnb.training_data"]).is_relative_to(project.root / ".mlnb" / "runs")
+    assert len(training) == 225
+    X, _ = dataset()
+    assert training["mean_radius"].mean() > 1.3 * X["mean_radius"].mean()
+
+    assert story.swap_seconds is not None, f"still v1 after {SWAP_WITHIN} s:\n{story.server.log()}"
+    assert story.swap_seconds < SWAP_WITHIN
+    answer = story.server.predict(X.iloc[:BATCH] * SHIFT)
+    assert answer["model_version"] == "2"
+    assert httpx.get(f"{story.server.url}/version", timeout=10).json()["model_version"] == "2"
+    assert "now serving version 2 of 'cancer'" in story.server.log()
+
+
+# -- 9. mlnb status tells the story --------------------------------------------------------
+
+
+def test_status_shows_champion_checks_and_last_retrain(story: Story) -> None:
+    project = story.project
+    X, _ = dataset()
+    served = story.server.predict(X.iloc[:BATCH])["model_version"]
+    done = project.mlnb("status", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    [status] = json.loads(done.stdout)
+    assert status["name"] == MODEL
+    assert status["champion"] == "2" and status["challenger"] == "2"
+    assert status["champion_metric"] == "accuracy_score"
+    assert status["champion_score"] == pytest.approx(float(project.tags("2")["mlnb.gate.score"]))
+    assert status["champion_trigger"] == "drift"
+    assert status["champion_reason"] == project.tags("2")["mlnb.trigger.reason"]
+    assert status["champion_reason"].startswith("drift: p")
+    assert status["served_version"] == served == "2"
+    newest, older = status["checks"]
+    assert newest["run_id"] == story.drifted.run.info.run_id
+    assert newest["decision"] == "retrained (drift, performance): v2 promoted"
+    assert (newest["drift"], newest["version"]) == ("drift", "1")
+    assert newest["metrics"]["drift.features_drifted"] >= 20
+    assert newest["metrics"]["live.accuracy"] < 0.9
+    assert older["run_id"] == story.quiet.run.info.run_id
+    assert (older["drift"], older["decision"]) == ("no_drift", "no trigger")
+    retrain = status["retrain"]
+    assert (retrain["status"], retrain["version"]) == ("promoted", "2")
+    assert retrain["reason"].startswith("v2 promoted: accuracy_score")
+    assert retrain["evidence"] == story.drifted.run.data.tags["mlnb.monitor.evidence"]
+    assert retrain["run_id"] == project.tags("2")["mlnb.pipeline_run_id"]
+
+    plain = project.mlnb("status", timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    text = plain.stdout
+    assert re.search(r"champion: v2, accuracy_score \d\.\d{4} — trained on drift \(drift: p", text)
+    assert "serving: v2" in text
+    assert "last retrain:" in text and "promoted → v2: v2 promoted: accuracy_score" in text
+    assert "no trigger" in text
+
+
+# -- 3. degradation → retrain ------------------------------------------------------------
+
+
+def test_falling_live_accuracy_retrains(degraded: Degraded) -> None:
+    first, project = degraded.first, degraded.project
+    assert first.code in (3, 4), first.output
+    tags, metrics = first.run.data.tags, first.run.data.metrics
+    assert metrics["labels"] == 200
+    assert metrics["live.accuracy"] == 0.0  # every label contradicts its prediction
+    assert metrics["live.accuracy"] < 0.9
+    assert tags["mlnb.monitor.triggers"] == "performance"
+    assert tags["mlnb.monitor.evidence"] == (
+        "performance: accuracy 0.0000 is below the threshold 0.9 on 200 labeled predictions"
+    )
+    assert "mlnb.drift.status" not in tags  # no drift section, no drift notebook
+    assert tags["mlnb.monitor.retrain"] in ("promoted", "rejected")
+    assert tags["mlnb.monitor.retrain_version"] == "2"
+    assert "2" in project.versions()
+    version = project.tags("2")
+    assert version["mlnb.trigger"] == "performance"
+    assert version["mlnb.trigger.reason"] == tags["mlnb.monitor.evidence"]
+    # the retrain ran on the window's labeled rows: the labels as sent, not the predictions
+    labeled = project.root / ".mlnb" / "monitor" / "perf" / first.run.info.run_id / "labeled.csv"
+    table = pd.read_csv(labeled)
+    assert table["target"].tolist() == degraded.labels
+    assert list(table.columns) == [*dataset()[0].columns, "target"]
+
+
+# -- 6. cooldown ---------------------------------------------------------------------------
+
+
+def test_a_trigger_inside_the_cooldown_is_skipped(degraded: Degraded) -> None:
+    project = degraded.project
+    versions = project.versions()
+    second = project.once(degraded.spec)
+    assert second.code == 5, second.output
+    tags = second.run.data.tags
+    assert tags["mlnb.monitor.triggers"] == "performance"  # it still fires
+    assert tags["mlnb.monitor.retrain"] == "skipped"
+    assert re.fullmatch(
+        r"cooldown: the last retrain started \d+ (s|min) ago \(cooldown 60 min\)",
+        tags["mlnb.monitor.retrain_reason"],
+    )
+    assert tags["mlnb.monitor.retrain_version"] == ""
+    assert tags["mlnb.monitor.decision"].startswith("performance fired; retrain skipped: cooldown")
+    assert project.versions() == versions  # no new version
+    left = processes_in(project.root)
+    assert not left, left
+
+
+# -- 4. and 5. two monitors at once; the worse model stays out ------------------------------
+
+
+def test_two_monitors_at_once_retrain_once(race: Race) -> None:
+    assert sorted(race.codes) == [3, 5], race.outputs
+    winner = race.codes.index(3)
+    loser = 1 - winner
+    assert race.project.versions() == ["1", "2"]  # exactly one new version
+    won, lost = race.checks[winner].data.tags, race.checks[loser].data.tags
+    assert won["mlnb.monitor.retrain"] == "rejected"
+    assert lost["mlnb.monitor.retrain"] == "skipped"
+    assert lost["mlnb.monitor.triggers"] == "performance"  # it fired, and was turned away
+    reason = lost["mlnb.monitor.retrain_reason"]
+    held = re.fullmatch(r"another retrain of 'cancer' is running \(pid (\d+)\)", reason)
+    if held:  # the usual case: it met the lock while the other retrained
+        assert int(held[1]) == race.pids[winner]
+    else:  # it came late and met the cooldown the winner started
+        assert reason.startswith("cooldown: the last retrain started"), reason
+    assert lost["mlnb.monitor.retrain_version"] == ""
+    ledger = json.loads((race.project.root / ".mlnb" / "monitor" / "cancer.json").read_text())
+    assert ledger["check_run"] == race.checks[winner].info.run_id
+    left = processes_in(race.project.root)
+    assert not left, left
+
+
+def test_a_worse_retrained_model_is_not_promoted(race: Race) -> None:
+    assert 3 in race.codes, race.outputs
+    project = race.project
+    winner = race.checks[race.codes.index(3)]
+    tags, metrics = winner.data.tags, winner.data.metrics
+    assert metrics["live.accuracy"] < 0.7  # random labels
+    assert tags["mlnb.monitor.decision"] == "retrained (performance): v2 not promoted"
+    assert project.alias("champion") == "1"  # unchanged
+    assert project.alias("challenger") == "2"
+    version = project.tags("2")
+    assert version["mlnb.trigger"] == "performance"
+    assert version["mlnb.gate.decision"] == "rejected"
+    score = float(version["mlnb.gate.score"])
+    assert score < 0.9
+    below = r"v2 not promoted: accuracy_score \S+ is below the threshold 0\.9"
+    assert re.fullmatch(below, version["mlnb.gate.reason"])
+    assert tags["mlnb.monitor.retrain_reason"] == version["mlnb.gate.reason"]
+    assert "v1 promoted" in project.tags("1")["mlnb.gate.reason"]
+
+
+# -- 7. untestable data --------------------------------------------------------------------
+
+
+def test_too_few_rows_are_untestable_not_drift(example: Example) -> None:
+    spec = example.write_monitor(monitor_spec(name="few"))
+    X, y = dataset()
+    example.write_log(X.iloc[:20], predictions=y.iloc[:20].tolist(), labels=y.iloc[:20].tolist())
+    once = example.once(spec)
+    assert once.code == 0, once.output
+    tags, metrics = once.run.data.tags, once.run.data.metrics
+    assert tags["mlnb.drift.status"] == "untestable"
+    assert tags["mlnb.drift.reason"] == (
+        "untestable: the current data has 20 rows, fewer than min_rows=100"
+    )
+    assert tags["mlnb.monitor.decision"] == "no trigger"
+    assert "mlnb.monitor.retrain" not in tags
+    assert metrics["window_rows"] == 20 and metrics["labels"] == 20
+    assert "live.accuracy" not in metrics  # 20 labels, fewer than min_labels
+    assert metrics["drift.features_drifted"] == 0 and metrics["drift.rows_current"] == 20
+    assert "accuracy: 20 labeled predictions, fewer than min_labels 100" in once.output
+    assert example.versions() == ["1"]
+
+
+# -- 8. the loop ---------------------------------------------------------------------------
+
+
+def test_the_loop_checks_on_schedule_and_stops_on_sigterm(example: Example) -> None:
+    spec = example.write_monitor(
+        monitor_spec(name="loop", schedule={"every": "1s"}, triggers=["drift"])
+    )
+    assert not predlog.default_log_dir(example.root).exists()  # nothing served yet
+    proc, output = example.start("monitor", spec, name="loop")
+    seen: set[tuple[int, float]] = set()  # the monitor's descendants: (pid, create time)
+
+    def descendants() -> set[tuple[int, float]]:
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(proc.pid).children(recursive=True)
+            return {(p.pid, p.create_time()) for p in children}
+        return set()
+
+    try:
+        deadline = time.monotonic() + 120
+        while output.read_text(errors="replace").count("→ ") < 2:
+            assert proc.poll() is None, output.read_text(errors="replace")
+            assert time.monotonic() < deadline, output.read_text(errors="replace")
+            seen |= descendants()
+            time.sleep(0.2)
+        seen |= descendants()
+        signalled = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+        took = time.monotonic() - signalled
+    finally:
+        stop(proc)
+    text = output.read_text(errors="replace")
+    assert code == 0, text
+    assert took < 30, text  # it finishes the check under way, and starts no other
+    assert "stopping after the current check" in text
+    assert seen, "the monitor started no kernel"
+    alive = [pid for pid, created in seen if _alive(pid, created)]
+    assert not alive, f"the monitor's processes outlived it: {alive}"
+
+    checks = example.checks("loop")
+    assert len(checks) >= 2
+    for run in checks:
+        assert run.info.status == "FINISHED", run.info
+        assert run.data.tags["mlnb.drift.status"] == "untestable"
+        assert run.data.tags["mlnb.drift.reason"] == (
+            "untestable: the current data has 0 rows, fewer than min_rows=100"
+        )
+        assert run.data.tags["mlnb.monitor.decision"] == "no trigger"
+        [drift] = example.children(run)
+        assert drift.info.status == "FINISHED"
+    starts = [run.info.start_time for run in checks]
+    assert all(b - a >= 900 for a, b in itertools.pairwise(starts))  # every 1 s
+    assert example.versions() == ["1"]
+
+
+def _alive(pid: int, created: float) -> bool:
+    """Whether that very process (not a later one with its PID) still runs."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
