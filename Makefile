@@ -20,9 +20,10 @@ demo: setup ## the continuous-training story on a fresh project demo/ (embedded 
 	$(BIN)/mlnb check pipelines notebooks
 	$(BIN)/python scripts/demo.py
 
-lint: setup ## ruff, import-layer contracts, mlnb's own check
+lint: setup ## ruff, mypy, import-layer contracts, mlnb's own check
 	$(BIN)/ruff check mlnb tests benchmarks scripts
 	$(BIN)/ruff format --check mlnb tests benchmarks scripts
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/mlnb check pipelines notebooks
 

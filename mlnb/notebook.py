@@ -86,7 +86,7 @@ def declared_parameters(source: str) -> dict[str, str]:
             names = _names(target)
             values = _unpacked(value, len(names))
             for name, default in zip(names, values, strict=True):
-                found[name] = ast.get_source_segment(source, default) if default else ""
+                found[name] = (ast.get_source_segment(source, default) if default else "") or ""
     return found
 
 

@@ -1,6 +1,6 @@
 """How a pipeline run looks to a person: rich on a terminal, plain lines elsewhere.
 
-This is presentation only; it turns :mod:`mlnb.events` into output. On a
+This is presentation only; it turns :mod:`mlnb.pipelines.events` into output. On a
 terminal a live table shows each stage's state, cells done of total and time
 elapsed; off a terminal (CI logs) each event is one timestamped line.
 """

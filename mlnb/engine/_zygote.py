@@ -1,6 +1,6 @@
 """The kernel fork server's process: import ipykernel once, fork a kernel per request.
 
-Started by :class:`mlnb.forkserver.ForkServer` as ``python -m mlnb._zygote``.
+Started by :class:`mlnb.engine.forkserver.ForkServer` as ``python -m mlnb.engine._zygote``.
 It reads one JSON request per line on stdin (``argv``, ``env``, ``cwd``,
 ``stderr``) and answers ``{"pid": N}`` on stdout. Modules named on its command
 line are imported too, before the first fork (a monitor preloads what its

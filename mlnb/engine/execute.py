@@ -3,7 +3,7 @@
 papermill keeps its semantics (parameters injected after the ``parameters``
 cell, the executed notebook written cell by cell, errors recorded in the
 notebook); mlnb plugs in an engine, registered as ``mlnb``, that runs the
-notebook on a kernel from :class:`mlnb.kernels.KernelPool` instead of starting
+notebook on a kernel from :class:`mlnb.engine.kernels.KernelPool` instead of starting
 one. Before the first cell the engine runs a silent setup cell that sets
 ``MLFLOW_RUN_ID`` and friends and changes to the notebook's directory (as
 JupyterLab does), so plain ``mlflow.log_metric`` calls land in the stage's run.
@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +84,7 @@ class MlnbEngine(NBClientEngine):
     """
 
     @classmethod
-    def execute_managed_notebook(  # type: ignore[override]
+    def execute_managed_notebook(
         cls,
         nb_man: Any,
         kernel_name: str,
@@ -153,21 +151,6 @@ class _Forward:
         pass
 
 
-@dataclass(frozen=True)
-class StageRun:
-    """What one execution of a stage notebook produced.
-
-    Attributes:
-        output_notebook: the executed notebook with its outputs.
-        seconds: wall-clock time of the execution.
-        cells: number of cells executed.
-    """
-
-    output_notebook: Path
-    seconds: float
-    cells: int
-
-
 def setup_code(env: Mapping[str, str], cwd: Path) -> str:
     """Code run silently in a fresh kernel before the notebook's first cell."""
     return (
@@ -189,7 +172,7 @@ def execute_stage(
     timeout: float | None = None,
     on_cell: CellCallback | None = None,
     on_output: OutputCallback | None = None,
-) -> StageRun:
+) -> None:
     """Run one stage notebook with papermill on a pooled kernel.
 
     Args:
@@ -203,9 +186,6 @@ def execute_stage(
         timeout: seconds the whole stage may take.
         on_cell: called with ``(cells done, cells in total)``.
         on_output: called with each piece of stdout/stderr the notebook prints.
-
-    Returns:
-        A :class:`StageRun`.
 
     Raises:
         CellError: a cell raised; carries the cell position and exception.
@@ -229,10 +209,9 @@ def execute_stage(
         watchdog.daemon = True
         watchdog.start()
     forward = _Forward(on_output) if on_output else None
-    started = time.perf_counter()
     ok = False
     try:
-        executed = execute_notebook(
+        execute_notebook(
             str(notebook),
             str(output_notebook),
             parameters=dict(params),
@@ -275,7 +254,6 @@ def execute_stage(
             # the kernel's own atexit (mlflow.end_run) must not mark the run
             # FINISHED after the caller marks it FAILED: wait for it to exit
             stopping.result()
-    return StageRun(output_notebook, time.perf_counter() - started, len(executed.cells))
 
 
 def _running_cell(output_notebook: Path, index: int) -> int | None:

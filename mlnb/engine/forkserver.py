@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jupyter_client.provisioning import LocalProvisioner
 
@@ -174,23 +174,25 @@ def _same_interpreter(a: str, b: str) -> bool:
     )
 
 
-class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
+class ForkProvisioner(LocalProvisioner):
     """A jupyter_client provisioner that forks kernels from a :class:`ForkServer`."""
 
     server: ForkServer | None = None
     stderr_path: str | None = None
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
-        argv = self.server.usable_for(cmd) if self.server is not None else None
-        if argv is None:
+        server = self.server
+        argv = server.usable_for(cmd) if server is not None else None
+        if server is None or argv is None:
             return await super().launch_kernel(cmd, **kwargs)
         env = kwargs.get("env") or dict(os.environ)
         cwd = str(kwargs.get("cwd") or Path.cwd())
         try:
-            pid = self.server.spawn(argv, env, cwd, self.stderr_path)  # type: ignore[union-attr]
+            pid = server.spawn(argv, env, cwd, self.stderr_path)
         except OSError:
             return await super().launch_kernel(cmd, **kwargs)
-        self.process = ForkedProcess(pid)
+        # jupyter_client types its process as Popen; it uses only what ForkedProcess has
+        self.process = cast("subprocess.Popen[Any]", ForkedProcess(pid))
         self.pid = pid
         self.pgid = pid  # the child makes itself a session (and group) leader
         self.cwd = cwd

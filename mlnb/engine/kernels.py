@@ -7,7 +7,7 @@ used kernels down in the background too. A kernel serves exactly one stage and
 is never reused, so a stage sees a fresh interpreter as it would under plain
 papermill. What a stage needs that is only known late (its MLflow run id, its
 working directory) is set by a short silent cell before the notebook's first
-cell (see :mod:`mlnb.stage`).
+cell (see :mod:`mlnb.engine.execute`).
 
 Every kernel started here is stopped here, by the manager that started it, and
 :meth:`KernelPool.close` stops the rest; a kernel also exits by itself when its
@@ -63,7 +63,7 @@ class KernelPool:
         log_dir: where each kernel's stderr goes (``kernel-<pid>.log``).
         startup_timeout: seconds a kernel may take to answer.
         fork: fork kernels from a server that imported ipykernel once
-            (:mod:`mlnb.forkserver`) instead of starting each from scratch.
+            (:mod:`mlnb.engine.forkserver`) instead of starting each from scratch.
         preload: modules the fork server imports as well, so every kernel
             starts with them imported.
     """
@@ -206,7 +206,11 @@ class KernelPool:
         try:
             if km.has_kernel:
                 km.shutdown_wait_time = 3.0
-                asyncio.run(km.shutdown_kernel(now=False))
+
+                async def shutdown() -> None:
+                    await km.shutdown_kernel(now=False)
+
+                asyncio.run(shutdown())
         except Exception:
             self.kill(km)
         finally:
