@@ -6,7 +6,7 @@ machine, in a throwaway project in a temporary folder:
 * a SQLite MLflow store with a registered model ``cancer`` (a logistic
   regression; alias ``champion``) whose version tag ``mlnb.training_data``
   names a reference CSV of ``--rows`` rows × 20 numeric features and a target;
-* a prediction log, written with :class:`mlnb.predlog.PredictionLog`, of
+* a prediction log, written with :class:`mlnb.predictions.log.PredictionLog`, of
   ``--rows`` current rows (requests of 10 rows) drawn from the same
   distribution, so the verdict is ``no_drift`` and nothing retrains;
 * the repository's ``notebooks/drift.ipynb`` (copied as it is) and a monitor

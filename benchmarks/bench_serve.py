@@ -257,7 +257,7 @@ def main() -> None:
     env.update(NO_TELEMETRY, MLFLOW_TRACKING_URI=uri)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     serve_mlnb = (
-        "import sys; from mlnb.serving.app import serve; "
+        "import sys; from mlnb.serving.server import serve; "
         "serve(sys.argv[1], port=int(sys.argv[2]), tracking_uri=sys.argv[3], log_dir=sys.argv[4])"
     )
     commands: dict[str, list[Any]] = {

@@ -147,7 +147,7 @@ class PredictionLog:
 
     Args:
         directory: the log folder, created if missing.
-        index_size: how many recent request ids :meth:`rows` answers from memory.
+        index_size: how many recent request ids :meth:`recent_rows` answers from memory.
     """
 
     def __init__(self, directory: Path, index_size: int = INDEX_SIZE) -> None:
@@ -205,19 +205,12 @@ class PredictionLog:
         self._feedback.write(ms, line)
 
     def recent_rows(self, request_id: str) -> int | None:
-        """The row count of a request this writer logged recently; ``None`` if not indexed."""
-        return self._index.get(request_id)
+        """The row count of a request this writer logged recently; ``None`` if not indexed.
 
-    def rows(self, request_id: str) -> int | None:
-        """The row count of a logged request, or ``None`` for an unknown id.
-
-        Looks in the in-memory index, then in the day file the UUIDv7 names
-        (a scan at memory speed: call it off the event loop).
+        An older request is found in its day file by :func:`find_request` (a
+        scan at memory speed: call it off the event loop).
         """
-        known = self._index.get(request_id)
-        if known is not None:
-            return known
-        return find_request(self.directory, request_id)
+        return self._index.get(request_id)
 
     def close(self) -> None:
         """Close the open descriptors; later writes reopen them."""

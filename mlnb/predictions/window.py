@@ -1,7 +1,7 @@
 """Live data for monitoring: the window of recent predictions, its labels and its metric.
 
 Everything here is a pure function of the prediction log (see
-:mod:`mlnb.predlog`): :func:`load_window` picks the rows a check looks at,
+:mod:`mlnb.predictions.log`): :func:`load_window` picks the rows a check looks at,
 :func:`live_metric` scores the rows that got labels through ``/feedback``,
 and :func:`labeled_table` turns them into training data for a retrain.
 """

@@ -1,21 +1,22 @@
-"""``mlnb serve``: the model version an MLflow alias names, behind MLflow's scoring protocol.
+"""The HTTP front of ``mlnb serve``: the ASGI application of one service.
 
 ``POST /invocations`` takes what ``mlflow models serve`` takes (JSON with
 ``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs``; CSV;
 Parquet) and answers ``{"predictions": [...]}``, plus ``model_version`` and
 ``request_id``. ``POST /feedback`` takes ground-truth labels by request id;
 ``GET /ping``, ``/health``, ``/version`` and ``/metrics`` (Prometheus) tell
-how the service is.
+how the service is. :func:`build_app` builds it; starting a service (loading
+the version, the socket, uvicorn) is :mod:`mlnb.serving.server`.
 
 Design decisions:
 
-- **Follow the alias, swap atomically.** A thread polls the registry every
-  ``poll_seconds``; when the alias names another version it loads that version
-  beside the serving one and swaps a single reference. A request reads the
-  reference once, so it is answered start to end by one version, and no
-  request waits for or fails on a swap. A version that fails to load leaves
-  the old one serving; the failure shows in ``/health``, ``/version``,
-  ``/metrics`` and the log, and is retried after :data:`mlnb.service.RETRY_SECONDS`.
+- **Follow the alias, swap atomically.** The service's follower thread
+  (:mod:`mlnb.serving.state`) swaps a single reference when the alias moves;
+  a request reads that reference once, so it is answered start to end by one
+  version, and no request waits for or fails on a swap. A version that fails
+  to load leaves the old one serving; the failure shows in ``/health``,
+  ``/version``, ``/metrics`` and the log, and is retried after
+  :data:`mlnb.serving.state.RETRY_SECONDS`.
 - **A lean scoring path.** ``/invocations`` is a raw ASGI endpoint: orjson
   parses the body, rows go straight into a float64 matrix in the signature's
   column order when every input column is numeric, and the scikit-learn
@@ -25,86 +26,59 @@ Design decisions:
   a matrix 0.23 ms; the rest of the endpoint (parse, check, log, metrics,
   answer) about 0.02 ms. Anything the fast path does not take cleanly is
   checked column by column in pandas, which names the column, row and value
-  at fault. Bodies larger than :data:`INLINE_BYTES` are scored on a worker
-  thread so they do not stall the event loop.
-- **Validate at the boundary.** Inputs are checked against the model's
+  at fault (:mod:`mlnb.serving.parsing`). Bodies larger than
+  :data:`INLINE_BYTES` are scored on a worker thread so they do not stall the
+  event loop.
+- **Validate at the boundary.** The body's size is bounded before it is read
+  whole, its media type checked, and its rows checked against the model's
   signature (names, types, required values) before the model sees them; a
   client error is a 4xx ``{"error_code", "message"}`` that names the problem,
   never a traceback. Models without a column signature are parsed by MLflow's
   own scoring-server functions and checked by the pyfunc model.
 - **Log before answering.** Each answered request is appended to the
-  prediction log (:mod:`mlnb.predlog`) before its response is sent, so a
-  client that has a request id can always give feedback for it. A log that
-  cannot be written (disk full) is counted and reported, and predictions go on.
-- **Serving never imports the notebook machinery** (papermill, nbclient,
-  jupyter, :mod:`mlnb.pipeline`): a service starts in the time it takes to
-  import MLflow and load the model.
+  prediction log (:mod:`mlnb.predictions.log`) before its response is sent,
+  so a client that has a request id can always give feedback for it. A log
+  that cannot be written (disk full) is counted and reported, and predictions
+  go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
-import importlib.util
 import logging
-import logging.config
-import signal
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from mlnb.errors import MlnbError, suggest
-from mlnb.predictions.log import PredictionLog, default_log_dir, find_request, new_request_id
-from mlnb.serving.scoring import CSV, JSON, PARQUET, Reject, error_text, load_version, score
+from mlnb.predictions.log import find_request, new_request_id
+from mlnb.serving.parsing import CSV, JSON, PARQUET, Reject
+from mlnb.serving.scoring import score
 from mlnb.serving.state import Service
-from mlnb.store import tracking_uri as default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-MAX_BODY_BYTES = 10 * 2**20
 INLINE_BYTES = 256 * 2**10  # larger bodies are parsed and scored off the event loop
 _DUMP = orjson.OPT_SERIALIZE_NUMPY
 
+#: the endpoints that do work, as the metrics label them
+EndpointName = Literal["invocations", "feedback"]
+Headers = list[tuple[bytes, bytes]]
+#: what an endpoint's work answers: status, JSON body, headers beyond the content's
+Answer = tuple[int, bytes, Headers]
 
-class ServeError(MlnbError):
-    """The service cannot start: the store, the model, its alias or its version.
-
-    Attributes:
-        model: the registered model name.
-        alias: the alias the service follows.
-        tracking_uri: the MLflow store asked.
-    """
-
-    def __init__(self, message: str, *, model: str, alias: str, tracking_uri: str) -> None:
-        self.model = model
-        self.alias = alias
-        self.tracking_uri = tracking_uri
-        super().__init__(message)
-
-
-# --- HTTP -----------------------------------------------------------------------------------------
+_INTERNAL = Reject("internal error; the server log has the details", 500, "INTERNAL_ERROR")
+_NO_ROUTE = "ENDPOINT_NOT_FOUND"
 
 
 def _headers(scope: Scope) -> tuple[str | None, str, int | None]:
@@ -134,7 +108,7 @@ async def _body(receive: Receive, declared: int | None, limit: int) -> bytes:
     if declared is not None and declared > limit:
         raise too_large
     message = await receive()
-    body = message.get("body", b"")
+    body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
             raise too_large
@@ -152,7 +126,8 @@ async def _body(receive: Receive, declared: int | None, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+async def _send(send: Send, status: int, body: bytes, extra: Headers) -> None:
+    """Answer with a JSON body: the response start, then the body in one message."""
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -162,18 +137,14 @@ async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, b
     await send({"type": "http.response.body", "body": body})
 
 
-_INTERNAL = Reject("internal error; the server log has the details", 500, "INTERNAL_ERROR")
-_NO_ROUTE = "ENDPOINT_NOT_FOUND"
-
-
 class _Endpoint:
     """A raw ASGI endpoint with uniform errors and metrics (Starlette passes it through)."""
 
     def __init__(
         self,
         service: Service,
-        name: str,
-        work: Callable[[Scope, Receive], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]],
+        name: EndpointName,
+        work: Callable[[Scope, Receive], Awaitable[Answer]],
     ) -> None:
         self.service, self.name, self.work = service, name, work
 
@@ -199,6 +170,7 @@ def _either(names: Sequence[str]) -> str:
 
 
 def _media(media: str | None, charset: str, allowed: Sequence[str]) -> str:
+    """The request's media type if it is one of ``allowed`` in UTF-8; a 415 if not."""
     if media is None:
         raise Reject(f"the request has no Content-Type; send {_either(allowed)}", 415)
     if media not in allowed:
@@ -209,6 +181,7 @@ def _media(media: str | None, charset: str, allowed: Sequence[str]) -> str:
 
 
 def _feedback_items(body: bytes) -> list[tuple[str, list[Any]]]:
+    """The ``(request_id, labels)`` pairs of a feedback body: one object or a list of them."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -230,64 +203,92 @@ def _feedback_items(body: bytes) -> list[tuple[str, list[Any]]]:
     return out
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
 class _Handlers:
     """The work of ``/invocations`` and ``/feedback`` on one :class:`Service`."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    async def invocations(self, scope: Scope, receive: Receive) -> tuple[int, bytes, Any]:
+    async def _read(
+        self, scope: Scope, receive: Receive, empty: str
+    ) -> tuple[str | None, str, bytes]:
+        """The media type, charset and body of a request; ``empty`` says what a body holds."""
+        media, charset, declared = _headers(scope)
+        body = await _body(receive, declared, self.service.max_body_bytes)
+        if not body:
+            raise Reject(empty)
+        return media, charset, body
+
+    async def invocations(self, scope: Scope, receive: Receive) -> Answer:
         service = self.service
         served = service.current  # one version answers the whole request
-        media, charset, declared = _headers(scope)
-        body = await _body(receive, declared, service.max_body_bytes)
-        if not body:
-            raise Reject("the request body is empty; send the rows to predict")
+        media, charset, body = await self._read(
+            scope, receive, "the request body is empty; send the rows to predict"
+        )
         mime = _media(media, charset, (JSON, CSV, PARQUET))
         ms = time.time_ns() // 1_000_000
         if len(body) <= INLINE_BYTES:
-            outputs, columns, inputs, rows = score(served, mime, body)
+            scored = score(served, mime, body)
         else:
             loop = asyncio.get_running_loop()
-            outputs, columns, inputs, rows = await loop.run_in_executor(
-                None, score, served, mime, body
-            )
+            scored = await loop.run_in_executor(None, score, served, mime, body)
         request_id = new_request_id(ms)
         service.logged(
-            lambda: service.log.write_prediction(
-                request_id, ms, served.version, columns, inputs, outputs, rows
+            functools.partial(
+                service.log.write_prediction,
+                request_id,
+                ms,
+                served.version,
+                scored.columns,
+                scored.inputs,
+                scored.outputs,
+                scored.rows,
             )
         )
-        service.metrics.rows.inc(rows)
-        answer = {"predictions": outputs, "model_version": served.version, "request_id": request_id}
+        service.metrics.rows.inc(scored.rows)
+        answer = {
+            "predictions": scored.outputs,
+            "model_version": served.version,
+            "request_id": request_id,
+        }
         headers = [
             (b"x-model-version", served.version.encode()),
             (b"x-request-id", request_id.encode()),
         ]
         return 200, orjson.dumps(answer, option=_DUMP), headers
 
-    async def feedback(self, scope: Scope, receive: Receive) -> tuple[int, bytes, Any]:
+    async def feedback(self, scope: Scope, receive: Receive) -> Answer:
         service = self.service
-        media, charset, declared = _headers(scope)
-        body = await _body(receive, declared, service.max_body_bytes)
-        if not body:
-            raise Reject('the request body is empty; send {"request_id": ..., "labels": [...]}')
+        media, charset, body = await self._read(
+            scope,
+            receive,
+            'the request body is empty; send {"request_id": ..., "labels": [...]}',
+        )
         _media(media, charset, (JSON,))
         items = _feedback_items(body)
-        unknown = []
-        loop = asyncio.get_running_loop()
+        await self._check_known(items)
+        ms = time.time_ns() // 1_000_000
         for request_id, labels in items:
-            rows = service.log.recent_rows(request_id)
-            if rows is None:  # an older request: look in the day file its id names
-                rows = await loop.run_in_executor(
-                    None, find_request, service.log.directory, request_id
-                )
+            service.logged(functools.partial(service.log.write_feedback, request_id, labels, ms))
+        if service.log_trouble is not None:
+            raise Reject(service.log_trouble.message, 503, "TEMPORARILY_UNAVAILABLE", "log")
+        return 200, orjson.dumps({"accepted": len(items)}), []
+
+    async def _check_known(self, items: list[tuple[str, list[Any]]]) -> None:
+        """Each request id was logged, with one row per label; a :class:`Reject` if not."""
+        unknown = []
+        for request_id, labels in items:
+            rows = await self._rows(request_id)
             if rows is None:
                 unknown.append(request_id)
             elif len(labels) != rows:
                 raise Reject(
-                    f"request '{request_id}' predicted {rows} row{'s' if rows != 1 else ''}; "
-                    f"got {len(labels)} label{'s' if len(labels) != 1 else ''}"
+                    f"request '{request_id}' predicted {_plural(rows, 'row')}; "
+                    f"got {_plural(len(labels), 'label')}"
                 )
         if unknown:
             names = ", ".join(f"'{rid}'" for rid in unknown[:5])
@@ -297,12 +298,15 @@ class _Handlers:
                 404,
                 "RESOURCE_DOES_NOT_EXIST",
             )
-        ms = time.time_ns() // 1_000_000
-        for request_id, labels in items:
-            service.logged(lambda r=request_id, v=labels: service.log.write_feedback(r, v, ms))
-        if service.log_trouble is not None:
-            raise Reject(service.log_trouble.message, 503, "TEMPORARILY_UNAVAILABLE", "log")
-        return 200, orjson.dumps({"accepted": len(items)}), []
+
+    async def _rows(self, request_id: str) -> int | None:
+        """The row count of a logged request: from the recent index, else its day file."""
+        log = self.service.log
+        rows = log.recent_rows(request_id)
+        if rows is not None:
+            return rows
+        loop = asyncio.get_running_loop()  # an older request: scan the day file its id names
+        return await loop.run_in_executor(None, find_request, log.directory, request_id)
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -321,7 +325,7 @@ class _ScoringApp(Starlette):
         super().__init__(**kwargs)
         self.invocations = invocations
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         http = scope["type"] == "http"
         if http and scope["method"] == "POST" and scope["path"] == "/invocations":
             await self.invocations(scope, receive, send)
@@ -330,7 +334,7 @@ class _ScoringApp(Starlette):
 
 
 def build_app(service: Service) -> Starlette:
-    """The ASGI application of a :class:`Service`."""
+    """The ASGI application of a :class:`Service`; its lifespan starts and stops the follower."""
     handlers = _Handlers(service)
     invocations = _Endpoint(service, "invocations", handlers.invocations)
 
@@ -379,210 +383,3 @@ def build_app(service: Service) -> Starlette:
     )
     app.state.service = service
     return app
-
-
-# --- starting a service ---------------------------------------------------------------------------
-
-
-def _resolve(
-    client: MlflowClient, uri: str, model: str, alias: str, fail: Callable[[str], ServeError]
-) -> str:
-    """The version ``alias`` names, or a :class:`ServeError` that says what to do."""
-    try:
-        registered = client.get_registered_model(model)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise fail(f"cannot use the MLflow store {uri}: {exc.message}") from None
-        names = [m.name for m in client.search_registered_models(max_results=1000)]
-        hint = suggest(model, names) or (
-            "; register one by running a pipeline with a `model` section (`mlnb run`)"
-        )
-        raise fail(f"no registered model '{model}' in the MLflow store {uri}{hint}") from None
-    except Exception as exc:  # the store cannot be reached: SQLAlchemy, HTTP errors
-        raise fail(f"cannot reach the MLflow store {uri}: {exc}") from None
-    aliases = dict(registered.aliases or {})
-    if alias not in aliases:
-        others = ", ".join(f"@{a} → version {v}" for a, v in sorted(aliases.items()))
-        raise fail(
-            f"no version of '{model}' has alias '{alias}'; promote one with "
-            f"`mlnb promote {model}`" + (f" (aliases set: {others})" if others else "")
-        )
-    return str(aliases[alias])
-
-
-def create_app(
-    model: str,
-    alias: str = "champion",
-    tracking_uri: str | None = None,
-    log_dir: Path | None = None,
-    poll_seconds: float = 1.0,
-    max_body_bytes: int = MAX_BODY_BYTES,
-    *,
-    project: Path | None = None,
-) -> Starlette:
-    """Load the version ``alias`` names and build the ASGI app that serves it.
-
-    The app follows the alias once it runs (its lifespan starts the follower
-    thread); building it starts nothing.
-
-    Args:
-        model: the registered model name.
-        alias: the alias to serve and follow.
-        tracking_uri: the MLflow store; default ``MLFLOW_TRACKING_URI``, else
-            the project's ``mlflow.db``.
-        log_dir: the prediction log folder; default ``<project>/.mlnb/predictions``.
-        poll_seconds: how often the alias is looked up.
-        max_body_bytes: the largest request body taken (larger: 413).
-        project: the project root; default the current folder.
-
-    Returns:
-        A Starlette application; ``app.state.service`` is its :class:`Service`.
-
-    Raises:
-        ServeError: the store cannot be reached, the model is not registered,
-            the alias is not set, or the version it names cannot be loaded.
-    """
-    root = Path(project) if project is not None else Path.cwd()
-    uri = tracking_uri or default_tracking_uri(root)
-    fail = functools.partial(ServeError, model=model, alias=alias, tracking_uri=uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise fail(
-            f"no MLflow store at {uri.removeprefix('sqlite:///')}; run `mlnb run` in the project "
-            "first, or point MLFLOW_TRACKING_URI at your store"
-        )
-    if poll_seconds <= 0 or max_body_bytes <= 0:
-        raise fail("poll_seconds and max_body_bytes must be positive")
-    try:
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    except Exception as exc:
-        raise fail(f"cannot open the MLflow store {uri}: {exc}") from None
-    version = _resolve(client, uri, model, alias, fail)
-    try:
-        first = load_version(client, model, version, uri)
-    except Exception as exc:
-        raise fail(
-            f"version {version} of '{model}' (alias '{alias}') cannot be loaded: "
-            f"{error_text(exc)}; move the alias to a version that loads"
-        ) from None
-    if first.schema is None:
-        logger.warning(
-            "version %s of '%s' has no column signature: requests are checked by MLflow only",
-            version,
-            model,
-        )
-    directory = Path(log_dir) if log_dir is not None else default_log_dir(root)
-    try:
-        log = PredictionLog(directory)
-    except OSError as exc:
-        raise fail(f"cannot create the prediction log at {directory}: {exc}") from None
-    service = Service(client, uri, model, alias, first, log, poll_seconds, max_body_bytes)
-    logger.info(
-        "serving version %s of '%s' (alias '%s', %s flavor) from %s; logging predictions to %s",
-        version,
-        model,
-        alias,
-        first.flavor,
-        uri,
-        directory,
-    )
-    return build_app(service)
-
-
-def _listen(host: str, port: int, fail: Callable[[str], ServeError]) -> socket.socket:
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise fail(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port"
-        ) from None
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["mlnb"] = {
-        "handlers": ["default"],
-        "level": level.upper(),
-        "propagate": False,
-    }
-    return config
-
-
-@contextlib.contextmanager
-def _return_on_signals() -> Any:
-    """Let ``serve`` return after uvicorn's graceful shutdown on SIGINT or SIGTERM.
-
-    uvicorn handles both signals itself, then re-raises the one it caught to
-    the handler that was there before it started; that handler is a no-op
-    here, so the process does not die (SIGTERM) or raise (SIGINT) past us.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def serve(
-    model: str,
-    alias: str = "champion",
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    tracking_uri: str | None = None,
-    log_dir: Path | None = None,
-    *,
-    project: Path | None = None,
-    poll_seconds: float = 1.0,
-    max_body_bytes: int = MAX_BODY_BYTES,
-    log_level: str = "info",
-) -> None:
-    """Serve a model's aliased version over HTTP until SIGINT or SIGTERM.
-
-    One uvicorn worker (uvloop and httptools when installed), no access log;
-    mlnb's own messages (swaps, load failures) go to the server log on
-    stderr. Returns after a graceful shutdown.
-
-    Args:
-        model: the registered model name.
-        alias: the alias to serve and follow.
-        host: the address to listen on.
-        port: the port to listen on (0: any free port).
-        tracking_uri: the MLflow store (see :func:`create_app`).
-        log_dir: the prediction log folder (see :func:`create_app`).
-        project: the project root; default the current folder.
-        poll_seconds: how often the alias is looked up.
-        max_body_bytes: the largest request body taken.
-        log_level: the server log's level.
-
-    Raises:
-        ServeError: as :func:`create_app`, or the address is taken.
-    """
-    import uvicorn
-
-    config_log = _log_config(log_level)
-    logging.config.dictConfig(config_log)  # before loading, so its messages show
-    uri = tracking_uri or default_tracking_uri(Path(project) if project else Path.cwd())
-    fail = functools.partial(ServeError, model=model, alias=alias, tracking_uri=uri)
-    sock = _listen(host, port, fail)  # a taken port fails before the model loads
-    try:
-        app = create_app(model, alias, uri, log_dir, poll_seconds, max_body_bytes, project=project)
-        config = uvicorn.Config(
-            app,
-            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            lifespan="on",
-            access_log=False,
-            log_config=config_log,
-            log_level=log_level,
-            timeout_graceful_shutdown=10,
-        )
-        with _return_on_signals():
-            uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        sock.close()

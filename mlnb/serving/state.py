@@ -1,115 +1,43 @@
-"""The state behind ``mlnb serve``: the version served, the alias follower, metrics, health.
+"""The state of one prediction service: the version served, the alias follower, health.
 
-Split from :mod:`mlnb.serve` (the HTTP front). A thread polls the registry
-every ``poll_seconds``; when the alias names another version it loads that
-version beside the serving one and swaps a single reference, so a request
-that read the reference once is answered start to end by one version. A
-version that fails to load leaves the old one serving and is reported (and
-retried after :data:`RETRY_SECONDS`).
+Design decisions:
+
+- **Follow the alias, swap one reference.** A thread polls the registry
+  every ``poll_seconds``; when the alias names another version it loads that
+  version beside the serving one and swaps :attr:`Service.current`, so a
+  request that read the reference once is answered start to end by one
+  version, and no request waits for a load.
+- **Troubles are reported, not raised.** A version that fails to load leaves
+  the old one serving and is retried after :data:`RETRY_SECONDS`; an alias
+  that cannot be looked up, or a prediction log that cannot be written, is a
+  :class:`Trouble` too. Each shows in ``/health`` (``degraded``), ``/version``,
+  the metrics (:mod:`mlnb.serving.metrics`) and the server log, once when it
+  starts and once when it ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import logging.config
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from mlflow.tracking import MlflowClient
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-)
 
 from mlnb import __version__
 from mlnb.predictions.log import PredictionLog
+from mlnb.serving.metrics import Metrics
 from mlnb.serving.scoring import Served, error_text, load_version
 
-logger = logging.getLogger("mlnb.serve")
+logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 30.0  # a version that failed to load is tried again after this long
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-
-class Metrics:
-    """Prometheus metrics of one service, in a registry of its own."""
-
-    def __init__(self, model: str, alias: str) -> None:
-        self.registry = CollectorRegistry()
-        self.model, self.alias = model, alias
-        r = self.registry
-        self.requests = Counter(
-            "mlnb_serve_requests",
-            "Requests answered, by endpoint and status code.",
-            ["endpoint", "code"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "mlnb_serve_request_duration_seconds",
-            "Time to answer a request, by endpoint.",
-            ["endpoint"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.errors = Counter(
-            "mlnb_serve_errors",
-            "Requests answered with an error, by endpoint and kind.",
-            ["endpoint", "kind"],
-            registry=r,
-        )
-        self.rows = Counter("mlnb_serve_predicted_rows", "Input rows predicted.", registry=r)
-        self.version = Gauge(
-            "mlnb_serve_model_version",
-            "1 for the model version serving.",
-            ["model", "alias", "version"],
-            registry=r,
-        )
-        self.swaps = Counter("mlnb_serve_model_swaps", "New versions swapped in.", registry=r)
-        self.load_failures = Counter(
-            "mlnb_serve_model_load_failures", "Attempts to load a version that failed.", registry=r
-        )
-        self.load_failing = Gauge(
-            "mlnb_serve_model_load_failing",
-            "1 while the alias names a version that failed to load.",
-            registry=r,
-        )
-        self.alias_failures = Counter(
-            "mlnb_serve_alias_lookup_failures",
-            "Registry look-ups of the alias that failed.",
-            registry=r,
-        )
-        self.log_failures = Counter(
-            "mlnb_serve_prediction_log_failures",
-            "Records the prediction log could not take.",
-            registry=r,
-        )
-        self._answered: dict[tuple[str, int], Any] = {}
-        self._timers: dict[str, Any] = {}
-
-    def answered(self, endpoint: str, code: int, seconds: float) -> None:
-        """Count one answered request and its latency."""
-        child = self._answered.get((endpoint, code))
-        if child is None:
-            child = self._answered[(endpoint, code)] = self.requests.labels(endpoint, str(code))
-        child.inc()
-        timer = self._timers.get(endpoint)
-        if timer is None:
-            timer = self._timers[endpoint] = self.latency.labels(endpoint)
-        timer.observe(seconds)
-
-    def serving(self, old: str | None, new: str) -> None:
-        """Move the version gauge from ``old`` to ``new``."""
-        if old is not None:
-            with contextlib.suppress(KeyError):
-                self.version.remove(self.model, self.alias, old)
-        self.version.labels(self.model, self.alias, new).set(1)
+#: what ``/health`` says: ``degraded`` while the service has a trouble
+HealthStatus = Literal["ok", "degraded"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +50,7 @@ class Trouble:
     retry_at: float = 0.0  # time.monotonic() of the next attempt
 
     def as_json(self) -> dict[str, Any]:
+        """The trouble as ``/health`` and ``/version`` show it."""
         out: dict[str, Any] = {"message": self.message, "since": self.since.isoformat()}
         if self.version is not None:
             out["version"] = self.version
@@ -191,6 +120,24 @@ class Service:
 
     def poll(self) -> None:
         """Look the alias up once; load and swap in the version it names if that is new."""
+        target = self._look_up()
+        if target is None:
+            return
+        self.alias_version = target
+        if target == self.current.version:
+            if self.load_trouble is not None:  # the alias went back to the serving version
+                self.load_trouble = None
+                self.metrics.load_failing.set(0)
+            return
+        failed = self.load_trouble
+        if failed is not None and failed.version == target and time.monotonic() < failed.retry_at:
+            return
+        loaded = self._load(target)
+        if loaded is not None:
+            self._swap(loaded)
+
+    def _look_up(self) -> str | None:
+        """The version the alias names now; ``None`` (and an alias trouble) if the look-up fails."""
         try:
             target = str(self.client.get_model_version_by_alias(self.model, self.alias).version)
         except Exception as exc:
@@ -206,25 +153,21 @@ class Service:
             self.alias_trouble = Trouble(
                 f"cannot look up the alias: {error_text(exc)}", datetime.now(UTC)
             )
-            return
+            return None
         if self.alias_trouble is not None:
             logger.info("alias '%s' of '%s' can be looked up again", self.alias, self.model)
             self.alias_trouble = None
-        self.alias_version = target
-        if target == self.current.version:
-            if self.load_trouble is not None:  # the alias went back to the serving version
-                self.load_trouble = None
-                self.metrics.load_failing.set(0)
-            return
-        failed = self.load_trouble
-        if failed is not None and failed.version == target and time.monotonic() < failed.retry_at:
-            return
+        return target
+
+    def _load(self, target: str) -> Served | None:
+        """Version ``target`` loaded; ``None`` (and a load trouble, retried later) if it fails."""
         logger.info(
             "alias '%s' of '%s' names version %s; loading it", self.alias, self.model, target
         )
         try:
-            loaded = load_version(self.client, self.model, target, self.uri)
+            return load_version(self.client, self.model, target, self.uri)
         except Exception as exc:
+            failed = self.load_trouble
             self.metrics.load_failures.inc()
             self.metrics.load_failing.set(1)
             self.load_trouble = Trouble(
@@ -242,8 +185,11 @@ class Service:
                 RETRY_SECONDS,
                 error_text(exc),
             )
-            return
-        old, self.current = self.current, loaded  # the swap: one reference
+            return None
+
+    def _swap(self, loaded: Served) -> None:
+        """Serve ``loaded`` from the next request on: one reference changes."""
+        old, self.current = self.current, loaded
         self.load_trouble = None
         self.metrics.load_failing.set(0)
         self.metrics.swaps.inc()
@@ -270,8 +216,9 @@ class Service:
     def health(self) -> dict[str, Any]:
         """What ``/health`` answers: ``ok``, or ``degraded`` with the problems."""
         served, problems = self.current, self.troubles()
+        status: HealthStatus = "degraded" if problems else "ok"
         return {
-            "status": "degraded" if problems else "ok",
+            "status": status,
             "model": self.model,
             "alias": self.alias,
             "model_version": served.version,
