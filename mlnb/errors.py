@@ -18,7 +18,7 @@ carries the cell index, exception name and value::
     ├── PipelineError        a pipeline run failed or cannot be resumed
     ├── TrackingError        the MLflow store cannot be reached or used
     ├── KernelStartError     a Jupyter kernel does not start (mlnb.engine.kernels)
-    ├── RegistryError        a model cannot be registered, gated or promoted (mlnb.models.registry)
+    ├── RegistryError        a model cannot be registered, gated or promoted (mlnb.models)
     ├── PredictionLogError   the prediction log cannot be read or exported (mlnb.predictions.log)
     ├── ServeError           the prediction service cannot start (mlnb.serving.server)
     ├── BundleError          a bundle cannot be built, or fails its manifest check

@@ -1,11 +1,12 @@
 """Model CD: register what a pipeline delivers, gate it, and move aliases.
 
 Promotion is an alias: every new version becomes ``challenger``; the version
-served is ``champion``. The gate scores challenger and champion on the same
-holdout data with MLflow's own evaluation (``mlflow.models.evaluate``) and
-decides with its ``MetricThreshold`` validation, so the comparison is MLflow's,
-not a home-made one. A person can move ``champion`` in the MLflow UI, or with
-``mlnb promote``; a prediction service follows the alias either way.
+served is ``champion``. :meth:`Registry.gate` looks up the candidate and the
+champion, has :mod:`mlnb.models.gate` score both on the same holdout data with
+MLflow's own evaluation and decide, records the decision on the version, and
+moves ``champion`` when the challenger won. A person can move ``champion`` in
+the MLflow UI, or with ``mlnb promote``; a prediction service follows the alias
+either way.
 
 Each version carries what the gate needs to run again later (``mlnb promote``
 outside a pipeline run): its holdout file and gate settings, as tags, beside
@@ -16,55 +17,50 @@ trigger). The registered model keeps the history of ``champion`` in a tag, so
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlnb import tags
-from mlnb.errors import MlnbError, suggest
-from mlnb.specs.pipeline import METRICS, ModelSpec
-from mlnb.tracking import ensure_experiment
+from mlnb.errors import suggest
+from mlnb.models import RegistryError
+from mlnb.models._fluent import process_store
+from mlnb.models.gate import (
+    GATE_EXPERIMENT,
+    Decision,
+    Gate,
+    GateConfig,
+    already_champion,
+    gate_tags,
+    read_holdout,
+)
+from mlnb.tags import ModelDecision
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "GATE_EXPERIMENT",
+    "Decision",
+    "GateConfig",
+    "Registration",
+    "Registry",
+    "RegistryError",
+    "gate_tags",
+    "process_store",
+]
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-GATE_EXPERIMENT = "mlnb-gate"
-
-
-class RegistryError(MlnbError):
-    """A model cannot be registered, gated or promoted."""
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """How the gate decides, as the ``model:`` section of a spec sets it."""
-
-    metric: str
-    greater_is_better: bool
-    model_type: str
-    target: str
-    threshold: float | None = None
-    min_improvement: float = 0.0
-
-    @classmethod
-    def from_spec(cls, model: ModelSpec) -> GateConfig:
-        """Build the gate settings of a ``model:`` section."""
-        greater = model.greater_is_better
-        if greater is None:
-            greater = METRICS[model.type][model.metric]
-        return cls(
-            model.metric, greater, model.type, model.target, model.threshold, model.min_improvement
-        )
+#: how many earlier champions a registered model remembers for --rollback
+HISTORY_LIMIT = 50
 
 
 @dataclass(frozen=True)
@@ -81,33 +77,6 @@ class Registration:
     name: str
     version: str
     created: bool
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the gate (or a person) decided about a version.
-
-    Attributes:
-        name: the registered model.
-        version: the version decided about.
-        promoted: whether ``champion`` now points at it.
-        champion: the version that was champion before, if any.
-        metric: the gate metric.
-        score: the version's score on the holdout data.
-        champion_score: the champion's score on the same data.
-        reason: one sentence a person can read.
-        run_id: the MLflow run holding the evaluation, if one ran.
-    """
-
-    name: str
-    version: str
-    promoted: bool
-    champion: str | None
-    metric: str | None
-    score: float | None
-    champion_score: float | None
-    reason: str
-    run_id: str | None = None
 
 
 class Registry:
@@ -181,8 +150,8 @@ class Registry:
             except MlflowException:  # created meanwhile
                 self.client.get_registered_model(name)
 
-    def tag_version(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
-        """Set tags on a model version."""
+    def tag_version(self, name: str, version: str, tags: Mapping[str, object]) -> None:
+        """Set tags on a model version (each value as its text)."""
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, str(value))
 
@@ -206,7 +175,7 @@ class Registry:
         except MlflowException:
             return None
 
-    def version(self, name: str, version: str) -> Any:
+    def version(self, name: str, version: str) -> ModelVersion:
         """A model version, or a :class:`RegistryError` that lists the versions there are."""
         try:
             return self.client.get_model_version(name, version)
@@ -230,7 +199,9 @@ class Registry:
         self.version(name, version)
         before = self.alias(name, CHAMPION)
         self._move_champion(name, version, before)
-        self.tag_version(name, version, {tags.GATE_DECISION: "promoted", tags.GATE_REASON: reason})
+        self.tag_version(
+            name, version, {tags.GATE_DECISION: ModelDecision.PROMOTED, tags.GATE_REASON: reason}
+        )
         return Decision(name, version, True, before, None, None, None, reason)
 
     def promote(
@@ -289,7 +260,9 @@ class Registry:
         if before and (not history or history[-1] != before):
             history.append(before)
         self.client.set_registered_model_alias(name, CHAMPION, version)
-        self.client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, json.dumps(history[-50:]))
+        self.client.set_registered_model_tag(
+            name, tags.CHAMPION_HISTORY, json.dumps(history[-HISTORY_LIMIT:])
+        )
 
     # -- the gate ----------------------------------------------------------------
 
@@ -316,234 +289,61 @@ class Registry:
         Returns:
             The :class:`Decision`, also recorded as tags on the version and in
             an MLflow run with both scores.
+
+        Raises:
+            RegistryError: the version is not there, records no (readable) gate
+                settings, its holdout data is gone or lacks the target, or the
+                gate cannot evaluate.
         """
-        candidate = self.version(name, version)
-        found_tags = candidate.tags
+        found_tags = self.version(name, version).tags
         if config is None:
-            if tags.GATE_CONFIG not in found_tags:
-                raise RegistryError(
-                    f"{name} version {version} records no gate settings (it was "
-                    "not registered by an mlnb pipeline with a model section); "
-                    "promote it by hand with --force"
-                )
-            config = GateConfig(**json.loads(found_tags[tags.GATE_CONFIG]))
-        holdout = holdout or (
-            Path(found_tags[tags.HOLDOUT]) if tags.HOLDOUT in found_tags else None
-        )
-        if holdout is None or not holdout.exists():
-            raise RegistryError(
-                f"the holdout data of {name} version {version} is gone "
-                f"({holdout}); re-run the pipeline, or promote by hand with --force"
-            )
-        data = _read_table(holdout)
-        if config.target not in data.columns:
-            raise RegistryError(
-                f"{holdout} has no target column '{config.target}'; columns: "
-                f"{', '.join(map(str, data.columns[:20]))}"
-            )
+            config = _recorded_config(name, version, found_tags)
+        data = read_holdout(_holdout_path(name, version, holdout, found_tags), config.target)
         champion = self.alias(name, CHAMPION)
         if champion == version:
-            return Decision(
-                name,
-                version,
-                False,
-                champion,
-                config.metric,
-                None,
-                None,
-                f"v{version} is already the champion",
-            )
-
-        import mlflow
-        from mlflow.models import MetricThreshold
-        from mlflow.models.evaluation.validation import ModelValidationFailedException
-
-        if experiment_id is None:
-            try:
-                experiment_id = ensure_experiment(self.client, GATE_EXPERIMENT, self.uri)
-            except MlflowException as exc:
-                raise RegistryError(f"cannot create the gate's experiment: {exc.message}") from exc
-        run_tags = {"mlflow.runName": f"gate {name} v{version}", tags.KIND: tags.Kind.GATE}
-        if parent_run_id:
-            run_tags["mlflow.parentRunId"] = parent_run_id
-        gate_run = self.client.create_run(experiment_id, tags=run_tags).info.run_id
-        try:
-            results = {}
-            for label, v in (("challenger", version), ("champion", champion)):
-                if v is None:
-                    continue
-                child = self.client.create_run(
-                    experiment_id,
-                    tags={
-                        "mlflow.runName": f"evaluate {name} v{v} ({label})",
-                        "mlflow.parentRunId": gate_run,
-                        tags.KIND: tags.Kind.EVALUATION,
-                    },
-                )
-                with process_store(self.uri), mlflow.start_run(run_id=child.info.run_id), _quiet():
-                    results[label] = mlflow.models.evaluate(
-                        f"models:/{name}/{v}",
-                        data=data,
-                        targets=config.target,
-                        model_type=config.model_type,
-                        evaluators=["default"],
-                        evaluator_config={"default": {"log_model_explainability": False}},
-                    )
-            score = _metric(results["challenger"], config.metric)
-            best = _metric(results["champion"], config.metric) if "champion" in results else None
-            threshold = (
-                MetricThreshold(
-                    threshold=config.threshold,
-                    min_absolute_change=(
-                        max(config.min_improvement, 1e-12) if "champion" in results else None
-                    ),
-                    greater_is_better=config.greater_is_better,
-                )
-                if config.threshold is not None or "champion" in results
-                else None
-            )
-            promoted = True
-            if threshold is not None:
-                try:
-                    with process_store(self.uri), _quiet():
-                        mlflow.validate_evaluation_results(
-                            {config.metric: threshold},
-                            results["challenger"],
-                            results.get("champion"),
-                        )
-                except ModelValidationFailedException:
-                    promoted = False
-            reason = _reason(config, version, score, champion, best, promoted)
-        except RegistryError:
-            self.client.set_terminated(gate_run, "FAILED")
-            raise
-        except MlflowException as exc:
-            self.client.set_terminated(gate_run, "FAILED")
-            raise RegistryError(
-                f"the gate could not evaluate {name} v{version}: {exc.message}"
-            ) from exc
-        decision = Decision(
+            return already_champion(name, version, config.metric)
+        decision = Gate(self.client, self.uri).decide(
             name,
             version,
-            promoted,
             champion,
-            config.metric,
-            score,
-            best,
-            reason,
-            gate_run,
+            config,
+            data,
+            parent_run_id=parent_run_id,
+            experiment_id=experiment_id,
         )
-        self.client.set_tag(gate_run, tags.GATE_DECISION, "promoted" if promoted else "rejected")
-        self.client.set_tag(gate_run, tags.GATE_REASON, reason)
-        self.client.log_metric(gate_run, f"challenger_{config.metric}", score)
-        if best is not None:
-            self.client.log_metric(gate_run, f"champion_{config.metric}", best)
-        self.client.set_terminated(gate_run, "FINISHED")
-        self.tag_version(
-            name,
-            version,
-            {
-                tags.GATE_DECISION: "promoted" if promoted else "rejected",
-                tags.GATE_REASON: reason,
-                tags.GATE_SCORE: score,
-                tags.GATE_RUN: gate_run,
-                **(
-                    {tags.GATE_CHAMPION_VERSION: champion, tags.GATE_CHAMPION_SCORE: best}
-                    if champion
-                    else {}
-                ),
-            },
-        )
-        if promoted:
+        self.tag_version(name, version, decision.version_tags())
+        if decision.promoted:
             self._move_champion(name, version, self.alias(name, CHAMPION))
         return decision
 
 
-@contextlib.contextmanager
-def process_store(uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide tracking and registry store at ``uri`` for a while.
-
-    MLflow resolves ``models:/<id>`` sources, runs ``evaluate`` and starts
-    fluent runs through its process-wide store, whatever client is at hand;
-    mlnb sets it only around those calls and restores it (and the variables
-    ``set_tracking_uri`` exports), so a caller's own MLflow set-up survives.
-    """
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence MLflow's evaluation chatter (schema hints, label-type guesses) for the gate."""
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def gate_tags(config: GateConfig, holdout: Path) -> dict[str, str]:
-    """Version tags that let the gate run again later."""
-    return {tags.GATE_CONFIG: json.dumps(asdict(config)), tags.HOLDOUT: str(holdout)}
-
-
-def _metric(result: Any, metric: str) -> float:
-    if metric not in result.metrics:
-        known = ", ".join(sorted(result.metrics))
-        raise RegistryError(f"mlflow.evaluate computed no metric '{metric}'; it computed: {known}")
-    return float(result.metrics[metric])
-
-
-def _reason(
-    config: GateConfig,
-    version: str,
-    score: float,
-    champion: str | None,
-    best: float | None,
-    promoted: bool,
-) -> str:
-    """One sentence on the decision, from the figures MLflow's validation judged."""
-    metric, bar = config.metric, config.threshold
-    worse = "below" if config.greater_is_better else "above"
-    if promoted and champion is None:
-        limit = f" (threshold {bar:g})" if bar is not None else ""
-        return f"v{version} promoted: first champion, {metric} = {score:.4f}{limit}"
-    margin = f" by at least {config.min_improvement:g}" if config.min_improvement else ""
-    if promoted:
-        return (
-            f"v{version} promoted: {metric} {score:.4f} beats champion v{champion} "
-            f"({best:.4f}){margin}"
+def _recorded_config(name: str, version: str, found_tags: Mapping[str, str]) -> GateConfig:
+    """The gate settings a version records, as the pipeline that registered it set them."""
+    text = found_tags.get(tags.GATE_CONFIG)
+    if text is None:
+        raise RegistryError(
+            f"{name} version {version} records no gate settings (it was "
+            "not registered by an mlnb pipeline with a model section); "
+            "promote it by hand with --force"
         )
-    if bar is not None and (score < bar if config.greater_is_better else score > bar):
-        return f"v{version} not promoted: {metric} {score:.4f} is {worse} the threshold {bar:g}"
-    return (
-        f"v{version} not promoted: {metric} {score:.4f} does not beat champion "
-        f"v{champion} ({best:.4f}){margin}"
-    )
+    try:
+        return GateConfig.from_json(text)
+    except ValueError as exc:
+        raise RegistryError(
+            f"{name} version {version} records gate settings mlnb cannot read ({exc}); "
+            "promote it by hand with --force"
+        ) from None
 
 
-def _read_table(path: Path) -> Any:
-    import pandas as pd
-
-    if path.suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+def _holdout_path(
+    name: str, version: str, holdout: Path | None, found_tags: Mapping[str, str]
+) -> Path:
+    """The holdout file given, else the one the version records; it must still exist."""
+    if holdout is None and tags.HOLDOUT in found_tags:
+        holdout = Path(found_tags[tags.HOLDOUT])
+    if holdout is None or not holdout.exists():
+        raise RegistryError(
+            f"the holdout data of {name} version {version} is gone "
+            f"({holdout}); re-run the pipeline, or promote by hand with --force"
+        )
+    return holdout
