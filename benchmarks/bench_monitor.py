@@ -251,12 +251,10 @@ def instrument(clock: Clock) -> None:
     from mlnb import tracking
     from mlnb.engine import execute as stage
     from mlnb.models import registry
-    from mlnb.monitoring import drift
-    from mlnb.monitoring import runner as monitor
-    from mlnb.predictions import window as live
+    from mlnb.monitoring import check, drift
 
-    clock.wrap(live, "load_window", WINDOW)
-    clock.wrap(monitor.MonitorRunner, "_features", COLUMNS)
+    clock.wrap(check, "load_window", WINDOW)
+    clock.wrap(check, "model_features", COLUMNS)
     clock.wrap(drift, "_write_table", WRITE)
     clock.wrap(stage, "execute_stage", NOTEBOOK)
     for name in ("__init__", "experiment_id"):

@@ -4,8 +4,8 @@ The statistics live in a plain notebook a data scientist can open and run by
 hand; this module is the contract around it. Two parameters go in
 (``reference_path``, ``current_path``; ``features`` and ``target`` too when
 the notebook declares them) and two run tags come out (``mlnb.drift.status``:
-``drift``, ``no_drift`` or ``untestable``; ``mlnb.drift.reason``: a
-sentence), next to whatever figures the notebook logs.
+``drift``, ``no_drift`` or ``untestable``, the :data:`DECISIONS`;
+``mlnb.drift.reason``: a sentence), next to whatever figures the notebook logs.
 
 Design decisions:
 
@@ -16,6 +16,8 @@ Design decisions:
 - **No decision, no trigger.** A notebook that fails, or ends without the
   status tag, fails the check; missing lineage or deleted training data is
   ``untestable``. Only a notebook that says ``drift`` can trigger a retrain.
+- **An interrupt leaves no run claiming to have finished.** The drift run
+  of a check that Ctrl-C or a second SIGTERM aborts ends ``KILLED``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +33,7 @@ from mlnb import tags
 from mlnb.engine.kernels import KernelPool
 from mlnb.errors import MlnbError, StageError
 from mlnb.notebook import imported_modules
-from mlnb.predictions import window as live
+from mlnb.predictions.window import feature_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +41,18 @@ if TYPE_CHECKING:
     from mlnb.specs.monitor import Monitor
     from mlnb.tracking import Tracker
 
-DECISIONS = ("drift", "no_drift", "untestable")
+
+class DriftStatus(StrEnum):
+    """What a drift check found (:data:`mlnb.tags.DRIFT_STATUS` on the check run)."""
+
+    DRIFT = "drift"
+    NO_DRIFT = "no_drift"
+    UNTESTABLE = "untestable"  # too few rows, a missing column, no training data
+    FAILED = "failed"  # the notebook failed, or logged no decision: never a notebook's own
+
+
+#: what the notebook may decide: the values of its :data:`mlnb.tags.DRIFT_STATUS` tag
+DECISIONS = frozenset({DriftStatus.DRIFT, DriftStatus.NO_DRIFT, DriftStatus.UNTESTABLE})
 #: what a kernel's first MLflow call imports when the store is a database (SQLAlchemy,
 #: alembic, MLflow's ORM models): 1.5-2 s of every check, paid once by the fork server
 _DB_STORE_MODULES = ("mlflow.store.tracking.sqlalchemy_store",)
@@ -50,13 +64,13 @@ class DriftResult:
     """What the drift notebook decided.
 
     Attributes:
-        status: ``drift``, ``no_drift``, ``untestable`` or ``failed``.
+        status: the notebook's decision, or :attr:`DriftStatus.FAILED`.
         reason: one sentence (the notebook's, or why it could not run).
         run_id: the notebook's MLflow run.
         metrics: the figures it logged.
     """
 
-    status: str
+    status: DriftStatus
     reason: str
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -113,26 +127,52 @@ def run_drift(
         target: the label column of the training data.
         folder: where the window's inputs and the executed notebook are written.
     """
-    from mlnb.engine.execute import execute_stage
+    untestable = _without_reference(monitor, champion, reference)
+    if untestable is not None:
+        return untestable
+    assert reference is not None  # _without_reference said so
+    folder.mkdir(parents=True, exist_ok=True)
+    current = folder / "current.parquet"
+    _write_table(feature_table(window, features), current)
+    notebook = monitor.drift_notebook
+    assert notebook is not None  # a monitor without a drift section runs no drift check
+    run_id = tracker.start_run(
+        experiment,
+        "drift",
+        {tags.KIND: tags.Kind.DRIFT, tags.NOTEBOOK: str(notebook), **run_tags},
+        parent_run_id=parent_run,
+    )
+    params = _params(monitor, reference, current, features, target)
+    failed = _execute(monitor, pool, tracker, experiment, run_id, params, folder / "drift.ipynb")
+    if failed is not None:
+        return failed
+    return _decision(tracker, run_id, notebook)
 
-    notebook, spec = monitor.drift_notebook, monitor.spec.drift
-    assert notebook is not None and spec is not None
+
+def _without_reference(
+    monitor: Monitor, champion: str, reference: Path | None
+) -> DriftResult | None:
+    """The untestable result when the champion's training data cannot be had, else ``None``."""
     if reference is None:
         return DriftResult(
-            "untestable",
+            DriftStatus.UNTESTABLE,
             f"champion v{champion} carries no training-data lineage (version tag "
-            f"mlnb.training_data); add training_data: ${{stage.outputs.name}} to the "
+            f"{tags.TRAINING_DATA}); add training_data: ${{stage.outputs.name}} to the "
             f"model: section of {monitor.spec.retrain.pipeline} and retrain",
         )
     if not reference.is_file():
         return DriftResult(
-            "untestable",
+            DriftStatus.UNTESTABLE,
             f"the training data of champion v{champion} is gone: {reference} "
             "(was the run's workspace under .mlnb/runs deleted?)",
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    current = folder / "current.parquet"
-    _write_table(live.feature_table(window, features), current)
+    return None
+
+
+def _params(
+    monitor: Monitor, reference: Path, current: Path, features: Sequence[str], target: str
+) -> dict[str, Any]:
+    """The notebook's parameters: the spec's, the two tables, and what else it declares."""
     params: dict[str, Any] = {
         **monitor.drift_params,
         "reference_path": str(reference),
@@ -142,20 +182,34 @@ def run_drift(
         params["features"] = list(features)
     if "target" in monitor.drift_declares:
         params["target"] = target
-    run_id = tracker.start_run(
-        experiment,
-        "drift",
-        {tags.KIND: tags.Kind.DRIFT, tags.NOTEBOOK: str(notebook), **run_tags},
-        parent_run_id=parent_run,
-    )
-    executed = folder / "drift.ipynb"
+    return params
+
+
+def _execute(
+    monitor: Monitor,
+    pool: KernelPool,
+    tracker: Tracker,
+    experiment: str,
+    run_id: str,
+    params: dict[str, Any],
+    executed: Path,
+) -> DriftResult | None:
+    """Execute the notebook in its run and end the run; the failed result, or ``None``.
+
+    The run ends ``FAILED`` when the notebook fails and ``KILLED`` when an
+    interrupt stops it; the executed notebook is its artifact either way.
+    """
+    from mlnb.engine.execute import execute_stage
+
+    notebook, spec = monitor.drift_notebook, monitor.spec.drift
+    assert notebook is not None and spec is not None
     env = {
         "MLFLOW_TRACKING_URI": tracker.uri,
         "MLFLOW_RUN_ID": run_id,
         "MLFLOW_EXPERIMENT_ID": experiment,
         "MLNB_MONITOR": monitor.name,
     }
-    status = "FINISHED"
+    status: tags.EndState = "FINISHED"
     try:
         execute_stage(
             "drift",
@@ -169,25 +223,34 @@ def run_drift(
         )
     except StageError as exc:
         status = "FAILED"
-        tracker.log(run_id, tags={tags.ERROR: str(exc)[:5000]})
-        return DriftResult("failed", str(exc), run_id)
+        tracker.log(run_id, tags={tags.ERROR: str(exc)[: tags.VALUE_LIMIT]})
+        return DriftResult(DriftStatus.FAILED, str(exc), run_id)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         with contextlib.suppress(MlnbError):
             if executed.exists():
                 tracker.log_artifact(run_id, executed, "notebook")
             tracker.finish(run_id, status)
+    return None
+
+
+def _decision(tracker: Tracker, run_id: str, notebook: Path) -> DriftResult:
+    """What the notebook decided, as its run's tags say; failed when they say nothing valid."""
     run = tracker.get_run(run_id)
     found_tags, figures = run.data.tags, dict(run.data.metrics)
     decided = found_tags.get(tags.DRIFT_STATUS)
     if decided not in DECISIONS:
         return DriftResult(
-            "failed",
+            DriftStatus.FAILED,
             f"{notebook.name} logged no decision: it must set the run tag "
             f"{tags.DRIFT_STATUS} to drift, no_drift or untestable",
             run_id,
             figures,
         )
-    return DriftResult(decided, found_tags.get(tags.DRIFT_REASON, decided), run_id, figures)
+    status = DriftStatus(decided)
+    return DriftResult(status, found_tags.get(tags.DRIFT_REASON, status.value), run_id, figures)
 
 
 def _write_table(table: pd.DataFrame, path: Path) -> None:

@@ -2,9 +2,10 @@
 
 Design decisions:
 
-- **One retrain at a time per model, across processes.** A retrain holds an
-  exclusive ``flock`` on ``.mlnb/monitor/<model>.lock``, taken without
-  waiting; a trigger that finds it held is reported as skipped, never queued.
+- **One retrain at a time per model, across processes.** A retrain holds
+  the lock ``.mlnb/monitor/<model>.lock`` (:func:`retrain_lock`, a
+  :mod:`filelock` lock taken without waiting, with the holder's pid beside
+  it); a trigger that finds it held is reported as skipped, never queued.
 - **The cooldown survives a crash.** The ledger ``.mlnb/monitor/<model>.json``
   is written under the lock *before* the pipeline starts.
 - **The deployed version retrains.** Once ``mlnb deploy`` has made a bundle
@@ -15,24 +16,32 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlnb._files import write_atomic
+from mlnb._files import try_exclusive, write_atomic
 from mlnb.errors import MlnbError, PipelineError
 from mlnb.pipelines.locate import live_spec
-from mlnb.predictions import window as live
+from mlnb.predictions.window import labeled_table
 from mlnb.specs.monitor import Monitor, fill_placeholders, format_duration
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+class RetrainStatus(StrEnum):
+    """How a retrain ended (:data:`mlnb.tags.RETRAIN` on the check run)."""
+
+    PROMOTED = "promoted"  # the gate made the new version champion
+    REJECTED = "rejected"  # the gate kept the champion
+    FAILED = "failed"  # the pipeline failed, or delivered no model
+    SKIPPED = "skipped"  # none started: another is running, the cooldown, no labels
 
 
 @dataclass
@@ -40,14 +49,14 @@ class RetrainResult:
     """How a retrain ended.
 
     Attributes:
-        status: ``promoted``, ``rejected``, ``failed`` or ``skipped``.
+        status: what became of it.
         reason: the gate's sentence, the error, or why it was skipped.
         run_id: the pipeline run.
         version: the model version it delivered.
         pipeline: which spec ran (the deployed version, or the working copy).
     """
 
-    status: str
+    status: RetrainStatus
     reason: str
     run_id: str | None = None
     version: str | None = None
@@ -92,30 +101,21 @@ def retrain(
         say: receives a line per thing worth telling a person.
     """
     spec = monitor.spec
-    state.mkdir(parents=True, exist_ok=True)
-    with retrain_lock(state / f"{spec.model}.lock") as holder:
+    with retrain_lock(state, spec.model) as holder:
         if holder is not None:
-            return RetrainResult(
-                "skipped", f"another retrain of '{spec.model}' is running (pid {holder})"
-            )
+            return RetrainResult(RetrainStatus.SKIPPED, _running(spec.model, holder))
         ledger = state / f"{spec.model}.json"
-        last = _read_json(ledger).get("started")
-        if spec.cooldown and isinstance(last, int | float):
-            ago = time.time() - last
-            if ago < spec.cooldown:
-                return RetrainResult(
-                    "skipped",
-                    f"cooldown: the last retrain started {format_duration(ago)} ago "
-                    f"(cooldown {format_duration(spec.cooldown)})",
-                )
+        cooling = _cooling(ledger, spec.cooldown)
+        if cooling is not None:
+            return RetrainResult(RetrainStatus.SKIPPED, cooling)
         folder = state / monitor.name / check_run
         folder.mkdir(parents=True, exist_ok=True)
         labeled = folder / "labeled.csv"
-        table = live.labeled_table(window, features, target)
+        table = labeled_table(window, features, target)
         wants_data = any("monitor.labeled_data" in str(v) for v in spec.retrain.params.values())
         if wants_data and table.empty:
             return RetrainResult(
-                "skipped",
+                RetrainStatus.SKIPPED,
                 "no labeled predictions in the window to retrain on; send labels to "
                 "/feedback (or drop ${monitor.labeled_data} from retrain.params)",
             )
@@ -127,6 +127,35 @@ def retrain(
         )
         say(f"retraining {spec.model}: {evidence}")
         return _run(monitor, uri, params, trigger, evidence, say)
+
+
+def retrain_lock(state: Path, model: str) -> AbstractContextManager[int | None]:
+    """Hold the retrain lock of ``model`` if it is free; yields ``None``.
+
+    When another process retrains it, yields that process's pid (``-1`` when
+    it cannot be told) and holds nothing: see :func:`mlnb._files.try_exclusive`.
+    """
+    return try_exclusive(state / f"{model}.lock")
+
+
+def _running(model: str, holder: int) -> str:
+    """Why a retrain of ``model`` did not start: process ``holder`` retrains it."""
+    which = f"pid {holder}" if holder > 0 else "its pid is unknown"
+    return f"another retrain of '{model}' is running ({which})"
+
+
+def _cooling(ledger: Path, cooldown: float) -> str | None:
+    """Why the cooldown keeps a retrain from starting, or ``None`` when it does not."""
+    last = _read_json(ledger).get("started")
+    if not cooldown or not isinstance(last, int | float):
+        return None
+    ago = time.time() - last
+    if ago >= cooldown:
+        return None
+    return (
+        f"cooldown: the last retrain started {format_duration(ago)} ago "
+        f"(cooldown {format_duration(cooldown)})"
+    )
 
 
 def _run(
@@ -151,43 +180,21 @@ def _run(
             reason=evidence,
         )
     except PipelineError as exc:
-        return RetrainResult("failed", str(exc), exc.run_id, pipeline=which)
+        return RetrainResult(RetrainStatus.FAILED, str(exc), exc.run_id, pipeline=which)
     except MlnbError as exc:
-        return RetrainResult("failed", str(exc), pipeline=which)
+        return RetrainResult(RetrainStatus.FAILED, str(exc), pipeline=which)
     decision, registration = outcome.decision, outcome.registration
     if decision is None or registration is None:
         return RetrainResult(
-            "failed", "the pipeline delivered no model", outcome.run_id, pipeline=which
+            RetrainStatus.FAILED, "the pipeline delivered no model", outcome.run_id, pipeline=which
         )
     return RetrainResult(
-        "promoted" if decision.promoted else "rejected",
+        RetrainStatus.PROMOTED if decision.promoted else RetrainStatus.REJECTED,
         decision.reason,
         outcome.run_id,
         registration.version,
         which,
     )
-
-
-@contextlib.contextmanager
-def retrain_lock(path: Path) -> Iterator[int | None]:
-    """Hold the retrain lock of a model; yields ``None``, or the pid holding it already."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            yield int(holder) if holder.isdigit() else -1
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        try:
-            yield None
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -87,17 +87,7 @@ def gather(root: Path, models: list[str], checks: int = 3) -> list[ModelStatus]:
     served = latest_prediction(default_log_dir(root))
     found = []
     for name in models:
-        status = ModelStatus(
-            name, reg.alias(name, registry.CHAMPION), reg.alias(name, registry.CHALLENGER)
-        )
-        if status.champion is not None:
-            found_tags = reg.version(name, status.champion).tags
-            config = json.loads(found_tags.get(tags.GATE_CONFIG) or "{}")
-            status.champion_metric = config.get("metric")
-            score = found_tags.get(tags.GATE_SCORE)
-            status.champion_score = float(score) if score else None
-            status.champion_trigger = found_tags.get(tags.TRIGGER)
-            status.champion_reason = found_tags.get(tags.TRIGGER_REASON) or None
+        status = _champion(reg, name)
         if served is not None:
             status.served_version, status.served_at = served
         if experiments:
@@ -105,6 +95,23 @@ def gather(root: Path, models: list[str], checks: int = 3) -> list[ModelStatus]:
             status.retrain = _retrain(client, experiments, name)
         found.append(status)
     return found
+
+
+def _champion(reg: registry.Registry, name: str) -> ModelStatus:
+    """A model's aliases, and the figures and trigger its champion was promoted with."""
+    status = ModelStatus(
+        name, reg.alias(name, registry.CHAMPION), reg.alias(name, registry.CHALLENGER)
+    )
+    if status.champion is None:
+        return status
+    found_tags = reg.version(name, status.champion).tags
+    config = json.loads(found_tags.get(tags.GATE_CONFIG) or "{}")
+    status.champion_metric = config.get("metric")
+    score = found_tags.get(tags.GATE_SCORE)
+    status.champion_score = float(score) if score else None
+    status.champion_trigger = found_tags.get(tags.TRIGGER)
+    status.champion_reason = found_tags.get(tags.TRIGGER_REASON) or None
+    return status
 
 
 def _search(client: Any, experiments: list[str], where: str, count: int) -> list[Any]:

@@ -26,227 +26,47 @@ each stopped by its PID when it does not end by itself.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nbformat
 import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import yaml
 
 from mlnb.predictions import log as predlog
-from tests.helpers import REPO, free_port, wait_for_ping
+from tests.helpers import free_port, wait_for_ping
+from tests.monitoring.project import (
+    BATCH,
+    MODEL,
+    Example,
+    Once,
+    copy_of,
+    dataset,
+    monitor_spec,
+    processes_in,
+    stop,
+    untrained,
+)
 
 # the first test also waits for the scenarios that retrain: minutes on a busy machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-MODEL = "cancer"
-SEED = 1  # the order of the data set's rows; with it the retrained v2 beats v1 clearly on drift
 SHIFT = 1.5  # drift: a recalibrated instrument reads every measurement 50 % higher
-BATCH = 10  # rows per request
 NORMAL = 250  # the first rows are today's traffic; the rest arrive shifted
 SWAP_WITHIN = 30.0  # seconds for the service to answer with a new champion
-
-
-# -- data and helpers --------------------------------------------------------------------
-
-
-@functools.cache
-def dataset() -> tuple[pd.DataFrame, pd.Series]:
-    """The breast-cancer rows (columns as prepare.ipynb names them) in a fixed order."""
-    from sklearn.datasets import load_breast_cancer
-
-    frame = load_breast_cancer(as_frame=True).frame
-    frame.columns = [c.replace(" ", "_") for c in frame.columns]
-    frame = frame.sample(frac=1.0, random_state=SEED).reset_index(drop=True)
-    return frame.drop(columns="target"), frame["target"]
-
-
-def environment() -> dict[str, str]:
-    """The processes' environment: no MLFLOW_* from outside, no telemetry, no colours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true", NO_COLOR="1", COLUMNS="200")
-    return env
-
-
-def monitor_spec(**changes: Any) -> dict[str, Any]:
-    """The example monitor spec, retraining with ``--profile ci``; ``None`` drops a key."""
-    spec = yaml.safe_load((REPO / "pipelines" / "monitor.yaml").read_text())
-    spec["retrain"]["profile"] = "ci"
-    for key, value in changes.items():
-        if value is None:
-            spec.pop(key, None)
-        else:
-            spec[key] = value
-    return spec
-
-
-def processes_in(root: Path) -> list[str]:
-    """Live processes working in the project folder (kernels, fork servers, servers)."""
-    root_text = str(root.resolve())
-    mine = {p.pid for p in [psutil.Process(), *psutil.Process().parents()]}
-    left = []
-    for proc in psutil.process_iter():
-        try:
-            cwd = proc.cwd()
-            if proc.pid in mine or not (cwd == root_text or cwd.startswith(root_text + os.sep)):
-                continue
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
-        except psutil.Error:
-            continue
-    return left
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 30) -> int:
-    """Signal a process by its PID and wait; SIGKILL if it lingers."""
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    return proc.returncode
-
-
-@dataclass
-class Once:
-    """One finished ``mlnb monitor --once``: its exit code, what it said, its check run."""
-
-    code: int
-    output: str
-    run: Any = None  # mlflow.entities.Run of the check
-
-
-class Example:
-    """A copy of the example project with v1 of ``cancer`` trained."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.uri = f"sqlite:///{root / 'mlflow.db'}"
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        return self._client
-
-    def mlnb(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        """Run the mlnb command line in the project, as a user would."""
-        return subprocess.run(
-            [sys.executable, "-m", "mlnb", *args],
-            cwd=self.root,
-            env=environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def start(self, *args: str, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-        """Start an mlnb process in the background; its output goes to a file beside the project."""
-        output = self.root.parent / f"{self.root.name}-{name}.log"
-        with output.open("wb") as handle:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mlnb", *args],
-                cwd=self.root,
-                env=environment(),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        return proc, output
-
-    def write_monitor(self, spec: dict[str, Any]) -> str:
-        path = self.root / "pipelines" / f"{spec['name']}.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        return str(path.relative_to(self.root))
-
-    def once(self, spec: str, timeout: float = 240) -> Once:
-        """``mlnb monitor SPEC --once``, and the check run it made."""
-        before = {r.info.run_id for r in self.checks()}
-        done = self.mlnb("monitor", spec, "--once", timeout=timeout)
-        new = [r for r in self.checks() if r.info.run_id not in before]
-        assert len(new) <= 1, new
-        return Once(done.returncode, done.stdout + done.stderr, new[0] if new else None)
-
-    def checks(self, monitor: str | None = None) -> list[Any]:
-        """Every check run (of one monitor), oldest first."""
-        where = "tags.`mlnb.kind` = 'monitor-check'"
-        if monitor is not None:
-            where += f" and tags.`mlnb.monitor` = '{monitor}'"
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        return self.client.search_runs(
-            experiments, filter_string=where, order_by=["attributes.start_time ASC"]
-        )
-
-    def children(self, run: Any) -> list[Any]:
-        return self.client.search_runs(
-            [run.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
-        )
-
-    def versions(self) -> list[str]:
-        found = self.client.search_model_versions(f"name = '{MODEL}'")
-        return sorted((str(v.version) for v in found), key=int)
-
-    def alias(self, alias: str = "champion") -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.get_model_version_by_alias(MODEL, alias).version)
-        except MlflowException:
-            return None
-
-    def tags(self, version: str) -> dict[str, str]:
-        return dict(self.client.get_model_version(MODEL, version).tags)
-
-    def write_log(
-        self,
-        rows: pd.DataFrame,
-        predictions: Sequence[int],
-        labels: Sequence[int] | None,
-        version: str = "1",
-    ) -> None:
-        """Append predictions (and labels) to the project's log as ``mlnb serve`` would."""
-        log = predlog.PredictionLog(predlog.default_log_dir(self.root))
-        try:
-            for start in range(0, len(rows), BATCH):
-                ms = int(time.time() * 1000)
-                request_id = predlog.new_request_id(ms)
-                batch = rows.iloc[start : start + BATCH]
-                outputs = [int(p) for p in predictions[start : start + BATCH]]
-                columns = list(batch.columns)
-                log.write_prediction(
-                    request_id, ms, version, columns, batch.to_numpy().tolist(), outputs, len(batch)
-                )
-                if labels is not None:
-                    truth = [int(v) for v in labels[start : start + BATCH]]
-                    log.write_feedback(request_id, truth, ms)
-        finally:
-            log.close()
-
-
-def copy_of(trained: Example, root: Path) -> Example:
-    shutil.copytree(trained.root, root, symlinks=True)
-    return Example(root)
 
 
 def split(rows: pd.DataFrame) -> dict[str, Any]:
@@ -306,9 +126,7 @@ class Server:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Example:
     """The example project with ``cancer`` v1 trained (``--profile ci``) and champion."""
-    project = Example(tmp_path_factory.mktemp("trained") / "project")
-    for name in ("pipelines", "notebooks"):
-        shutil.copytree(REPO / name, project.root / name)
+    project = untrained(tmp_path_factory.mktemp("trained") / "project")
     done = project.mlnb("run", "pipelines/cancer.yaml", "--profile", "ci")
     assert done.returncode == 0, done.stdout + done.stderr
     assert project.versions() == ["1"] and project.alias() == "1"
@@ -421,23 +239,63 @@ def run_race(project: Example) -> Race:
     return Race(project, spec, codes, [p.pid for p, _ in started], outputs, checks)
 
 
+@dataclass
+class Cron:
+    """``mlnb monitor`` on a cron schedule, stopped by SIGTERM after its second check."""
+
+    project: Example
+    code: int
+    output: str
+    checks: list[Any]  # its check runs, oldest first
+
+
+def run_on_cron(project: Example) -> Cron:
+    """The loop on ``* * * * *`` for real: the wall clock, and a check at each whole minute.
+
+    Five cron fields name minutes at the finest, so two checks cost one to two
+    minutes of waiting. The cheaper options prove less: croniter also reads a
+    sixth field of seconds, but the spec documents five fields and a test
+    should not pin more; a clock driven through a seam would show the seam
+    works, not that the loop waits for the cron time. The waiting costs no
+    CPU and overlaps the retraining scenarios.
+    """
+    spec = project.write_monitor(
+        monitor_spec(
+            name="cron", schedule={"cron": "* * * * *"}, drift=None, triggers=["performance"]
+        )
+    )
+    proc, output = project.start("monitor", spec, name="cron")
+    try:
+        deadline = time.monotonic() + 240
+        while output.read_text(errors="replace").count("→ ") < 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        code = stop(proc)
+    return Cron(project, code, output.read_text(errors="replace"), project.checks("cron"))
+
+
 @pytest.fixture(scope="module")
 def scenarios(
     trained: Example, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Future[Any]]]:
-    """The three scenarios that retrain, run at once, each in its own copy of the project.
+    """The three scenarios that retrain, and the cron loop, run at once, each in its own copy.
 
     Each is a chain of processes, mostly one at a time: side by side they keep
-    two cores busy. The story's server runs until the module ends.
+    two cores busy, while the cron loop mostly waits. The story's server runs
+    until the module ends.
     """
     folder = tmp_path_factory.mktemp("scenarios")
-    projects = {name: copy_of(trained, folder / name) for name in ("story", "degraded", "race")}
+    names = ("story", "degraded", "race", "cron")
+    projects = {name: copy_of(trained, folder / name) for name in names}
     servers: list[Server] = []
     with ThreadPoolExecutor(max_workers=len(projects)) as workers:
         futures: dict[str, Future[Any]] = {
             "story": workers.submit(tell_story, projects["story"], servers),
             "degraded": workers.submit(degrade, projects["degraded"]),
             "race": workers.submit(run_race, projects["race"]),
+            "cron": workers.submit(run_on_cron, projects["cron"]),
         }
         try:
             yield futures
@@ -463,6 +321,11 @@ def degraded(scenarios: dict[str, Future[Any]]) -> Degraded:
 @pytest.fixture(scope="module")
 def race(scenarios: dict[str, Future[Any]]) -> Race:
     return scenarios["race"].result()
+
+
+@pytest.fixture(scope="module")
+def cron(scenarios: dict[str, Future[Any]]) -> Cron:
+    return scenarios["cron"].result()
 
 
 # -- 1. no drift, no retrain ---------------------------------------------------------------
@@ -757,3 +620,90 @@ def _alive(pid: int, created: float) -> bool:
         return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_the_loop_checks_at_the_cron_times(cron: Cron) -> None:
+    assert cron.code == 0, cron.output
+    assert "stopping after the current check" in cron.output
+    announced = [
+        datetime.strptime(at, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+        for at in re.findall(r"^next check at (\S+ \S+) UTC$", cron.output, re.MULTILINE)
+    ]
+    starts = [run.info.start_time / 1000 for run in cron.checks]
+    assert len(starts) == 2, cron.output  # it stopped waiting for the third
+    assert len(announced) >= 2, cron.output  # each check was awaited, the first too
+    assert all(at % 60 == 0 for at in announced), announced  # whole minutes
+    assert announced[1] - announced[0] == 60  # the next cron time, not an interval
+    for at, start in zip(announced, starts, strict=False):
+        assert at <= start < at + 30, (at, start)  # at its cron time, not before
+    for run in cron.checks:
+        assert run.info.status == "FINISHED", run.info
+        assert run.data.tags["mlnb.monitor.decision"] == "no trigger"
+
+
+# -- 10. signals ---------------------------------------------------------------------------
+
+
+def slow_drift_notebook(project: Example) -> Path:
+    """A drift notebook that marks when it runs, then sleeps: a check as long as a test likes.
+
+    It marks ``slow_drift.started`` beside itself (a stage runs in its notebook's folder).
+    """
+    parameters = nbformat.v4.new_code_cell('reference_path = ""\ncurrent_path = ""')
+    parameters.metadata["tags"] = ["parameters"]
+    sleep = nbformat.v4.new_code_cell(
+        'import pathlib, time\npathlib.Path("slow_drift.started").touch()\ntime.sleep(600)'
+    )
+    notebook = nbformat.v4.new_notebook(cells=[parameters, sleep])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path = project.root / "notebooks" / "slow_drift.ipynb"
+    nbformat.write(notebook, path)
+    return path.with_name("slow_drift.started")
+
+
+@pytest.mark.parametrize(
+    ("once", "signals"),
+    [(False, [signal.SIGTERM, signal.SIGINT]), (True, [signal.SIGTERM])],
+    ids=["second-signal-on-the-schedule", "sigterm-with-once"],
+)
+def test_a_signal_aborts_the_check_under_way(
+    example: Example, once: bool, signals: list[signal.Signals]
+) -> None:
+    started = slow_drift_notebook(example)
+    spec = example.write_monitor(
+        monitor_spec(
+            name="slow",
+            schedule={"every": "1h"},
+            drift={"notebook": "notebooks/slow_drift.ipynb"},
+            triggers=["drift"],
+        )
+    )
+    proc, output = example.start("monitor", spec, *(["--once"] if once else []), name="slow")
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None, output.read_text(errors="replace")
+            assert time.monotonic() < deadline, output.read_text(errors="replace")
+            time.sleep(0.2)
+        for sig in signals[:-1]:  # on the schedule: the first asks to stop after the check
+            os.kill(proc.pid, sig)
+            while "stopping after the current check" not in output.read_text(errors="replace"):
+                assert time.monotonic() < deadline, output.read_text(errors="replace")
+                time.sleep(0.1)
+        os.kill(proc.pid, signals[-1])
+        code = proc.wait(60)
+    finally:
+        stop(proc)
+    text = output.read_text(errors="replace")
+    assert code == 130, text
+    assert "→ failed: interrupted" in text and text.rstrip().endswith("interrupted")
+    assert "Traceback" not in text
+    [check] = example.checks("slow")
+    assert check.info.status == "KILLED"
+    assert check.data.tags["mlnb.monitor.decision"] == "failed: interrupted"
+    [drift] = example.children(check)
+    assert drift.info.status == "KILLED"

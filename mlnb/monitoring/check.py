@@ -1,0 +1,447 @@
+"""One monitor check: what it sees, what fires, and the retrain it calls for.
+
+A check is an MLflow run ``check`` in the monitor's experiment, made of named
+steps (:class:`Check`), each writing what it saw onto the check result:
+
+1. :meth:`Check.window`: the window of recent predictions from the prediction log;
+2. :meth:`Check.drift`: the drift notebook run with papermill, nested under the
+   check run, on the champion's training data (found through the version's
+   lineage tag ``mlnb.training_data``) against the window's inputs; its
+   decision (``mlnb.drift.status``, ``mlnb.drift.reason``) and figures are
+   copied onto the check run;
+3. :meth:`Check.performance`: the live metric on the predictions that got labels;
+4. :meth:`Check.schedule`: whether the champion is older than ``retrain.every``;
+5. :meth:`Check.log_triggers`: what fired, with its evidence, on the check run;
+6. :meth:`Check.retrain`: when a trigger that is on fires, the pipeline the
+   spec names, with the window's labeled rows, through registration, gate and
+   promotion.
+
+The drift notebook's contract lives in :mod:`mlnb.monitoring.drift`; the
+retrain (its lock, cooldown and pipeline) in :mod:`mlnb.monitoring.retrain`;
+the loop that runs checks on a schedule in :mod:`mlnb.monitoring.runner`.
+
+Design decisions:
+
+- **A check never dies of an error.** :func:`run_check` turns whatever goes
+  wrong, from opening the store and starting the check run to the retrain,
+  into a failed check with the reason (:attr:`CheckResult.error`); only an
+  interrupt passes, and it ends the check run ``KILLED``.
+- **A step returns what it fires.** Each of drift, performance and
+  schedule returns its :class:`Trigger` or ``None``; what a trigger the spec
+  does not turn on sees is still logged, and never retrains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlnb import tags
+from mlnb.engine.kernels import KernelPool
+from mlnb.errors import ExitCode, MlnbError, StageError
+from mlnb.monitoring.drift import DriftResult, DriftStatus, reference_columns, run_drift
+from mlnb.monitoring.retrain import RetrainResult, RetrainStatus, retrain
+from mlnb.predictions.window import LiveMetric, input_columns, live_metric, load_window
+from mlnb.specs.monitor import Monitor, format_duration
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlnb.models.registry import Registry
+    from mlnb.tracking import Tracker
+
+
+class TriggerKind(StrEnum):
+    """What can make a monitor retrain: the names its spec's ``triggers:`` lists."""
+
+    DRIFT = "drift"
+    PERFORMANCE = "performance"
+    SCHEDULE = "schedule"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A reason to retrain: what fired, and the evidence in one sentence."""
+
+    kind: TriggerKind
+    evidence: str
+
+
+#: what ``mlnb monitor --once`` exits with after a retrain (a failed one fails the check)
+_RETRAIN_EXIT = {
+    RetrainStatus.PROMOTED: ExitCode.PROMOTED,
+    RetrainStatus.REJECTED: ExitCode.REJECTED,
+    RetrainStatus.SKIPPED: ExitCode.SKIPPED,
+}
+
+
+@dataclass
+class CheckResult:
+    """One check: what it saw, what fired, what the retrain did."""
+
+    monitor: str
+    run_id: str = ""
+    url: str = ""
+    champion: str | None = None
+    rows: int = 0
+    drift: DriftResult | None = None
+    performance: LiveMetric | None = None
+    triggers: list[Trigger] = field(default_factory=list)
+    retrain: RetrainResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """What ``mlnb monitor --once`` exits with after this check."""
+        if self.error is not None:
+            return ExitCode.FAILED
+        if self.retrain is None:
+            return ExitCode.OK
+        return _RETRAIN_EXIT.get(self.retrain.status, ExitCode.FAILED)
+
+    @property
+    def decision(self) -> str:
+        """The outcome in a few words, as tagged on the check run."""
+        if self.error is not None:
+            return f"failed: {self.error}"
+        if self.champion is None:
+            return "nothing to watch: the model has no champion yet"
+        if self.retrain is None:
+            return "no trigger"
+        kinds = ", ".join(t.kind for t in self.triggers)
+        if self.retrain.status == RetrainStatus.PROMOTED:
+            return f"retrained ({kinds}): v{self.retrain.version} promoted"
+        if self.retrain.status == RetrainStatus.REJECTED:
+            return f"retrained ({kinds}): v{self.retrain.version} not promoted"
+        return f"{kinds} fired; retrain {self.retrain.status}: {self.retrain.reason}"
+
+
+def run_check(
+    monitor: Monitor,
+    *,
+    uri: str,
+    state: Path,
+    pool: KernelPool | None,
+    say: Callable[[str], None],
+) -> CheckResult:
+    """Run one check (and the retrain it calls for); tell ``say`` how it went.
+
+    Whatever goes wrong ends as a failed check (``error``), never an
+    exception, so a monitor keeps checking; only an interrupt passes.
+
+    Args:
+        monitor: the validated spec.
+        uri: the MLflow store.
+        state: the monitor state folder (``.mlnb/monitor``).
+        pool: the kernels of the drift notebook (``None`` without drift checks).
+        say: receives a line per thing worth telling a person.
+    """
+    started = time.perf_counter()
+    result = CheckResult(monitor.name)
+    try:
+        check = Check.start(monitor, uri, state, pool, say, result)
+    except Exception as exc:  # MlnbError, or the store failing in MLflow's own way
+        result.error = _describe(exc)
+        result.seconds = time.perf_counter() - started
+        say(f"check failed: {result.error}")
+        return result
+    status: tags.EndState = "FINISHED"
+    try:
+        check.run()
+    except Exception as exc:  # a broken log file, a store hiccup: report, keep going
+        result.error = _describe(exc)
+    except KeyboardInterrupt:
+        result.error = "interrupted"
+        status = "KILLED"
+        raise
+    finally:
+        if result.error is not None and status == "FINISHED":
+            status = "FAILED"
+        result.seconds = time.perf_counter() - started
+        check.finish(status)
+        say(_summary(result))
+    return result
+
+
+@dataclass
+class Check:
+    """A check under way: its store, its run, and the figures its steps gather.
+
+    Attributes:
+        monitor: the validated spec.
+        uri: the MLflow store.
+        state: the monitor state folder (``.mlnb/monitor``).
+        pool: the kernels of the drift notebook.
+        say: receives a line per thing worth telling a person.
+        tracker: the store's runs.
+        experiment: the monitor's experiment.
+        registry: the store's models.
+        result: what the steps saw, fired and did, filled in as they go.
+        metrics: the figures logged on the check run once the triggers are known.
+    """
+
+    monitor: Monitor
+    uri: str
+    state: Path
+    pool: KernelPool | None
+    say: Callable[[str], None]
+    tracker: Tracker
+    experiment: str
+    registry: Registry
+    result: CheckResult
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls,
+        monitor: Monitor,
+        uri: str,
+        state: Path,
+        pool: KernelPool | None,
+        say: Callable[[str], None],
+        result: CheckResult,
+    ) -> Check:
+        """Open the store, find the champion and start the check run.
+
+        Raises:
+            TrackingError: the store cannot be opened, or refuses the run.
+            MlflowException: the store failed in a way MLflow does not name.
+        """
+        from mlnb import tracking
+        from mlnb.models import registry
+
+        tracker = tracking.Tracker(monitor.root, uri)
+        experiment = tracker.experiment_id(monitor.name)
+        models = registry.Registry(uri)
+        result.champion = models.alias(monitor.spec.model, monitor.spec.alias)
+        result.run_id = tracker.start_run(
+            experiment,
+            "check",
+            {
+                tags.KIND: tags.Kind.CHECK,
+                tags.MONITOR: monitor.name,
+                tags.MODEL: monitor.spec.model,
+                tags.MODEL_VERSION: result.champion or "",
+            },
+        )
+        result.url = tracker.run_url(experiment, result.run_id)
+        return cls(monitor, uri, state, pool, say, tracker, experiment, models, result)
+
+    def run(self) -> None:
+        """The steps, in order: what is seen decides what fires, and what fires retrains."""
+        window = self.window()
+        champion = self.result.champion
+        if champion is None:
+            self.tracker.log(self.result.run_id, metrics=self.metrics)
+            return
+        version = self.registry.version(self.monitor.spec.model, champion)
+        target = model_target(self.monitor)
+        features = model_features(training_data(version), window, target)
+        fired = [
+            self.drift(window, version, features, target),
+            self.performance(window),
+            self.schedule(version),
+        ]
+        self.result.triggers = [trigger for trigger in fired if trigger is not None]
+        self.log_triggers()
+        if self.result.triggers:
+            self.retrain(window, features, target)
+
+    def finish(self, status: tags.EndState) -> None:
+        """End the check run with its decision and duration; a store failing now is let be."""
+        with contextlib.suppress(MlnbError):
+            self.tracker.log(
+                self.result.run_id,
+                tags={tags.CHECK_DECISION: self.result.decision[: tags.VALUE_LIMIT]},
+                metrics={"check_seconds": self.result.seconds},
+            )
+            self.tracker.finish(self.result.run_id, status)
+
+    def window(self) -> pd.DataFrame:
+        """The recent predictions the spec's ``window:`` names."""
+        spec = self.monitor.spec.window
+        window = load_window(self.monitor.log_dir, spec.last, spec.since)
+        self.result.rows = len(window)
+        self.metrics["window_rows"] = len(window)
+        return window
+
+    def drift(
+        self, window: pd.DataFrame, version: Any, features: list[str], target: str
+    ) -> Trigger | None:
+        """The drift notebook's decision on the window against the champion's training data.
+
+        Raises:
+            StageError: the notebook failed, or logged no decision.
+        """
+        monitor, result = self.monitor, self.result
+        if monitor.drift_notebook is None:
+            return None
+        assert self.pool is not None and result.champion is not None  # the runner made both
+        drift = run_drift(
+            monitor,
+            self.pool,
+            self.tracker,
+            experiment=self.experiment,
+            parent_run=result.run_id,
+            run_tags={tags.MONITOR: monitor.name},
+            champion=result.champion,
+            reference=training_data(version),
+            window=window,
+            features=features,
+            target=target,
+            folder=self.state / monitor.name / result.run_id,
+        )
+        result.drift = drift
+        self.metrics.update({f"drift.{k}": v for k, v in drift.metrics.items()})
+        self.tracker.log(
+            result.run_id,
+            tags={
+                tags.DRIFT_STATUS: drift.status,
+                tags.DRIFT_REASON: drift.reason[: tags.VALUE_LIMIT],
+            },
+        )
+        if drift.status == DriftStatus.FAILED:
+            raise StageError("drift", drift.reason)
+        if drift.status == DriftStatus.DRIFT and TriggerKind.DRIFT in monitor.triggers:
+            return Trigger(TriggerKind.DRIFT, drift.reason)
+        return None
+
+    def performance(self, window: pd.DataFrame) -> Trigger | None:
+        """The live metric on the window's labeled predictions, against its threshold."""
+        monitor, spec = self.monitor, self.monitor.spec.performance
+        if spec is None:
+            return None
+        perf = live_metric(window, spec.metric, spec.min_labels)
+        self.result.performance = perf
+        self.metrics["labels"] = perf.labels
+        if perf.value is None:
+            return None
+        self.metrics[f"live.{perf.metric}"] = perf.value
+        bar = spec.threshold
+        worse = perf.value < bar if monitor.greater_is_better else perf.value > bar
+        if not worse or TriggerKind.PERFORMANCE not in monitor.triggers:
+            return None
+        side = "below" if monitor.greater_is_better else "above"
+        return Trigger(
+            TriggerKind.PERFORMANCE,
+            f"performance: {perf.metric} {perf.value:.4f} is {side} the "
+            f"threshold {bar:g} on {perf.labels} labeled predictions",
+        )
+
+    def schedule(self, version: Any) -> Trigger | None:
+        """The champion's age, against ``retrain.every``, when the schedule trigger is on."""
+        every = self.monitor.spec.retrain.every
+        if TriggerKind.SCHEDULE not in self.monitor.triggers or every is None:
+            return None
+        age = time.time() - version.creation_timestamp / 1000
+        self.metrics["champion_age_days"] = age / 86400
+        if age < every:
+            return None
+        return Trigger(
+            TriggerKind.SCHEDULE,
+            f"schedule: champion v{self.result.champion} is {format_duration(age)} old "
+            f"(retrain every {format_duration(every)})",
+        )
+
+    def log_triggers(self) -> None:
+        """The figures the steps gathered, and what fired with its evidence, on the check run."""
+        triggers = self.result.triggers
+        found_tags = {}
+        if triggers:
+            found_tags[tags.CHECK_TRIGGERS] = ",".join(t.kind for t in triggers)
+            found_tags[tags.CHECK_EVIDENCE] = _evidence(triggers)[: tags.VALUE_LIMIT]
+        self.tracker.log(self.result.run_id, metrics=self.metrics, tags=found_tags)
+
+    def retrain(self, window: pd.DataFrame, features: list[str], target: str) -> None:
+        """Retrain for the triggers that fired; what became of it, on the check run.
+
+        A retrain that fails fails the check.
+        """
+        result = self.result
+        outcome = retrain(
+            self.monitor,
+            self.uri,
+            self.state,
+            check_run=result.run_id,
+            trigger=result.triggers[0].kind.value,
+            evidence=_evidence(result.triggers),
+            window=window,
+            features=features,
+            target=target,
+            say=self.say,
+        )
+        result.retrain = outcome
+        self.tracker.log(
+            result.run_id,
+            tags={
+                tags.RETRAIN: outcome.status,
+                tags.RETRAIN_REASON: outcome.reason[: tags.VALUE_LIMIT],
+                tags.RETRAIN_RUN: outcome.run_id or "",
+                tags.RETRAIN_VERSION: outcome.version or "",
+                tags.RETRAIN_PIPELINE: outcome.pipeline,
+            },
+        )
+        if outcome.status == RetrainStatus.FAILED:
+            result.error = f"retrain failed: {outcome.reason}"
+
+
+def model_target(monitor: Monitor) -> str:
+    """The label column the retraining pipeline's model learns."""
+    model = monitor.pipeline_spec.model
+    assert model is not None  # the spec check makes sure
+    return model.target
+
+
+def training_data(version: Any) -> Path | None:
+    """The champion's training data, from its lineage tag; ``None`` without lineage."""
+    value = version.tags.get(tags.TRAINING_DATA)
+    return Path(value) if value else None
+
+
+def model_features(reference: Path | None, window: pd.DataFrame, target: str) -> list[str]:
+    """The model's input columns: the training data's, or else the window's."""
+    if reference is not None and reference.is_file():
+        try:
+            columns = reference_columns(reference)
+        except Exception:  # an unreadable table: the window still tells
+            columns = []
+        if columns:
+            return [c for c in columns if c != target]
+    return input_columns(window)
+
+
+def _evidence(triggers: list[Trigger]) -> str:
+    """Every fired trigger's evidence, in one sentence."""
+    return "; ".join(t.evidence for t in triggers)
+
+
+def _describe(error: Exception) -> str:
+    """An error for a person: mlnb's own messages as they are, others with their type."""
+    return str(error) if isinstance(error, MlnbError) else f"{type(error).__name__}: {error}"
+
+
+def _summary(result: CheckResult) -> str:
+    """A check in a line or three."""
+    head = f"check {result.run_id[:8]}"
+    if result.champion is not None:
+        head += f" of {result.monitor} (champion v{result.champion}, {result.rows} rows)"
+    parts = []
+    if result.drift is not None:
+        parts.append(f"drift {result.drift.status}: {result.drift.reason}")
+    if result.performance is not None:
+        perf = result.performance
+        if perf.value is not None:
+            parts.append(f"{perf.metric} {perf.value:.4f} on {perf.labels} labels")
+        else:
+            parts.append(f"{perf.metric}: {perf.reason}")
+    lines = [head + (": " + "; ".join(parts) if parts else "")]
+    lines.append(f"  → {result.decision} ({result.seconds:.1f} s)")
+    if result.retrain is not None and result.retrain.run_id:
+        lines.append(f"  retrain run {result.retrain.run_id}: {result.retrain.reason}")
+    return "\n".join(lines)
