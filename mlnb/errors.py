@@ -23,6 +23,8 @@ carries the cell index, exception name and value::
     ├── ServeError           the prediction service cannot start (mlnb.serving.server)
     ├── BundleError          a bundle cannot be built, or fails its manifest check
     │                        (mlnb.delivery.bundle)
+    ├── VendorError          mlnb's own wheel cannot be built or repacked for a bundle
+    │                        (mlnb.delivery.vendor)
     ├── DeployError          a bundle cannot be deployed or rolled back (mlnb.delivery.deploy)
     └── ScaffoldError        a project cannot be created where asked (mlnb.delivery.scaffold)
 

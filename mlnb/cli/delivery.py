@@ -42,7 +42,7 @@ def test_command(pipelines: tuple[Path, ...], junit_xml: Path | None, no_nbval: 
     every stage executed; then nbval runs its notebooks by hand (lax). Exits 1
     naming the pipeline, stage or notebook, cell and exception of any failure.
     """
-    from mlnb.delivery.pipeline_tests import run_tests
+    from mlnb.delivery.pipeline_tests import CaseStatus, run_tests
     from mlnb.pipelines.locate import project_pipelines, spec_path
 
     specs = [spec_path(p) for p in pipelines] or project_pipelines(Path.cwd())
@@ -53,7 +53,7 @@ def test_command(pipelines: tuple[Path, ...], junit_xml: Path | None, no_nbval: 
         report.junit(junit_xml)
         click.echo(f"JUnit XML: {junit_xml}")
     failures = report.failures
-    passed = sum(c.status == "passed" for c in report.cases)
+    passed = sum(c.status == CaseStatus.PASSED for c in report.cases)
     if failures:
         click.secho(f"{len(failures)} failed, {passed} passed", fg="red", err=True)
         for case in failures:
@@ -120,7 +120,7 @@ def deploy(
         done = deployments.deploy(bundle, root, uri)
     else:
         raise UsageError("give a BUNDLE, --list or --rollback PIPELINE")
-    verb = "rolled back to" if done.action == "rollback" else "deployed"
+    verb = "rolled back to" if done.action == deployments.DeployAction.ROLLBACK else "deployed"
     click.echo(f"{verb} {done.pipeline} {done.version}: live, in {done.path}")
     click.echo(f"mlnb monitor retrains with {done.spec}")
 

@@ -1,3 +1,4 @@
 """Pipeline CI/CD: lint (``mlnb check``), smoke tests (``mlnb test``), bundles
-(``mlnb build``), deployments (``mlnb deploy``) and new projects (``mlnb init``).
+(``mlnb build``, with mlnb vendored as a wheel), deployments (``mlnb deploy``)
+and new projects (``mlnb init``).
 """

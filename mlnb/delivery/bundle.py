@@ -9,15 +9,18 @@ from the working copy::
     pipelines/<spec>.yaml  the pipeline, and the monitor specs that retrain with it
     notebooks/...          the notebooks of its stages (and drift checks), outputs stripped
     <data files>           project files its parameters name
-    vendor/                mlnb's own source, so the bundle installs without an index
+    vendor/<wheel>         mlnb as a wheel (mlnb.delivery.vendor), so the bundle
+                           installs it without an index
 
 Design decisions:
 
 - **Same sources, same bytes.** Members are sorted, owned by root with fixed
   modes and time stamps, and gzip records no name or time; notebooks are
-  rewritten without outputs by nbformat. The default version is the first 12
-  hex digits of the contents' hash, so a version names exactly one content.
-- **Verified before use.** :func:`verify` re-hashes every member against the
+  rewritten without outputs by nbformat; mlnb's wheel is packed the same way,
+  whether mlnb runs from its source tree or from a wheel. The default version is
+  the first 12 hex digits of the contents' hash, so a version names exactly one
+  content.
+- **Verified before use.** :func:`read` re-hashes every member against the
   manifest and refuses members outside the bundle, links, extra files and a
   manifest whose content hash does not add up, naming the file at fault.
 """
@@ -37,9 +40,12 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
 from mlnb import __version__
 from mlnb import notebook as nbmod
 from mlnb._files import write_atomic
+from mlnb.delivery.vendor import DIST, mlnb_wheel
 from mlnb.errors import MlnbError
 from mlnb.pipelines.locate import load_monitor, load_pipeline, monitors_of
 from mlnb.specs.pipeline import Pipeline, project_path
@@ -139,7 +145,8 @@ def build(spec: Path | str, out_dir: Path | None = None, version: str | None = N
     files = collect(pipeline)
     members = {rel: _content(root / rel) for rel in files}
     members[LOCK] = lock_text().encode()
-    members.update(vendored())
+    wheel = mlnb_wheel()
+    members[f"{VENDOR}/{wheel.name}"] = wheel.data
     hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in members.items()}
     content = content_hash(hashes)
     if version is not None and not _VERSION.match(version):
@@ -164,7 +171,7 @@ def build(spec: Path | str, out_dir: Path | None = None, version: str | None = N
     target = out / f"{manifest.name}-{manifest.version}.tar.gz"
     write_atomic(target, pack(members))
     dockerfile = target.with_name(f"{manifest.name}-{manifest.version}.Dockerfile")
-    dockerfile.write_text(dockerfile_text(manifest, target.name))
+    dockerfile.write_text(dockerfile_text(manifest, target.name, wheel.name))
     return Built(target, dockerfile, manifest)
 
 
@@ -229,49 +236,14 @@ def lock_text() -> str:
         name = dist.metadata["Name"]
         if not name:
             continue
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key != "mlnb":
+        key = canonicalize_name(name)
+        if key != DIST:
             seen.setdefault(key, f"{key}=={dist.version}")
     head = (
         f"# the environment mlnb {__version__} built this bundle in "
         f"(Python {sys.version_info.major}.{sys.version_info.minor})\n"
     )
     return head + "".join(line + "\n" for _, line in sorted(seen.items()))
-
-
-def vendored() -> dict[str, bytes]:
-    """mlnb's own package as bundle members under ``vendor/``, with a minimal pyproject."""
-    package = Path(__file__).resolve().parents[1]
-    members = {
-        f"{VENDOR}/mlnb/{p.relative_to(package).as_posix()}": p.read_bytes()
-        for p in sorted(package.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-    }
-    try:
-        requires = metadata.requires("mlnb") or []
-    except metadata.PackageNotFoundError:
-        requires = []
-    deps = [r for r in requires if "extra ==" not in r]
-    pyproject = (
-        "[build-system]\n"
-        'requires = ["setuptools>=68"]\n'
-        'build-backend = "setuptools.build_meta"\n\n'
-        "[project]\n"
-        'name = "mlnb"\n'
-        f'version = "{__version__}"\n'
-        'requires-python = ">=3.11"\n'
-        f"dependencies = {json.dumps(sorted(deps))}\n\n"
-        "[project.scripts]\n"
-        'mlnb = "mlnb.cli:main"\n\n'
-        "[tool.setuptools.packages.find]\n"
-        'include = ["mlnb*"]\n\n'
-        "[tool.setuptools.package-data]\n"
-        'mlnb = ["py.typed"]\n'
-        '"mlnb.delivery" = ["templates/project/*", "templates/project/*/*", '
-        '"templates/project/*/*/*"]\n'
-    )
-    members[f"{VENDOR}/pyproject.toml"] = pyproject.encode()
-    return members
 
 
 def content_hash(hashes: Mapping[str, str]) -> str:
@@ -357,8 +329,8 @@ def read(path: Path | str) -> tuple[Manifest, dict[str, bytes]]:
     return manifest, members
 
 
-def dockerfile_text(manifest: Manifest, bundle_name: str) -> str:
-    """A Dockerfile that installs a bundle and runs its pipeline."""
+def dockerfile_text(manifest: Manifest, bundle_name: str, wheel_name: str) -> str:
+    """A Dockerfile that installs a bundle (and mlnb from its wheel) and runs its pipeline."""
     tag = image_tag(manifest)
     return f"""\
 # Runs pipeline '{manifest.name}' version {manifest.version} from its bundle.
@@ -372,7 +344,7 @@ WORKDIR /project
 COPY {bundle_name} /tmp/bundle.tar.gz
 RUN tar -xzf /tmp/bundle.tar.gz -C /project && rm /tmp/bundle.tar.gz \\
  && pip install -r {LOCK} \\
- && pip install --no-deps ./{VENDOR} \\
+ && pip install --no-deps ./{VENDOR}/{wheel_name} \\
  && python -m ipykernel install --sys-prefix --name python3
 ENTRYPOINT ["mlnb", "run", "{manifest.pipeline}"]
 """

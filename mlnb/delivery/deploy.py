@@ -27,8 +27,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mlnb import tags
 from mlnb._files import write_atomic
@@ -36,7 +37,17 @@ from mlnb.delivery import bundle as bundlemod
 from mlnb.errors import MlnbError
 from mlnb.pipelines.locate import LIVE, deployments_dir
 
+if TYPE_CHECKING:
+    from mlnb.tracking import Tracker
+
 EXPERIMENT = "mlnb-deployments"
+
+
+class DeployAction(StrEnum):
+    """How a version became live (the tag :data:`mlnb.tags.DEPLOYMENT_ACTION`)."""
+
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"
 
 
 class DeployError(MlnbError):
@@ -52,7 +63,7 @@ class Deployment:
         version: the bundle version.
         path: where it is unpacked.
         spec: the pipeline spec inside it.
-        action: ``deploy`` or ``rollback``.
+        action: how it became live (:class:`DeployAction`).
         time: when (UTC, ISO 8601).
         run_id: the MLflow run that records it.
         git_commit: the commit the bundle was built from.
@@ -63,7 +74,7 @@ class Deployment:
     version: str
     path: Path
     spec: Path
-    action: str = "deploy"
+    action: DeployAction = DeployAction.DEPLOY
     time: str = ""
     run_id: str = ""
     git_commit: str | None = None
@@ -85,7 +96,7 @@ def deploy(bundle: Path | str, root: Path, uri: str) -> Deployment:
         _same_content(target, manifest)
     else:
         _unpack(members, manifest, target)
-    return _make_live(root, uri, manifest, target, "deploy", Path(bundle).name)
+    return _make_live(root, uri, manifest, target, DeployAction.DEPLOY, Path(bundle).name)
 
 
 def _same_content(target: Path, manifest: bundlemod.Manifest) -> None:
@@ -120,7 +131,7 @@ def _make_live(
     uri: str,
     manifest: bundlemod.Manifest,
     target: Path,
-    action: str,
+    action: DeployAction,
     bundle_name: str,
 ) -> Deployment:
     from mlnb import tracking
@@ -160,7 +171,7 @@ def _make_live(
     )
 
 
-def _tag_model(tracker: Any, spec: Path, value: str) -> None:
+def _tag_model(tracker: Tracker, spec: Path, value: str) -> None:
     """Tag the registered model the pipeline delivers with the live deployment."""
     from mlflow.exceptions import MlflowException
 
@@ -216,7 +227,7 @@ def history(root: Path, uri: str, pipeline: str | None = None) -> list[Deploymen
                 version,
                 path,
                 path,
-                found_tags.get(tags.DEPLOYMENT_ACTION, "deploy"),
+                _action(found_tags.get(tags.DEPLOYMENT_ACTION)),
                 datetime.fromtimestamp((run.info.start_time or 0) / 1000, UTC).isoformat(
                     timespec="seconds"
                 ),
@@ -226,6 +237,14 @@ def history(root: Path, uri: str, pipeline: str | None = None) -> list[Deploymen
             )
         )
     return found
+
+
+def _action(value: str | None) -> DeployAction:
+    """The action a deployment run's tag names; ``deploy`` when it names none mlnb writes."""
+    try:
+        return DeployAction(value or DeployAction.DEPLOY)
+    except ValueError:
+        return DeployAction.DEPLOY
 
 
 def rollback(root: Path, uri: str, pipeline: str, version: str | None = None) -> Deployment:
@@ -258,4 +277,4 @@ def rollback(root: Path, uri: str, pipeline: str, version: str | None = None) ->
             f"version {version} of '{pipeline}' is not unpacked in {target.parent} "
             f"(deployed versions: {known}); deploy its bundle again"
         ) from None
-    return _make_live(root, uri, manifest, target, "rollback", "")
+    return _make_live(root, uri, manifest, target, DeployAction.ROLLBACK, "")

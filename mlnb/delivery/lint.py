@@ -145,9 +145,9 @@ def check_paths(paths: Iterable[Path | str], fix: bool = False) -> list[Problem]
     Returns:
         Every problem found (empty when all is well).
     """
-    paths = [Path(p) for p in paths]
-    problems = [Problem(str(p), "", "no such file or folder") for p in paths if not p.exists()]
-    specs, notebooks = discover(p for p in paths if p.exists())
+    given = [Path(p) for p in paths]
+    problems = [Problem(str(p), "", "no such file or folder") for p in given if not p.exists()]
+    specs, notebooks = discover(p for p in given if p.exists())
     for notebook in notebooks:
         problems += check_notebook(notebook, fix=fix)
     for spec in specs:

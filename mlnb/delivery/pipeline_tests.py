@@ -28,13 +28,30 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from mlnb.errors import MlnbError, PipelineError, SpecError
+from mlnb.pipelines.locate import load_monitor, load_pipeline, monitors_of
+from mlnb.pipelines.results import PipelineResult, StageResult, StageStatus
+from mlnb.pipelines.runner import run_pipeline
+from mlnb.specs.pipeline import Pipeline, read_spec
 
 CI_PROFILE = "ci"
+NBVAL_SUITE = "notebooks (nbval --nbval-lax)"
 #: colour codes: nbval's own, and the kernel's traceback (pytest's JUnit XML writes ESC as #x1B)
 _ANSI = re.compile(r"(?:\x1b|#x1B)\[[0-9;]*m")
+
+Say = Callable[[str], None]
+
+
+class CaseStatus(StrEnum):
+    """How a test case ended (as JUnit XML names it)."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 @dataclass
@@ -43,7 +60,7 @@ class Case:
 
     suite: str
     name: str
-    status: str  # passed, failed, skipped
+    status: CaseStatus
     seconds: float = 0.0
     message: str = ""
 
@@ -56,7 +73,7 @@ class Report:
 
     @property
     def failures(self) -> list[Case]:
-        return [c for c in self.cases if c.status == "failed"]
+        return [c for c in self.cases if c.status == CaseStatus.FAILED]
 
     def junit(self, path: Path) -> None:
         """Write the cases as JUnit XML (one testsuite per pipeline or notebook set)."""
@@ -70,18 +87,18 @@ class Report:
                 "testsuite",
                 name=suite,
                 tests=str(len(cases)),
-                failures=str(sum(c.status == "failed" for c in cases)),
-                skipped=str(sum(c.status == "skipped" for c in cases)),
+                failures=str(sum(c.status == CaseStatus.FAILED for c in cases)),
+                skipped=str(sum(c.status == CaseStatus.SKIPPED for c in cases)),
                 time=f"{sum(c.seconds for c in cases):.3f}",
             )
             for case in cases:
                 item = ET.SubElement(
                     node, "testcase", classname=suite, name=case.name, time=f"{case.seconds:.3f}"
                 )
-                if case.status == "failed":
+                if case.status == CaseStatus.FAILED:
                     failure = ET.SubElement(item, "failure", message=case.message.split("\n")[0])
                     failure.text = case.message
-                elif case.status == "skipped":
+                elif case.status == CaseStatus.SKIPPED:
                     ET.SubElement(item, "skipped", message=case.message)
         path.parent.mkdir(parents=True, exist_ok=True)
         ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
@@ -91,7 +108,7 @@ def run_tests(
     specs: Iterable[Path],
     *,
     nbval: bool = True,
-    say: Callable[[str], None] | None = None,
+    say: Say | None = None,
 ) -> Report:
     """Smoke-test each pipeline, then its notebooks standalone.
 
@@ -114,32 +131,54 @@ def run_tests(
             report.cases += cases
             notebooks.update(found)
         if nbval and notebooks:
-            for case in _nbval(notebooks, uri, scratch, say):
-                report.cases.append(case)
+            report.cases += _nbval(notebooks, uri, scratch, say)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
-def _pipeline(
-    spec: Path, uri: str, say: Callable[[str], None]
-) -> tuple[list[Case], dict[Path, Path]]:
-    """Run one pipeline with its ci profile; its cases and the notebooks to run by hand."""
-    from mlnb.pipelines.locate import load_monitor, load_pipeline, monitors_of
-    from mlnb.pipelines.runner import run_pipeline
-    from mlnb.specs.pipeline import read_spec
+def _pipeline(spec: Path, uri: str, say: Say) -> tuple[list[Case], dict[Path, Path]]:
+    """Run one pipeline with its ci profile; its cases and the notebooks to run by hand.
 
-    suite = f"pipeline {spec.stem}"
+    Its workspace is removed unless a case failed (the failure names a notebook in it).
+    """
     try:
-        profiles = read_spec(spec)[0].profiles
-        profile = CI_PROFILE if CI_PROFILE in profiles else None
-        pipeline = load_pipeline(spec, profile)
+        pipeline, profile = _load_for_ci(spec)
     except SpecError as exc:
         say(f"✗ {spec}: invalid spec\n{_indent(str(exc))}")
-        return [Case(suite, "spec", "failed", message=str(exc))], {}
+        return [Case(f"pipeline {spec.stem}", "spec", CaseStatus.FAILED, message=str(exc))], {}
     suite = f"pipeline {pipeline.name}"
     note = f"profile {profile}" if profile else "no ci profile: the spec's own parameters"
     say(f"pipeline {pipeline.name} ({note}, throwaway MLflow store)")
+    cases, notebooks = _notebooks_by_hand(pipeline, suite, say)
+    started = time.perf_counter()
+    result, error = _run(pipeline, uri)
+    if result is None:
+        say(f"  ✗ {pipeline.name}: {error}")
+        cases.append(
+            Case(suite, "run", CaseStatus.FAILED, time.perf_counter() - started, str(error))
+        )
+        return cases, notebooks
+    try:
+        cases += [_stage_case(suite, pipeline.name, stage, say) for stage in result.stages]
+        cases += _model_case(suite, pipeline, result, error, say)
+    finally:
+        if not any(case.status == CaseStatus.FAILED for case in cases):
+            shutil.rmtree(result.workspace, ignore_errors=True)
+    return cases, notebooks
+
+
+def _load_for_ci(spec: Path) -> tuple[Pipeline, str | None]:
+    """The pipeline with its ci profile, if it has one, and that profile's name."""
+    profile = CI_PROFILE if CI_PROFILE in read_spec(spec)[0].profiles else None
+    return load_pipeline(spec, profile), profile
+
+
+def _notebooks_by_hand(
+    pipeline: Pipeline, suite: str, say: Say
+) -> tuple[list[Case], dict[Path, Path]]:
+    """The notebooks nbval runs (stages, then the drift notebooks of monitors that retrain
+    with the pipeline), each with its project root; a failed case per invalid monitor spec."""
     cases: list[Case] = []
     notebooks = {stage.notebook: pipeline.root for stage in pipeline.stages}
     for monitor in monitors_of(pipeline):
@@ -147,58 +186,84 @@ def _pipeline(
             drift = load_monitor(monitor).drift_notebook
         except SpecError as exc:
             say(f"  ✗ {monitor.name}: invalid monitor spec\n{_indent(str(exc))}")
-            cases.append(Case(suite, f"monitor {monitor.name}", "failed", message=str(exc)))
+            cases.append(
+                Case(suite, f"monitor {monitor.name}", CaseStatus.FAILED, message=str(exc))
+            )
             continue
         if drift is not None:
             notebooks[drift] = pipeline.root
-    started = time.perf_counter()
-    result = None
-    error: MlnbError | None = None
-    try:
-        result = run_pipeline(pipeline, force=True, tracking_uri=uri, trigger="test")
-    except PipelineError as exc:
-        result, error = exc.result, exc
-    except MlnbError as exc:
-        error = exc
-    if result is None:
-        say(f"  ✗ {pipeline.name}: {error}")
-        cases.append(Case(suite, "run", "failed", time.perf_counter() - started, str(error)))
-        return cases, notebooks
-    try:
-        for stage in result.stages:
-            if stage.status in ("succeeded", "cached", "reused"):
-                say(f"  ✓ {stage.name} ({stage.seconds:.1f} s)")
-                cases.append(Case(suite, stage.name, "passed", stage.seconds))
-            elif stage.status == "skipped":
-                say(f"  - {stage.name}: skipped (an upstream stage failed)")
-                cases.append(Case(suite, stage.name, "skipped", message="an upstream stage failed"))
-            else:
-                message = f"pipeline {pipeline.name}: {stage.error}"
-                say(f"  ✗ {message}")
-                cases.append(Case(suite, stage.name, "failed", stage.seconds, message))
-        model = pipeline.spec.model
-        if model is not None and all(s.status != "failed" for s in result.stages):
-            if result.status == "FINISHED" and result.registration is not None:
-                decision = result.decision.reason if result.decision else "registered"
-                say(f"  ✓ model {model.name}: {decision}")
-                cases.append(Case(suite, "model", "passed"))
-            else:
-                say(f"  ✗ model {model.name}: {error}")
-                cases.append(Case(suite, "model", "failed", message=str(error)))
-    finally:
-        if not any(case.status == "failed" for case in cases):
-            shutil.rmtree(result.workspace, ignore_errors=True)
     return cases, notebooks
 
 
-def _nbval(
-    notebooks: dict[Path, Path], uri: str, scratch: Path, say: Callable[[str], None]
-) -> Iterable[Case]:
+def _run(pipeline: Pipeline, uri: str) -> tuple[PipelineResult | None, MlnbError | None]:
+    """Run every stage on the throwaway store: the result (when it ran) and the error, if any."""
+    try:
+        return run_pipeline(pipeline, force=True, tracking_uri=uri, trigger="test"), None
+    except PipelineError as exc:
+        return exc.result, exc
+    except MlnbError as exc:
+        return None, exc
+
+
+def _stage_case(suite: str, name: str, stage: StageResult, say: Say) -> Case:
+    """A stage of pipeline ``name``'s run as a case: passed (done), skipped or failed."""
+    if StageStatus(stage.status).done:
+        say(f"  ✓ {stage.name} ({stage.seconds:.1f} s)")
+        return Case(suite, stage.name, CaseStatus.PASSED, stage.seconds)
+    if stage.status == StageStatus.SKIPPED:
+        say(f"  - {stage.name}: skipped (an upstream stage failed)")
+        return Case(suite, stage.name, CaseStatus.SKIPPED, message="an upstream stage failed")
+    message = f"pipeline {name}: {stage.error}"
+    say(f"  ✗ {message}")
+    return Case(suite, stage.name, CaseStatus.FAILED, stage.seconds, message)
+
+
+def _model_case(
+    suite: str,
+    pipeline: Pipeline,
+    result: PipelineResult,
+    error: MlnbError | None,
+    say: Say,
+) -> list[Case]:
+    """The model the pipeline delivers, once every stage passed: registered and gated, or not."""
+    model = pipeline.spec.model
+    if model is None or any(s.status == StageStatus.FAILED for s in result.stages):
+        return []
+    if result.status == "FINISHED" and result.registration is not None:
+        decision = result.decision.reason if result.decision else "registered"
+        say(f"  ✓ model {model.name}: {decision}")
+        return [Case(suite, "model", CaseStatus.PASSED)]
+    say(f"  ✗ model {model.name}: {error}")
+    return [Case(suite, "model", CaseStatus.FAILED, message=str(error))]
+
+
+class _Cell(NamedTuple):
+    """A test case of nbval's JUnit XML: one cell of a notebook."""
+
+    classname: str
+    name: str
+    seconds: float
+    failure: str  # the failure's text, '' when it passed
+
+
+def _nbval(notebooks: dict[Path, Path], uri: str, scratch: Path, say: Say) -> list[Case]:
     """Run the notebooks with nbval in one pytest process; one case per notebook."""
-    suite = "notebooks (nbval --nbval-lax)"
     say(f"notebooks run by hand ({len(notebooks)}, nbval --nbval-lax)")
-    root = next(iter(notebooks.values()))
     report = scratch / "nbval.xml"
+    done = _run_nbval(list(notebooks), uri, next(iter(notebooks.values())), report)
+    cells = _read_junit(report)
+    if not cells:
+        tail = (done.stdout + done.stderr).strip()[-2000:]
+        return [
+            Case(NBVAL_SUITE, "nbval", CaseStatus.FAILED, message=f"nbval did not run:\n{tail}")
+        ]
+    return [_notebook_case(notebook, root, cells, say) for notebook, root in notebooks.items()]
+
+
+def _run_nbval(
+    notebooks: list[Path], uri: str, root: Path, report: Path
+) -> subprocess.CompletedProcess[str]:
+    """``pytest --nbval-lax`` on the notebooks from ``root``, their MLflow calls to ``uri``."""
     command = [
         sys.executable,
         "-m",
@@ -215,39 +280,36 @@ def _nbval(
         *[str(nb) for nb in notebooks],
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DO_NOT_TRACK": "true"}
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    cells = _read_junit(report)
-    if not cells:
-        tail = (done.stdout + done.stderr).strip()[-2000:]
-        yield Case(suite, "nbval", "failed", message=f"nbval did not run:\n{tail}")
-        return
-    for notebook, root_of in notebooks.items():
-        try:
-            rel = notebook.relative_to(root_of)
-        except ValueError:
-            rel = notebook
-        mine = [c for c in cells if _same_notebook(c[0], notebook, rel)]
-        seconds = sum(c[2] for c in mine)
-        failed = [c for c in mine if c[3]]
-        if not mine:
-            yield Case(suite, str(rel), "skipped", message="nbval collected no cells")
-        elif failed:
-            _, cell, _, message = failed[0]
-            text = f"{rel}: {_headline(notebook, cell, message)}\n{message}"
-            say(f"  ✗ {text.splitlines()[0]}")
-            yield Case(suite, str(rel), "failed", seconds, text)
-        else:
-            say(f"  ✓ {rel} ({len(mine)} cells, {seconds:.1f} s)")
-            yield Case(suite, str(rel), "passed", seconds)
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
 
 
-def _read_junit(path: Path) -> list[tuple[str, str, float, str]]:
-    """(classname, cell name, seconds, failure text or '') of every case pytest wrote."""
+def _notebook_case(notebook: Path, root: Path, cells: list[_Cell], say: Say) -> Case:
+    """One notebook's cells as a case: its first failing cell, or passed, or none collected."""
+    try:
+        rel = notebook.relative_to(root)
+    except ValueError:
+        rel = notebook
+    mine = [c for c in cells if _same_notebook(c.classname, notebook, rel)]
+    seconds = sum(c.seconds for c in mine)
+    failed = [c for c in mine if c.failure]
+    if not mine:
+        return Case(NBVAL_SUITE, str(rel), CaseStatus.SKIPPED, message="nbval collected no cells")
+    if failed:
+        first = failed[0]
+        text = f"{rel}: {_headline(notebook, first.name, first.failure)}\n{first.failure}"
+        say(f"  ✗ {text.splitlines()[0]}")
+        return Case(NBVAL_SUITE, str(rel), CaseStatus.FAILED, seconds, text)
+    say(f"  ✓ {rel} ({len(mine)} cells, {seconds:.1f} s)")
+    return Case(NBVAL_SUITE, str(rel), CaseStatus.PASSED, seconds)
+
+
+def _read_junit(path: Path) -> list[_Cell]:
+    """Every case pytest wrote, as a :class:`_Cell`; none when it wrote no report."""
     try:
         tree = ET.parse(path)
     except (OSError, ET.ParseError):
         return []
-    cases = []
+    cells = []
     for item in tree.iter("testcase"):
         failure = item.find("failure")
         if failure is None:
@@ -255,15 +317,15 @@ def _read_junit(path: Path) -> list[tuple[str, str, float, str]]:
         text = ""
         if failure is not None:
             text = _ANSI.sub("", failure.text or failure.get("message") or "")
-        cases.append(
-            (
+        cells.append(
+            _Cell(
                 item.get("classname", ""),
                 item.get("name", ""),
                 float(item.get("time") or 0),
                 text.strip(),
             )
         )
-    return cases
+    return cells
 
 
 def _headline(notebook: Path, cell: str, report: str) -> str:

@@ -1,0 +1,233 @@
+"""``mlnb build``: a byte-reproducible bundle of a pipeline, with mlnb vendored as a wheel.
+
+The wheel a bundle vendors is built once and installed with pip into a folder
+of its own (the package fixtures ``vendored`` and ``installed``); mlnb run
+from that folder is mlnb installed from a wheel, and its bundles must be the
+very same bytes. test_vendor.py checks the wheel itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from hashlib import sha256
+from importlib import metadata
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from mlnb import __version__
+from mlnb.delivery.bundle import build as build_bundle
+from tests.delivery.helpers import (
+    DIST_INFO,
+    TINY_FILES,
+    WHEEL,
+    bundle_members,
+    from_the_wheel,
+    invoke,
+    manifest_of,
+    mlnb_cli,
+    package_files,
+    wheel_files,
+)
+
+DAEMONLESS = re.compile(r"docker cannot reach its daemon|docker is not installed")
+
+
+def test_build_is_byte_identical_across_folders_and_mtimes(tiny: Path, monkeypatch) -> None:
+    first = mlnb_cli(tiny, "build", "pipelines/tiny.yaml", "--out", "out1")
+    assert first.returncode == 0, first.stderr
+    version = re.search(r"^version:\s+(\S+)$", first.stdout, re.MULTILINE)
+    assert version, first.stdout
+    for path in tiny.rglob("*"):
+        if path.is_file() and "out1" not in path.parts:
+            os.utime(path, (1_900_000_000, 1_900_000_000))
+    # the second from another folder, with an absolute spec path, in this process
+    elsewhere = tiny.parent / "elsewhere"
+    elsewhere.mkdir()
+    second = invoke(
+        elsewhere, monkeypatch, "build", str(tiny / "pipelines" / "tiny.yaml"), "--out", "out2"
+    )
+    assert second.exit_code == 0, second.output
+
+    name = f"tiny-{version.group(1)}"
+    one, two = tiny / "out1", elsewhere / "out2"
+    assert sorted(p.name for p in one.iterdir()) == [f"{name}.Dockerfile", f"{name}.tar.gz"]
+    assert sorted(p.name for p in two.iterdir()) == [f"{name}.Dockerfile", f"{name}.tar.gz"]
+    assert (one / f"{name}.tar.gz").read_bytes() == (two / f"{name}.tar.gz").read_bytes()
+    assert (one / f"{name}.Dockerfile").read_bytes() == (two / f"{name}.Dockerfile").read_bytes()
+    manifest = manifest_of(one / f"{name}.tar.gz")
+    assert manifest["version"] == manifest["content_sha256"][:12] == version.group(1)
+    assert f"content sha256 {manifest['content_sha256']}" in first.stdout
+
+
+def test_bundle_holds_the_pipeline_and_what_it_needs(tiny: Path, monkeypatch) -> None:
+    result = invoke(tiny, monkeypatch, "build", "tiny")  # a pipeline name works too
+
+    assert result.exit_code == 0, result.output
+    [bundle] = (tiny / "dist").glob("*.tar.gz")
+    members = bundle_members(bundle)
+    manifest = json.loads(members.pop("manifest.json"))
+    assert set(manifest["files"]) == set(members)
+    for rel, data in members.items():
+        assert manifest["files"][rel] == sha256(data).hexdigest(), rel
+    assert {
+        key: manifest[key] for key in ("format", "name", "pipeline", "git_commit", "python")
+    } == {
+        "format": 1,
+        "name": "tiny",
+        "pipeline": "pipelines/tiny.yaml",
+        "git_commit": None,
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
+    assert manifest["mlnb_version"] == __version__
+    # the project's files: the stages' notebooks, the specs, the data a parameter names;
+    # not the other notebooks in the folder
+    assert {rel for rel in members if not rel.startswith("vendor/")} == TINY_FILES
+
+    # a notebook committed with outputs is bundled without them
+    source = nbformat.read(str(tiny / "notebooks" / "with_outputs.ipynb"), as_version=4)
+    assert source.cells[1].outputs, "the scenario notebook should carry outputs"
+    bundled = nbformat.reads(members["notebooks/with_outputs.ipynb"].decode(), as_version=4)
+    assert [c.source for c in bundled.cells] == [c.source for c in source.cells]
+    assert all(c.outputs == [] and c.execution_count is None for c in bundled.cells)
+    assert members["data/in.txt"] == b"41\n"
+    assert members["pipelines/tiny.yaml"] == (tiny / "pipelines" / "tiny.yaml").read_bytes()
+    assert yaml.safe_load(members["pipelines/monitor.yaml"])["retrain"]["pipeline"] == (
+        "pipelines/tiny.yaml"
+    )
+
+    lock = members["requirements.lock"].decode().splitlines()
+    assert f"mlflow=={metadata.version('mlflow')}" in lock
+    assert f"papermill=={metadata.version('papermill')}" in lock
+    assert not any(line.startswith("mlnb==") for line in lock)
+
+    # mlnb itself: its wheel, checked in test_the_vendored_wheel_is_mlnb_and_installs
+    assert [rel for rel in members if rel.startswith("vendor/")] == [f"vendor/{WHEEL}"]
+
+
+def test_version_names_the_bundle_and_its_dockerfile(tiny: Path, monkeypatch) -> None:
+    result = invoke(tiny, monkeypatch, "build", "pipelines/tiny.yaml", "--version", "1.2.0")
+
+    assert result.exit_code == 0, result.output
+    bundle = tiny / "dist" / "tiny-1.2.0.tar.gz"
+    dockerfile = tiny / "dist" / "tiny-1.2.0.Dockerfile"
+    assert f"bundle:     {bundle}" in result.output
+    assert f"Dockerfile: {dockerfile}" in result.output
+    assert manifest_of(bundle)["version"] == "1.2.0"
+    text = dockerfile.read_text()
+    assert "COPY tiny-1.2.0.tar.gz /tmp/bundle.tar.gz" in text
+    assert 'ENTRYPOINT ["mlnb", "run", "pipelines/tiny.yaml"]' in text
+    assert f"FROM python:{sys.version_info.major}.{sys.version_info.minor}-slim" in text
+    assert "docker build -f tiny-1.2.0.Dockerfile -t mlnb-tiny:1.2.0 ." in text
+    assert "pip install -r requirements.lock" in text
+    assert f"pip install --no-deps ./vendor/{WHEEL}" in text
+
+
+@pytest.mark.parametrize("label", ["1.2 bad", "../1.0", "v/1", ".hidden"])
+def test_a_bad_version_is_a_clear_error(tiny: Path, monkeypatch, label: str) -> None:
+    result = invoke(tiny, monkeypatch, "build", "pipelines/tiny.yaml", "--version", label)
+
+    assert result.exit_code == 1
+    assert f"error: '{label}' is not a bundle version" in result.output
+    assert "letters, digits" in result.output
+    assert "Traceback" not in result.output
+    assert not (tiny / "dist").exists()
+
+
+def test_only_a_source_change_changes_the_version(tiny: Path) -> None:
+    spec = tiny / "pipelines" / "tiny.yaml"
+    before = build_bundle(spec, tiny / "a").manifest
+    # stripping the committed outputs changes no bundled byte
+    path = tiny / "notebooks" / "with_outputs.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, str(path))
+    assert build_bundle(spec, tiny / "b").manifest.version == before.version
+    # a changed cell is another version
+    path = tiny / "notebooks" / "add_one.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[1].source = nb.cells[1].source.replace("x + 1", "x + 2")
+    nbformat.write(nb, str(path))
+    after = build_bundle(spec, tiny / "c")
+
+    assert after.manifest.version != before.version
+    assert after.manifest.content_sha256 != before.content_sha256
+    changed = {r for r in after.manifest.files if after.manifest.files[r] != before.files.get(r)}
+    assert changed == {"notebooks/add_one.ipynb"}
+    assert b"x + 2" in bundle_members(after.path)["notebooks/add_one.ipynb"]
+
+
+def test_image_without_a_docker_daemon_says_so_and_how(tiny: Path, monkeypatch) -> None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            pytest.skip("a docker daemon answers here: this test is for a machine without one")
+
+    result = invoke(tiny, monkeypatch, "build", "tiny", "--version", "1.0.0", "--image")
+
+    assert result.exit_code == 1
+    assert DAEMONLESS.search(result.output), result.output
+    by_hand = f"cd {tiny / 'dist'} && docker build -f tiny-1.0.0.Dockerfile -t mlnb-tiny:1.0.0 ."
+    assert by_hand in result.output
+    assert "Traceback" not in result.output
+    # the bundle and its Dockerfile are written all the same
+    assert (tiny / "dist" / "tiny-1.0.0.tar.gz").is_file()
+    assert (tiny / "dist" / "tiny-1.0.0.Dockerfile").is_file()
+
+
+# -- mlnb itself, vendored as a wheel ---------------------------------------------------
+
+
+def test_the_vendored_wheel_holds_exactly_mlnbs_package_files(vendored: bytes) -> None:
+    files = wheel_files(vendored)
+    package = {rel: data for rel, data in files.items() if not rel.startswith(f"{DIST_INFO}/")}
+
+    assert package == package_files()
+    assert "mlnb/delivery/templates/project/pipelines/model.yaml" in package  # mlnb init works
+    assert "mlnb/delivery/templates/project/notebooks/train.ipynb" in package
+    assert "mlnb/py.typed" in package
+    assert sorted(set(files) - set(package)) == [
+        f"{DIST_INFO}/{name}"
+        for name in ("METADATA", "RECORD", "WHEEL", "entry_points.txt", "top_level.txt")
+    ]
+
+
+def test_mlnb_init_runs_from_the_installed_wheel(installed: Path, tmp_path: Path) -> None:
+    env = from_the_wheel(installed)
+    where = subprocess.run(
+        [sys.executable, "-c", "import mlnb; print(mlnb.__file__)"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert Path(where.stdout.strip()).parent == installed / "mlnb", where.stderr
+
+    done = mlnb_cli(tmp_path, "init", "fresh", env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert "created 11 files in fresh" in done.stdout
+    spec = yaml.safe_load((tmp_path / "fresh" / "pipelines" / "fresh.yaml").read_text())
+    assert spec["name"] == "fresh"
+
+
+def test_mlnb_installed_from_the_wheel_builds_the_same_bundle(
+    installed: Path, tiny: Path, vendored: bytes
+) -> None:
+    here = build_bundle(tiny / "pipelines" / "tiny.yaml", tiny / "here")
+
+    done = mlnb_cli(
+        tiny, "build", "pipelines/tiny.yaml", "--out", "there", env=from_the_wheel(installed)
+    )
+
+    assert done.returncode == 0, done.stderr
+    there = tiny / "there" / here.path.name
+    assert bundle_members(there)[f"vendor/{WHEEL}"] == vendored
+    assert there.read_bytes() == here.path.read_bytes()
