@@ -31,7 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlnb import tags
 from mlnb.models import RegistryError
 from mlnb.models._fluent import process_store, quiet
-from mlnb.specs.pipeline import METRICS, ModelSpec
+from mlnb.specs.pipeline import METRICS, ModelSpec, ModelType
 from mlnb.tags import EndState, ModelDecision
 from mlnb.tracking import ensure_experiment
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 #: where the gate's runs go when no pipeline run holds them (``mlnb promote``)
 GATE_EXPERIMENT = "mlnb-gate"
 
-#: what ``mlflow.models.evaluate`` scores a model as
-ModelType = Literal["classifier", "regressor"]
 #: the two sides of the comparison, as the evaluation runs are named
 Role = Literal["challenger", "champion"]
 

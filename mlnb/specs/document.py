@@ -6,21 +6,33 @@ validation error into a :class:`~mlnb.errors.Problem` naming the file, the
 line and the key path (``stages.train.params.C``), with "did you mean" for an
 unknown key. :class:`Collector` gathers the problems found by the checks
 that follow, so a user fixes a spec in one pass.
+
+A problem that stops the reading (no file, unreadable, invalid YAML, not a
+mapping) is the only one reported; past the parse, every structural problem
+is reported together.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from mlnb.errors import Problem, SpecError, suggest
 
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
 _M = TypeVar("_M", bound=BaseModel)
+
+#: a key path in a document: mapping keys and sequence indexes (``["stages", "a", "needs", 0]``)
+KeyPath: TypeAlias = Sequence[str | int]
+#: what a document is, as messages name it
+SpecKind = Literal["pipeline spec", "monitor spec"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -63,7 +75,11 @@ class Lines:
                 self.lines[sub] = value.start_mark.line + 1
                 self._walk(value, sub)
 
-    def where(self, path: Iterable[Any]) -> str:
+    def where(self, path: KeyPath) -> str:
+        """``line N: a.b.c``, N the line of the key or of its nearest written parent.
+
+        Just the dotted path when neither the key nor any parent is in the document.
+        """
         keys = tuple(str(p) for p in path)
         probe = keys
         while probe and probe not in self.lines:
@@ -81,7 +97,8 @@ class Collector:
         self.lines = lines
         self.problems: list[Problem] = []
 
-    def add(self, path: Iterable[Any], message: str, file: str | None = None) -> None:
+    def add(self, path: KeyPath, message: str, file: str | None = None) -> None:
+        """Collect a problem at ``path``; ``file`` names another source (no line then)."""
         location = self.lines.where(path) if file is None else ".".join(map(str, path))
         self.problems.append(Problem(file or self.file, location, message))
 
@@ -89,8 +106,8 @@ class Collector:
 def read_document(
     path: Path,
     model: type[_M],
-    owner: Callable[[list[Any]], type[BaseModel]],
-    kind: str,
+    owner: Callable[[KeyPath], type[BaseModel]],
+    kind: SpecKind,
     shape: str,
 ) -> tuple[_M, Lines]:
     """Parse a YAML file into ``model``, every structural problem at once.
@@ -106,35 +123,47 @@ def read_document(
         SpecError: naming the file, line and key of each problem.
     """
     file = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError([Problem(file, "", f"no such {kind}")], kind) from None
-    except OSError as exc:
-        raise SpecError(
-            [Problem(file, "", f"cannot read the {kind}: {exc.strerror}")], kind
-        ) from None
-    try:
-        data = load_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([Problem(file, where, f"invalid YAML: {reason}")], kind) from None
-    lines = Lines(text)
+    text = _read_text(path, kind)
+    data = _parse(text, file, kind)
     if not isinstance(data, dict):
         raise SpecError([Problem(file, "", shape)], kind)
+    lines = Lines(text)
     try:
         return model.model_validate(data), lines
     except ValidationError as exc:
         collector = Collector(file, lines)
         for error in exc.errors():
-            loc = list(error["loc"])
-            if error["type"] == "extra_forbidden":
-                known = owner(loc).model_fields.keys()
-                collector.add(loc, f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), known)}")
-            elif error["type"] == "missing":
-                collector.add(loc, f"required key '{loc[-1]}' is missing")
-            else:  # a validator's message, without pydantic's "Value error, "
-                collector.add(loc, error["msg"].removeprefix("Value error, "))
+            collector.add(error["loc"], _message(error, owner))
         raise SpecError(collector.problems, kind) from None
+
+
+def _read_text(path: Path, kind: SpecKind) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise SpecError([Problem(str(path), "", f"no such {kind}")], kind) from None
+    except OSError as exc:
+        raise SpecError(
+            [Problem(str(path), "", f"cannot read the {kind}: {exc.strerror}")], kind
+        ) from None
+
+
+def _parse(text: str, file: str, kind: SpecKind) -> Any:
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([Problem(file, where, f"invalid YAML: {reason}")], kind) from None
+
+
+def _message(error: ErrorDetails, owner: Callable[[KeyPath], type[BaseModel]]) -> str:
+    """What one pydantic error says to a person: a near key for an unknown one."""
+    loc = error["loc"]
+    if error["type"] == "extra_forbidden":
+        known = owner(loc).model_fields.keys()
+        return f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), known)}"
+    if error["type"] == "missing":
+        return f"required key '{loc[-1]}' is missing"
+    return error["msg"].removeprefix("Value error, ")  # a validator's message

@@ -32,22 +32,25 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlnb.errors import SpecError, suggest
-from mlnb.specs.document import Collector, read_document
+from mlnb.errors import Problem, SpecError, suggest
+from mlnb.specs.document import Collector, KeyPath, read_document
 from mlnb.specs.pipeline import (
     COMMAND_LINE,
     REFERENCE,
+    ModelSpec,
     PipelineSpec,
     load_pipeline,
     notebook_info,
     project_root,
 )
 
-TRIGGERS = ("drift", "performance", "schedule")
+#: what can make a monitor retrain, as a spec's ``triggers:`` names it
+TriggerName = Literal["drift", "performance", "schedule"]
+TRIGGERS: tuple[TriggerName, ...] = get_args(TriggerName)
 #: live metrics computed from labeled predictions → whether greater is better
 LIVE_METRICS = {
     "accuracy": True,
@@ -126,7 +129,7 @@ class ScheduleSpec(_Model):
         if value is not None:
             from croniter import croniter
 
-            if not croniter.is_valid(value):
+            if len(value.split()) != 5 or not croniter.is_valid(value):
                 raise ValueError(
                     f"'{value}' is not a cron expression (five fields: minute hour "
                     "day-of-month month day-of-week, e.g. '*/15 * * * *')"
@@ -204,7 +207,7 @@ class MonitorSpec(_Model):
     drift: DriftSpec | None = None
     performance: PerformanceSpec | None = None
     retrain: RetrainSpec
-    triggers: list[Literal["drift", "performance", "schedule"]]
+    triggers: list[TriggerName]
     cooldown: Duration = 0.0
     log_dir: str = ".mlnb/predictions"
 
@@ -255,11 +258,12 @@ class Monitor:
     greater_is_better: bool
 
     @property
-    def triggers(self) -> frozenset[str]:
+    def triggers(self) -> frozenset[TriggerName]:
+        """The triggers the spec turns on."""
         return frozenset(self.spec.triggers)
 
 
-def _owner(loc: list[Any]) -> type[BaseModel]:
+def _owner(loc: KeyPath) -> type[BaseModel]:
     if len(loc) >= 2 and loc[0] in _SECTIONS:
         return _SECTIONS[str(loc[0])]
     return MonitorSpec
@@ -267,6 +271,10 @@ def _owner(loc: list[Any]) -> type[BaseModel]:
 
 def load_monitor(path: Path | str, *, kernels: Collection[str] | None = None) -> Monitor:
     """Read and validate a monitor spec, and the pipeline it retrains with.
+
+    The checks run in this order, each collecting what it finds: the
+    triggers and the sections they need, the live metric, the drift
+    notebook and its parameters, the retraining pipeline.
 
     ``kernels`` are the Jupyter kernels installed, for the retraining
     pipeline's check (see :func:`~mlnb.specs.pipeline.load_pipeline`).
@@ -285,7 +293,38 @@ def load_monitor(path: Path | str, *, kernels: Collection[str] | None = None) ->
     )
     root = project_root(path)
     collect = Collector(str(path), lines)
+    _check_triggers(spec, collect)
+    greater = _greater_is_better(spec.performance, collect)
+    drift = _drift_notebook(spec.drift, root, collect)
+    pipeline_path = _in_project(spec.retrain.pipeline, root)
+    pipeline_spec = _check_pipeline(spec, pipeline_path, collect, kernels)
+    if collect.problems:
+        raise SpecError(collect.problems, "monitor spec")
+    assert pipeline_spec is not None  # every way to None collects a problem
+    return Monitor(
+        name=spec.name,
+        path=path.resolve(),
+        root=root,
+        spec=spec,
+        drift_notebook=drift.notebook,
+        drift_params=dict(spec.drift.params) if spec.drift else {},
+        drift_kernel=drift.kernel,
+        drift_declares=drift.declares,
+        pipeline=pipeline_path.resolve(),
+        pipeline_spec=pipeline_spec,
+        log_dir=_in_project(spec.log_dir, root),
+        greater_is_better=greater,
+    )
 
+
+def _in_project(value: str, root: Path) -> Path:
+    """A path of the spec: relative ones start at the project root."""
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _check_triggers(spec: MonitorSpec, collect: Collector) -> None:
+    """At least one trigger, none twice, and each with the section it needs."""
     triggers = spec.triggers
     if not triggers:
         collect.add(["triggers"], f"name at least one trigger: {', '.join(TRIGGERS)}")
@@ -305,80 +344,65 @@ def load_monitor(path: Path | str, *, kernels: Collection[str] | None = None) ->
             "the schedule trigger is on: say how old a champion may get, e.g. every: 7d",
         )
 
-    greater = True
-    if spec.performance is not None:
-        perf = spec.performance
-        if perf.greater_is_better is not None:
-            greater = perf.greater_is_better
-        elif perf.metric in LIVE_METRICS:
-            greater = LIVE_METRICS[perf.metric]
-        else:
-            collect.add(
-                ["performance", "metric"],
-                f"unknown live metric '{perf.metric}'{suggest(perf.metric, LIVE_METRICS)}; "
-                f"known: {', '.join(LIVE_METRICS)}",
-            )
 
-    drift_notebook, drift_kernel, declares = None, "python3", frozenset[str]()
-    if spec.drift is not None:
-        info = notebook_info(root, spec.drift.notebook, ["drift", "notebook"], collect)
-        if info is not None:
-            drift_notebook, drift_kernel = info.path, spec.drift.kernel or info.kernel_name
-            declares = frozenset(info.parameters)
-            missing = [name for name in DRIFT_INPUTS if name not in info.parameters]
-            if missing:
-                collect.add(
-                    ["drift", "notebook"],
-                    f"the parameters cell of {spec.drift.notebook} must declare "
-                    f"{', '.join(missing)} (the monitor passes the data files there)",
-                )
-            for key in spec.drift.params:
-                if key in (*DRIFT_INPUTS, *DRIFT_OPTIONAL):
-                    collect.add(["drift", "params", key], f"'{key}' is set by the monitor")
-                elif key not in info.parameters:
-                    collect.add(
-                        ["drift", "params", key],
-                        f"{spec.drift.notebook} does not declare '{key}'"
-                        f"{suggest(key, info.parameters)}",
-                    )
-
-    pipeline_path = Path(spec.retrain.pipeline)
-    if not pipeline_path.is_absolute():
-        pipeline_path = root / pipeline_path
-    pipeline_spec = _check_pipeline(spec, pipeline_path, collect, kernels)
-
-    if collect.problems:
-        raise SpecError(collect.problems, "monitor spec")
-    assert pipeline_spec is not None
-    log_dir = Path(spec.log_dir)
-    return Monitor(
-        name=spec.name,
-        path=path.resolve(),
-        root=root,
-        spec=spec,
-        drift_notebook=drift_notebook,
-        drift_params=dict(spec.drift.params) if spec.drift else {},
-        drift_kernel=drift_kernel,
-        drift_declares=declares,
-        pipeline=pipeline_path.resolve(),
-        pipeline_spec=pipeline_spec,
-        log_dir=log_dir if log_dir.is_absolute() else root / log_dir,
-        greater_is_better=greater,
+def _greater_is_better(performance: PerformanceSpec | None, collect: Collector) -> bool:
+    """Whether the live metric improves upward: as the spec says, or as the metric is known."""
+    if performance is None:
+        return True
+    if performance.greater_is_better is not None:
+        return performance.greater_is_better
+    if performance.metric in LIVE_METRICS:
+        return LIVE_METRICS[performance.metric]
+    collect.add(
+        ["performance", "metric"],
+        f"unknown live metric '{performance.metric}'{suggest(performance.metric, LIVE_METRICS)}; "
+        f"known: {', '.join(LIVE_METRICS)}",
     )
+    return True
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """What the monitor needs of its drift notebook; the defaults when there is none."""
+
+    notebook: Path | None = None
+    kernel: str = "python3"
+    declares: frozenset[str] = frozenset()
+
+
+def _drift_notebook(drift: DriftSpec | None, root: Path, collect: Collector) -> _Drift:
+    """The drift notebook can be read and declares what the monitor and the spec give it."""
+    if drift is None:
+        return _Drift()
+    info = notebook_info(root, drift.notebook, ["drift", "notebook"], collect)
+    if info is None:
+        return _Drift()
+    missing = [name for name in DRIFT_INPUTS if name not in info.parameters]
+    if missing:
+        collect.add(
+            ["drift", "notebook"],
+            f"the parameters cell of {drift.notebook} must declare "
+            f"{', '.join(missing)} (the monitor passes the data files there)",
+        )
+    for key in drift.params:
+        if key in (*DRIFT_INPUTS, *DRIFT_OPTIONAL):
+            collect.add(["drift", "params", key], f"'{key}' is set by the monitor")
+        elif key not in info.parameters:
+            collect.add(
+                ["drift", "params", key],
+                f"{drift.notebook} does not declare '{key}'{suggest(key, info.parameters)}",
+            )
+    return _Drift(info.path, drift.kernel or info.kernel_name, frozenset(info.parameters))
 
 
 def _check_pipeline(
     spec: MonitorSpec, path: Path, collect: Collector, kernels: Collection[str] | None
 ) -> PipelineSpec | None:
-    """The retraining pipeline loads with the retrain params and delivers the model watched."""
-    for key, value in spec.retrain.params.items():
-        for inside in REFERENCE.findall(value) if isinstance(value, str) else ():
-            if inside.strip() not in PLACEHOLDERS:
-                collect.add(
-                    ["retrain", "params", key],
-                    f"unknown placeholder ${{{inside}}}{suggest(inside.strip(), PLACEHOLDERS)}; "
-                    f"known: {', '.join('${' + p + '}' for p in PLACEHOLDERS)}",
-                )
+    """The retraining pipeline loads with the retrain params and delivers the model watched.
+
+    ``None`` when it does not load (the problems are collected).
+    """
+    _check_placeholders(spec.retrain, collect)
     if not path.is_file():
         collect.add(
             ["retrain", "pipeline"],
@@ -391,17 +415,41 @@ def _check_pipeline(
         pipeline = load_pipeline(path, spec.retrain.profile, overrides, kernels=kernels)
     except SpecError as exc:
         for problem in exc.problems:
-            if problem.file == COMMAND_LINE and problem.location.startswith("-p "):
-                # a retrain param reaches the pipeline as an override: say it is one
-                key = problem.location.removeprefix("-p ")
-                collect.add(["retrain", "params", key], problem.message)
-            elif spec.retrain.profile and problem.message.startswith("no profile "):
-                collect.add(["retrain", "profile"], problem.message)
-            else:
-                where = f"{problem.file}: {problem.location}" if problem.location else problem.file
-                collect.add(["retrain", "pipeline"], f"{where}: {problem.message}")
+            collect.add(*_as_retrain_problem(problem, spec.retrain))
         return None
-    model = pipeline.spec.model
+    _check_delivers(spec, pipeline.spec.model, collect)
+    return pipeline.spec
+
+
+def _check_placeholders(retrain: RetrainSpec, collect: Collector) -> None:
+    """Each ``${...}`` in a retrain parameter is one of :data:`PLACEHOLDERS`."""
+    for key, value in retrain.params.items():
+        for inside in REFERENCE.findall(value) if isinstance(value, str) else ():
+            if inside.strip() not in PLACEHOLDERS:
+                collect.add(
+                    ["retrain", "params", key],
+                    f"unknown placeholder ${{{inside}}}{suggest(inside.strip(), PLACEHOLDERS)}; "
+                    f"known: {', '.join('${' + p + '}' for p in PLACEHOLDERS)}",
+                )
+
+
+def _as_retrain_problem(problem: Problem, retrain: RetrainSpec) -> tuple[KeyPath, str]:
+    """Where in the monitor spec a problem of the retraining pipeline belongs, and its message.
+
+    A retrain param reaches the pipeline as a ``-p`` override, so a problem of
+    one is the param's; an unknown profile is the ``profile``'s; anything else
+    is the pipeline's, named with its own file and key.
+    """
+    if problem.file == COMMAND_LINE and problem.location.startswith("-p "):
+        return ["retrain", "params", problem.location.removeprefix("-p ")], problem.message
+    if retrain.profile and problem.message.startswith("no profile "):
+        return ["retrain", "profile"], problem.message
+    where = f"{problem.file}: {problem.location}" if problem.location else problem.file
+    return ["retrain", "pipeline"], f"{where}: {problem.message}"
+
+
+def _check_delivers(spec: MonitorSpec, model: ModelSpec | None, collect: Collector) -> None:
+    """The retraining pipeline has a ``model:`` section, for the model the monitor watches."""
     if model is None:
         collect.add(
             ["retrain", "pipeline"],
@@ -414,7 +462,6 @@ def _check_pipeline(
             f"the monitor watches '{spec.model}' but {spec.retrain.pipeline} delivers "
             f"'{model.name}'; make them the same model",
         )
-    return pipeline.spec
 
 
 def _placeholder_free(value: Any) -> Any:

@@ -18,22 +18,30 @@ declares the name), the stage's ``params``, the chosen profile, then
 ``-p key=value`` from the command line. A profile or command-line key written
 ``stage.key`` targets one stage only. A name that no parameters cell declares
 is an error, never silently ignored.
+
+:func:`load_pipeline` reads the spec (:mod:`mlnb.specs.document`), then runs
+the checks of :class:`_Validation` one after the other, each a named step
+that collects what it finds. Stages run in waves (:class:`Pipeline`), ordered
+by :class:`graphlib.TopologicalSorter`, whose :class:`graphlib.CycleError`
+names a cycle. The installed Jupyter kernels come in as an argument: the spec
+layer starts nothing and imports no Jupyter machinery.
 """
 
 from __future__ import annotations
 
+import graphlib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlnb import notebook as nbmod
 from mlnb.errors import NotebookError, Problem, SpecError, suggest
-from mlnb.specs.document import Collector, Lines, load_yaml, read_document
+from mlnb.specs.document import Collector, KeyPath, Lines, load_yaml, read_document
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -54,8 +62,11 @@ class StageSpec(BaseModel):
     cache: bool = True
 
 
+#: what a pipeline's model is, for ``mlflow.models.evaluate``
+ModelType = Literal["classifier", "regressor"]
+
 #: metrics of ``mlflow.models.evaluate``'s default evaluator, and whether greater is better
-METRICS: dict[str, dict[str, bool]] = {
+METRICS: dict[ModelType, dict[str, bool]] = {
     "classifier": {
         "accuracy_score": True,
         "f1_score": True,
@@ -90,7 +101,7 @@ class ModelSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     stage: str
     artifact: str = "model"
-    type: Literal["classifier", "regressor"] = "classifier"
+    type: ModelType = "classifier"
     holdout: str
     training_data: str | None = None
     target: str
@@ -160,11 +171,15 @@ class Stage:
 class Pipeline:
     """A validated pipeline: stages in a runnable (topological) order.
 
+    The order is in waves: first every stage that needs no other, in the
+    order the spec lists them; then every stage whose upstream stages are all
+    in earlier waves, again in spec order; and so on.
+
     Attributes:
         name: the pipeline name (also the MLflow experiment name).
         path: the spec file.
         root: the project root, against which relative paths resolve.
-        stages: stages in topological order.
+        stages: stages in that order.
         profile: the profile applied, if any.
         overrides: ``-p`` values applied, as given.
         spec: the spec as parsed.
@@ -296,7 +311,7 @@ def read_spec(path: Path) -> tuple[PipelineSpec, Lines]:
         SpecError: with every structural problem found.
     """
 
-    def owner(loc: list[Any]) -> type[BaseModel]:
+    def owner(loc: KeyPath) -> type[BaseModel]:
         if len(loc) >= 3 and loc[0] == "stages":
             return StageSpec
         if len(loc) >= 2 and loc[0] == "model":
@@ -321,6 +336,12 @@ def load_pipeline(
 ) -> Pipeline:
     """Read, validate and resolve a pipeline spec.
 
+    The checks run in this order, each collecting what it finds (the order
+    of the problems in the error): stage names and notebooks, pipeline
+    ``params``, stage ``params`` and ``outputs``, the profile and the keys of
+    every profile and of ``-p``, ``needs`` and references, the ``model:``
+    section, kernels, cycles.
+
     Args:
         path: the spec file.
         profile: a profile name from the spec's ``profiles``.
@@ -337,213 +358,386 @@ def load_pipeline(
     """
     path = Path(path)
     spec, lines = read_spec(path)
-    root = project_root(path)
-    overrides = dict(overrides or {})
-    collect = Collector(str(path), lines)
-
-    infos: dict[str, nbmod.NotebookInfo] = {}
-    for name, stage in spec.stages.items():
-        if not STAGE_NAME.match(name):
-            collect.add(
-                ["stages", name],
-                "a stage name starts with a letter or '_' and holds "
-                "only letters, digits, '_' and '-'",
-            )
-        info = _notebook_info(root, name, stage, collect)
-        if info is not None:
-            infos[name] = info
-
-    def declares(stage_name: str, key: str) -> bool:
-        info = infos.get(stage_name)
-        return info is None or key in info.parameters  # unknown notebook: reported already
-
-    all_declared = sorted({p for info in infos.values() for p in info.parameters})
-
-    # pipeline params: every name must reach at least one stage
-    for key in spec.params:
-        if not any(declares(s, key) for s in spec.stages):
-            collect.add(
-                ["params", key],
-                f"no stage's parameters cell declares '{key}'{suggest(key, all_declared)}",
-            )
-        elif _only_outputs(key, spec, infos):
-            collect.add(
-                ["params", key],
-                f"'{key}' is an output of every stage declaring it; outputs are set by mlnb",
-            )
-
-    # stage params and outputs must be declared by the stage's notebook
-    for name, stage in spec.stages.items():
-        info = infos.get(name)
-        if info is None:
-            continue
-        declared = list(info.parameters)
-        if (stage.params or stage.outputs) and not info.has_parameters_cell:
-            collect.add(
-                ["stages", name, "notebook"],
-                f"{_display(info.path, root)} has no cell tagged 'parameters'; tag the cell "
-                "holding the defaults (JupyterLab: property inspector → Cell Tags)",
-            )
-            continue
-        for key in stage.params:
-            if key not in info.parameters:
-                collect.add(
-                    ["stages", name, "params", key],
-                    f"'{key}' is not declared in the parameters cell of "
-                    f"{_display(info.path, root)}{suggest(key, declared)}",
-                )
-        for key, value in stage.outputs.items():
-            if key not in info.parameters:
-                collect.add(
-                    ["stages", name, "outputs", key],
-                    f"output '{key}' must be declared in the parameters cell of "
-                    f"{_display(info.path, root)} (it receives the output's path)"
-                    f"{suggest(key, declared)}",
-                )
-            posix = PurePosixPath(value)
-            if posix.is_absolute() or ".." in posix.parts or not value.strip():
-                collect.add(
-                    ["stages", name, "outputs", key],
-                    "an output is a relative path inside the stage's workspace, "
-                    f"without '..' (got '{value}')",
-                )
-            if key in stage.params:
-                collect.add(
-                    ["stages", name, "outputs", key],
-                    f"'{key}' is both a parameter and an output of stage '{name}'",
-                )
-
-    # profile and command-line overrides
-    chosen: dict[str, Any] = {}
-    if profile is not None:
-        if profile not in spec.profiles:
-            names = sorted(spec.profiles)
-            hint = suggest(profile, names) or (
-                f"; profiles: {', '.join(names)}" if names else "; the spec defines no 'profiles'"
-            )
-            collect.add(["profiles"], f"no profile '{profile}'{hint}")
-        else:
-            chosen = dict(spec.profiles[profile])
-    for prof_name, values in spec.profiles.items():
-        for key in values:
-            _check_override(key, ["profiles", prof_name, key], spec, infos, all_declared, collect)
-    for key in overrides:
-        _check_override(key, [f"-p {key}"], spec, infos, all_declared, collect, file=COMMAND_LINE)
-
-    # references and the dependency graph
-    upstream: dict[str, set[str]] = {name: set() for name in spec.stages}
-    for name, stage in spec.stages.items():
-        for index, need in enumerate(stage.needs):
-            if need not in spec.stages:
-                collect.add(
-                    ["stages", name, "needs", index],
-                    f"unknown stage '{need}'{suggest(need, spec.stages)}",
-                )
-            elif need == name:
-                collect.add(["stages", name, "needs", index], "a stage cannot need itself")
-            else:
-                upstream[name].add(need)
-        sources: list[tuple[list[Any], Any, str | None]] = [
-            (["stages", name, "params", k], v, None) for k, v in stage.params.items()
-        ]
-        sources += [
-            (["profiles", p, k], v, None)
-            for p, vals in spec.profiles.items()
-            for k, v in vals.items()
-            if _targets(k, name, infos)
-        ]
-        sources += [
-            ([f"-p {k}"], v, COMMAND_LINE) for k, v in overrides.items() if _targets(k, name, infos)
-        ]
-        sources += [(["params", k], v, None) for k, v in spec.params.items() if declares(name, k)]
-        for loc, value, file in sources:
-            for inner, whole in references(value):
-                ref = parse_reference(inner)
-                if ref is None:
-                    collect.add(
-                        loc,
-                        f"'{whole}' is not a reference of the form ${{stage.outputs.name}}",
-                        file,
-                    )
-                elif ref.stage not in spec.stages:
-                    collect.add(
-                        loc,
-                        f"'{whole}' names unknown stage '{ref.stage}'"
-                        f"{suggest(ref.stage, spec.stages)}",
-                        file,
-                    )
-                elif ref.output not in spec.stages[ref.stage].outputs:
-                    outs = spec.stages[ref.stage].outputs
-                    hint = suggest(ref.output, outs) or (
-                        f"; its outputs: {', '.join(outs)}"
-                        if outs
-                        else f"; stage '{ref.stage}' declares no outputs"
-                    )
-                    collect.add(
-                        loc,
-                        f"'{whole}': stage '{ref.stage}' has no output '{ref.output}'{hint}",
-                        file,
-                    )
-                elif ref.stage == name:
-                    collect.add(loc, f"'{whole}': a stage cannot use its own output", file)
-                else:
-                    upstream[name].add(ref.stage)
-
-    if spec.model is not None:
-        _check_model(spec, collect)
-
-    kernels = frozenset(k.lower() for k in kernels or ())
-    for name, stage in spec.stages.items():
-        kernel = stage.kernel or (infos[name].kernel_name if name in infos else None)
-        if kernel and kernels and kernel.lower() not in kernels:
-            where = ["stages", name, "kernel"] if stage.kernel else ["stages", name, "notebook"]
-            collect.add(
-                where,
-                f"no Jupyter kernel named '{kernel}' is installed"
-                f"{suggest(kernel, kernels) or '; installed: ' + ', '.join(sorted(kernels))}",
-            )
-
-    order, cycle = _topological(spec.stages, upstream)
-    if cycle:
-        path_text = " → ".join([*cycle, cycle[0]])
-        collect.add(
-            ["stages", cycle[0]],
-            f"the stages form a cycle: {path_text}; "
-            "remove a reference or a 'needs' entry to break it",
-        )
-
-    if collect.problems:
-        raise SpecError(collect.problems)
-
-    stages = tuple(
-        Stage(
-            name=name,
-            notebook=infos[name].path,
-            params=_merged_params(name, spec, infos[name], chosen, overrides),
-            outputs=dict(spec.stages[name].outputs),
-            upstream=tuple(sorted(upstream[name])),
-            timeout=spec.stages[name].timeout,
-            kernel=spec.stages[name].kernel or infos[name].kernel_name,
-            cache=spec.stages[name].cache,
-            info=infos[name],
-        )
-        for name in order
-    )
+    check = _Validation(spec, project_root(path), Collector(str(path), lines), overrides)
+    check.read_notebooks()
+    check.pipeline_params()
+    check.stage_params_and_outputs()
+    chosen = check.chosen_profile(profile)
+    check.profile_and_command_line_keys()
+    upstream = check.dependencies()
+    check.model_section()
+    check.stage_kernels(kernels)
+    order = check.stage_order(upstream)
+    if check.collect.problems:
+        raise SpecError(check.collect.problems)
     return Pipeline(
         name=spec.name,
         path=path.resolve(),
-        root=root,
-        stages=stages,
+        root=check.root,
+        stages=tuple(check.stage(name, chosen, upstream[name]) for name in order),
         profile=profile,
-        overrides=overrides,
+        overrides=check.overrides,
         spec=spec,
     )
 
 
-def _check_model(spec: PipelineSpec, collect: Collector) -> None:
+class _Source(NamedTuple):
+    """A value given to a stage, and where the spec (or the command line) gives it."""
+
+    loc: KeyPath
+    value: Any
+    file: str | None = None
+
+
+class _Validation:
+    """One pipeline spec checked against its notebooks: the state the checks share.
+
+    Each check adds what it finds to ``collect`` and goes on, so that one
+    :class:`SpecError` lists every problem. ``infos`` holds the notebooks
+    that could be read; a stage whose notebook could not is reported once,
+    and the checks that need its parameters pass over it rather than raise
+    false alarms.
+    """
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        root: Path,
+        collect: Collector,
+        overrides: Mapping[str, Any] | None,
+    ) -> None:
+        self.spec = spec
+        self.root = root
+        self.collect = collect
+        self.overrides: dict[str, Any] = dict(overrides or {})
+        self.infos: dict[str, nbmod.NotebookInfo] = {}
+
+    def read_notebooks(self) -> None:
+        """Each stage's name is valid and its notebook can be read."""
+        for name, stage in self.spec.stages.items():
+            if not STAGE_NAME.match(name):
+                self.collect.add(
+                    ["stages", name],
+                    "a stage name starts with a letter or '_' and holds "
+                    "only letters, digits, '_' and '-'",
+                )
+            info = notebook_info(
+                self.root, stage.notebook, ["stages", name, "notebook"], self.collect
+            )
+            if info is not None:
+                self.infos[name] = info
+
+    def declares(self, stage: str, key: str) -> bool:
+        """Whether ``stage`` declares ``key``; yes for an unread notebook (reported already)."""
+        info = self.infos.get(stage)
+        return info is None or key in info.parameters
+
+    def declared_anywhere(self) -> list[str]:
+        """Every parameter some stage declares, for "did you mean"."""
+        return sorted({p for info in self.infos.values() for p in info.parameters})
+
+    def only_outputs(self, key: str) -> bool:
+        """Whether every stage whose notebook declares ``key`` uses it as an output."""
+        declaring = [n for n, info in self.infos.items() if key in info.parameters]
+        return bool(declaring) and all(key in self.spec.stages[n].outputs for n in declaring)
+
+    def targets(self, key: str, stage: str) -> bool:
+        """Whether a profile or ``-p`` key (``key`` or ``stage.key``) reaches ``stage``."""
+        target, dot, _name = key.partition(".")
+        if dot:
+            return target == stage
+        info = self.infos.get(stage)
+        return info is not None and key in info.parameters
+
+    def pipeline_params(self) -> None:
+        """Each pipeline ``params`` name reaches at least one stage, as a parameter."""
+        for key in self.spec.params:
+            if not any(self.declares(stage, key) for stage in self.spec.stages):
+                self.collect.add(
+                    ["params", key],
+                    f"no stage's parameters cell declares '{key}'"
+                    f"{suggest(key, self.declared_anywhere())}",
+                )
+            elif self.only_outputs(key):
+                self.collect.add(
+                    ["params", key],
+                    f"'{key}' is an output of every stage declaring it; outputs are set by mlnb",
+                )
+
+    def stage_params_and_outputs(self) -> None:
+        """Each stage's ``params`` and ``outputs`` are declared by its notebook."""
+        for name, stage in self.spec.stages.items():
+            info = self.infos.get(name)
+            if info is None:
+                continue
+            if (stage.params or stage.outputs) and not info.has_parameters_cell:
+                self.collect.add(
+                    ["stages", name, "notebook"],
+                    f"{_display(info.path, self.root)} has no cell tagged 'parameters'; tag the "
+                    "cell holding the defaults (JupyterLab: property inspector → Cell Tags)",
+                )
+                continue
+            for key in stage.params:
+                self._stage_param(name, key, info)
+            for key, value in stage.outputs.items():
+                self._stage_output(name, stage, key, value, info)
+
+    def _stage_param(self, name: str, key: str, info: nbmod.NotebookInfo) -> None:
+        if key not in info.parameters:
+            self.collect.add(
+                ["stages", name, "params", key],
+                f"'{key}' is not declared in the parameters cell of "
+                f"{_display(info.path, self.root)}{suggest(key, list(info.parameters))}",
+            )
+
+    def _stage_output(
+        self, name: str, stage: StageSpec, key: str, value: str, info: nbmod.NotebookInfo
+    ) -> None:
+        where = ["stages", name, "outputs", key]
+        if key not in info.parameters:
+            self.collect.add(
+                where,
+                f"output '{key}' must be declared in the parameters cell of "
+                f"{_display(info.path, self.root)} (it receives the output's path)"
+                f"{suggest(key, list(info.parameters))}",
+            )
+        posix = PurePosixPath(value)
+        if posix.is_absolute() or ".." in posix.parts or not value.strip():
+            self.collect.add(
+                where,
+                "an output is a relative path inside the stage's workspace, "
+                f"without '..' (got '{value}')",
+            )
+        if key in stage.params:
+            self.collect.add(where, f"'{key}' is both a parameter and an output of stage '{name}'")
+
+    def chosen_profile(self, profile: str | None) -> dict[str, Any]:
+        """The values of the profile asked for; none when no profile is (or it is unknown)."""
+        if profile is None:
+            return {}
+        if profile in self.spec.profiles:
+            return dict(self.spec.profiles[profile])
+        names = sorted(self.spec.profiles)
+        hint = suggest(profile, names) or (
+            f"; profiles: {', '.join(names)}" if names else "; the spec defines no 'profiles'"
+        )
+        self.collect.add(["profiles"], f"no profile '{profile}'{hint}")
+        return {}
+
+    def profile_and_command_line_keys(self) -> None:
+        """Every key of every profile, and of ``-p``, reaches a stage parameter."""
+        for profile, values in self.spec.profiles.items():
+            for key in values:
+                self._override_key(key, ["profiles", profile, key])
+        for key in self.overrides:
+            self._override_key(key, [f"-p {key}"], file=COMMAND_LINE)
+
+    def _override_key(self, key: str, loc: KeyPath, file: str | None = None) -> None:
+        target, dot, name = key.partition(".")
+        if dot:
+            self._one_stage_key(target, name, loc, file)
+        elif self.infos and not any(key in info.parameters for info in self.infos.values()):
+            self.collect.add(
+                loc,
+                f"no stage's parameters cell declares '{key}'"
+                f"{suggest(key, self.declared_anywhere())}",
+                file,
+            )
+        elif self.only_outputs(key):
+            self.collect.add(
+                loc,
+                f"'{key}' is an output of every stage declaring it; outputs are set by mlnb",
+                file,
+            )
+
+    def _one_stage_key(self, target: str, name: str, loc: KeyPath, file: str | None) -> None:
+        """A ``stage.key`` override: the stage exists and declares the key, not as an output."""
+        if target not in self.spec.stages:
+            self.collect.add(
+                loc, f"unknown stage '{target}'{suggest(target, self.spec.stages)}", file
+            )
+            return
+        info = self.infos.get(target)
+        if info is not None and name not in info.parameters:
+            self.collect.add(
+                loc,
+                f"stage '{target}' does not declare '{name}'{suggest(name, list(info.parameters))}",
+                file,
+            )
+        if name in self.spec.stages[target].outputs:
+            self.collect.add(
+                loc, f"'{name}' is an output of stage '{target}'; outputs are set by mlnb", file
+            )
+
+    def dependencies(self) -> dict[str, set[str]]:
+        """Each stage's upstream stages, from its ``needs`` and the references it is given."""
+        upstream: dict[str, set[str]] = {}
+        for name, stage in self.spec.stages.items():
+            upstream[name] = self._needs(name, stage)
+            for source in self._sources(name, stage):
+                upstream[name] |= self._referenced(name, source)
+        return upstream
+
+    def _needs(self, name: str, stage: StageSpec) -> set[str]:
+        needed = set()
+        for index, need in enumerate(stage.needs):
+            if need not in self.spec.stages:
+                self.collect.add(
+                    ["stages", name, "needs", index],
+                    f"unknown stage '{need}'{suggest(need, self.spec.stages)}",
+                )
+            elif need == name:
+                self.collect.add(["stages", name, "needs", index], "a stage cannot need itself")
+            else:
+                needed.add(need)
+        return needed
+
+    def _sources(self, name: str, stage: StageSpec) -> list[_Source]:
+        """The values given to a stage, where its references may be, in precedence order."""
+        spec = self.spec
+        return [
+            *(_Source(["stages", name, "params", k], v) for k, v in stage.params.items()),
+            *(
+                _Source(["profiles", p, k], v)
+                for p, values in spec.profiles.items()
+                for k, v in values.items()
+                if self.targets(k, name)
+            ),
+            *(
+                _Source([f"-p {k}"], v, COMMAND_LINE)
+                for k, v in self.overrides.items()
+                if self.targets(k, name)
+            ),
+            *(_Source(["params", k], v) for k, v in spec.params.items() if self.declares(name, k)),
+        ]
+
+    def _referenced(self, name: str, source: _Source) -> set[str]:
+        """The stages whose outputs a value references; each bad reference is collected."""
+        found = set()
+        for inner, whole in references(source.value):
+            ref = parse_reference(inner)
+            problem = self._reference_problem(name, ref, whole)
+            if problem is not None:
+                self.collect.add(source.loc, problem, source.file)
+            elif ref is not None:
+                found.add(ref.stage)
+        return found
+
+    def _reference_problem(self, name: str, ref: Reference | None, whole: str) -> str | None:
+        """What is wrong with a reference written ``whole`` in stage ``name``, if anything."""
+        stages = self.spec.stages
+        if ref is None:
+            return f"'{whole}' is not a reference of the form ${{stage.outputs.name}}"
+        if ref.stage not in stages:
+            return f"'{whole}' names unknown stage '{ref.stage}'{suggest(ref.stage, stages)}"
+        outs = stages[ref.stage].outputs
+        if ref.output not in outs:
+            hint = suggest(ref.output, outs) or (
+                f"; its outputs: {', '.join(outs)}"
+                if outs
+                else f"; stage '{ref.stage}' declares no outputs"
+            )
+            return f"'{whole}': stage '{ref.stage}' has no output '{ref.output}'{hint}"
+        if ref.stage == name:
+            return f"'{whole}': a stage cannot use its own output"
+        return None
+
+    def model_section(self) -> None:
+        """The ``model:`` section, when there is one: its stage, outputs and metric exist."""
+        if self.spec.model is not None:
+            _check_model(self.spec, self.spec.model, self.collect)
+
+    def stage_kernels(self, kernels: Collection[str] | None) -> None:
+        """Each stage's kernel (its own, or its notebook's) is one of ``kernels``."""
+        installed = frozenset(k.lower() for k in kernels or ())
+        if not installed:
+            return
+        for name, stage in self.spec.stages.items():
+            kernel = self._kernel(name, stage)
+            if kernel and kernel.lower() not in installed:
+                where = ["stages", name, "kernel" if stage.kernel else "notebook"]
+                hint = suggest(kernel, installed) or "; installed: " + ", ".join(sorted(installed))
+                self.collect.add(where, f"no Jupyter kernel named '{kernel}' is installed{hint}")
+
+    def _kernel(self, name: str, stage: StageSpec) -> str | None:
+        """A stage's kernel: its own, or its notebook's (``None`` for an unread notebook)."""
+        info = self.infos.get(name)
+        return stage.kernel or (info.kernel_name if info is not None else None)
+
+    def stage_order(self, upstream: Mapping[str, Collection[str]]) -> list[str]:
+        """The stages in the order they run (see :class:`Pipeline`); a cycle is collected."""
+        names = list(self.spec.stages)
+        try:
+            return _waves(names, upstream)
+        except graphlib.CycleError:
+            cycle = _cycle(names, upstream)
+            self.collect.add(
+                ["stages", cycle[0]],
+                f"the stages form a cycle: {' → '.join([*cycle, cycle[0]])}; "
+                "remove a reference or a 'needs' entry to break it",
+            )
+            return []
+
+    def stage(self, name: str, profile: Mapping[str, Any], upstream: Collection[str]) -> Stage:
+        """The validated stage ``name``, its parameters merged by precedence."""
+        stage, info = self.spec.stages[name], self.infos[name]
+        return Stage(
+            name=name,
+            notebook=info.path,
+            params=_merged_params(name, self.spec, info, profile, self.overrides),
+            outputs=dict(stage.outputs),
+            upstream=tuple(sorted(upstream)),
+            timeout=stage.timeout,
+            kernel=stage.kernel or info.kernel_name,
+            cache=stage.cache,
+            info=info,
+        )
+
+
+def _waves(names: Sequence[str], upstream: Mapping[str, Collection[str]]) -> list[str]:
+    """``names`` in waves of ready stages, each wave in the order of ``names``.
+
+    Raises:
+        graphlib.CycleError: naming one cycle.
+    """
+    position = {name: index for index, name in enumerate(names)}
+    sorter = graphlib.TopologicalSorter({name: upstream[name] for name in names})
+    sorter.prepare()
+    order: list[str] = []
+    while sorter.is_active():
+        wave = sorted(sorter.get_ready(), key=position.__getitem__)
+        order.extend(wave)
+        sorter.done(*wave)
+    return order
+
+
+def _cycle(names: Sequence[str], upstream: Mapping[str, Collection[str]]) -> list[str]:
+    """One cycle among the stages, each needing the next; empty when there is none.
+
+    :meth:`graphlib.TopologicalSorter.prepare` looks for a cycle by walking
+    from each node, in the order the nodes were added, to its successors,
+    and its :class:`graphlib.CycleError` names the cycle in the walk's
+    direction. Given the stages in spec order, each with the stages it needs
+    (in name order) as its successors, the walk starts at the first stage the
+    spec lists and goes towards what it needs, so the cycle reads as the
+    message does (``a → b``: a needs b) and is the same one whatever the
+    order of the sets in ``upstream``.
+    """
+    needs: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for name in names:
+        needs.add(name)
+    for name in names:
+        for need in sorted(upstream[name]):
+            needs.add(need, name)  # a successor of ``name`` here: a stage it needs
+    try:
+        needs.prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1][:-1])
+    return []
+
+
+def _check_model(spec: PipelineSpec, model: ModelSpec, collect: Collector) -> None:
     """The ``model:`` section: its stage, holdout reference and metric exist."""
-    model = spec.model
-    assert model is not None
     if model.stage not in spec.stages:
         collect.add(
             ["model", "stage"], f"unknown stage '{model.stage}'{suggest(model.stage, spec.stages)}"
@@ -560,12 +754,15 @@ def _check_model(spec: PipelineSpec, collect: Collector) -> None:
         )
 
 
+def _whole_reference(value: str) -> Reference | None:
+    """The reference ``value`` is, when it is exactly one ``${stage.outputs.name}``."""
+    whole = REFERENCE.fullmatch(value.strip())
+    return parse_reference(whole.group(1)) if whole else None
+
+
 def _check_output(spec: PipelineSpec, key: str, value: str, what: str, collect: Collector) -> None:
     """A ``model:`` key that names one stage output, ``${stage.outputs.name}``."""
-    ref = None
-    whole = REFERENCE.fullmatch(value.strip())
-    if whole:
-        ref = parse_reference(whole.group(1))
+    ref = _whole_reference(value)
     if ref is None:
         collect.add(
             ["model", key], f"the {what} is an output of a stage, written ${{stage.outputs.name}}"
@@ -582,9 +779,14 @@ def _check_output(spec: PipelineSpec, key: str, value: str, what: str, collect: 
 
 
 def output_reference(value: str) -> Reference:
-    """The stage output a validated ``model:`` key (``holdout``, ``training_data``) names."""
-    ref = parse_reference(REFERENCE.fullmatch(value.strip()).group(1))  # type: ignore[union-attr]
-    assert ref is not None
+    """The stage output a validated ``model:`` key (``holdout``, ``training_data``) names.
+
+    Raises:
+        ValueError: ``value`` is not one ``${stage.outputs.name}`` (a spec not validated).
+    """
+    ref = _whole_reference(value)
+    if ref is None:
+        raise ValueError(f"'{value}' is not a reference of the form ${{stage.outputs.name}}")
     return ref
 
 
@@ -593,14 +795,8 @@ def holdout_reference(model: ModelSpec) -> Reference:
     return output_reference(model.holdout)
 
 
-def _notebook_info(
-    root: Path, name: str, stage: StageSpec, collect: Collector
-) -> nbmod.NotebookInfo | None:
-    return notebook_info(root, stage.notebook, ["stages", name, "notebook"], collect)
-
-
 def notebook_info(
-    root: Path, notebook: str, where: list[Any], collect: Collector
+    root: Path, notebook: str, where: KeyPath, collect: Collector
 ) -> nbmod.NotebookInfo | None:
     """Inspect the notebook a spec names at ``where``; a problem is collected, not raised."""
     raw = Path(notebook)
@@ -627,56 +823,6 @@ def notebook_info(
         return None
 
 
-def _targets(key: str, stage: str, infos: Mapping[str, nbmod.NotebookInfo]) -> bool:
-    target, dot, _name = key.partition(".")
-    if dot:
-        return target == stage
-    info = infos.get(stage)
-    return info is not None and key in info.parameters
-
-
-def _check_override(
-    key: str,
-    loc: list[Any],
-    spec: PipelineSpec,
-    infos: Mapping[str, nbmod.NotebookInfo],
-    all_declared: list[str],
-    collect: Collector,
-    file: str | None = None,
-) -> None:
-    target, dot, name = key.partition(".")
-    if dot:
-        if target not in spec.stages:
-            collect.add(loc, f"unknown stage '{target}'{suggest(target, spec.stages)}", file)
-            return
-        info = infos.get(target)
-        if info is not None and name not in info.parameters:
-            collect.add(
-                loc,
-                f"stage '{target}' does not declare '{name}'{suggest(name, list(info.parameters))}",
-                file,
-            )
-        if name in spec.stages[target].outputs:
-            collect.add(
-                loc, f"'{name}' is an output of stage '{target}'; outputs are set by mlnb", file
-            )
-        return
-    if infos and not any(key in info.parameters for info in infos.values()):
-        collect.add(
-            loc, f"no stage's parameters cell declares '{key}'{suggest(key, all_declared)}", file
-        )
-    elif _only_outputs(key, spec, infos):
-        collect.add(
-            loc, f"'{key}' is an output of every stage declaring it; outputs are set by mlnb", file
-        )
-
-
-def _only_outputs(key: str, spec: PipelineSpec, infos: Mapping[str, nbmod.NotebookInfo]) -> bool:
-    """Whether every stage whose notebook declares ``key`` uses it as an output."""
-    declaring = [n for n, info in infos.items() if key in info.parameters]
-    return bool(declaring) and all(key in spec.stages[n].outputs for n in declaring)
-
-
 def _merged_params(
     name: str,
     spec: PipelineSpec,
@@ -696,31 +842,3 @@ def _merged_params(
             elif key in info.parameters and key not in stage.outputs:
                 merged[key] = value
     return merged
-
-
-def _topological(
-    names: Iterable[str], upstream: Mapping[str, set[str]]
-) -> tuple[list[str], list[str]]:
-    """Return (order, cycle): a stable topological order, or one cycle found."""
-    names = list(names)
-    remaining = {n: set(upstream[n]) & set(names) for n in names}
-    order: list[str] = []
-    while True:
-        ready = [n for n in names if n in remaining and not remaining[n]]
-        if not ready:
-            break
-        for n in ready:
-            order.append(n)
-            del remaining[n]
-        for deps in remaining.values():
-            deps.difference_update(ready)
-    if not remaining:
-        return order, []
-    # walk one cycle among what is left
-    start = next(n for n in names if n in remaining)
-    seen: list[str] = []
-    node = start
-    while node not in seen:
-        seen.append(node)
-        node = sorted(remaining[node])[0]
-    return order, seen[seen.index(node) :]

@@ -200,6 +200,14 @@ BAD = [
         "day-of-week, e.g. '*/15 * * * *')",
     ),
     (
+        "cron-with-seconds",
+        [("every: 10m", 'cron: "*/15 * * * * 30"')],
+        "cron:",
+        "schedule.cron",
+        "'*/15 * * * * 30' is not a cron expression (five fields: minute hour day-of-month "
+        "month day-of-week, e.g. '*/15 * * * *')",
+    ),
+    (
         "every-and-cron",
         [("every: 10m", 'every: 10m\n  cron: "*/5 * * * *"')],
         "schedule:",

@@ -10,7 +10,14 @@ import pytest
 from mlnb.engine.kernels import installed_kernels
 from mlnb.errors import Problem, SpecError
 from mlnb.pipelines import locate
-from mlnb.specs.pipeline import COMMAND_LINE, load_pipeline, parse_assignments, project_root
+from mlnb.specs.pipeline import (
+    COMMAND_LINE,
+    Reference,
+    load_pipeline,
+    output_reference,
+    parse_assignments,
+    project_root,
+)
 from tests.helpers import REPO
 
 
@@ -254,6 +261,51 @@ def test_cycle_through_needs_shows_the_cycle_not_its_downstream(project) -> None
     assert problem.location == "line 6: stages.a"
     assert "the stages form a cycle: a → b → a;" in problem.message
     assert "c →" not in problem.message
+
+
+def test_a_cycle_reads_in_the_direction_of_needs(project) -> None:
+    path = project.spec(
+        """\
+        name: p
+        stages:
+          a:
+            notebook: notebooks/add_one.ipynb
+            needs: [b]
+          b:
+            notebook: notebooks/add_one.ipynb
+            needs: [c]
+          c:
+            notebook: notebooks/add_one.ipynb
+            needs: [a]
+        """
+    )
+    problem = only(problems_of(path))
+    assert problem.location == "line 3: stages.a"
+    assert problem.message == (
+        "the stages form a cycle: a → b → c → a; remove a reference or a 'needs' entry to break it"
+    )
+
+
+def test_a_cycle_is_named_from_where_the_first_stage_reaches_it(project) -> None:
+    # 'first' is listed first and needs 'b': the cycle is entered at b
+    path = project.spec(
+        """\
+        name: p
+        stages:
+          first:
+            notebook: notebooks/add_one.ipynb
+            needs: [b]
+          a:
+            notebook: notebooks/add_one.ipynb
+            needs: [b]
+          b:
+            notebook: notebooks/add_one.ipynb
+            needs: [a]
+        """
+    )
+    problem = only(problems_of(path))
+    assert problem.location == "line 9: stages.b"
+    assert problem.message.startswith("the stages form a cycle: b → a → b;")
 
 
 def test_a_stage_cannot_need_itself_or_an_unknown_stage(project) -> None:
@@ -760,6 +812,45 @@ def test_needs_orders_stages_without_references(project) -> None:
     assert pipeline.stage("second").upstream == ("first",)
 
 
+def test_stages_run_in_waves_each_in_spec_order(project) -> None:
+    # a diamond (source → left, right → report) beside a free stage and a late one
+    path = project.spec(
+        """\
+        name: p
+        stages:
+          report:
+            notebook: notebooks/add_one.ipynb
+            needs: [left, right]
+          right:
+            notebook: notebooks/reads_input.ipynb
+            params: {in_path: "${source.outputs.out_path}"}
+          late:
+            notebook: notebooks/add_one.ipynb
+            needs: [left]
+          left:
+            notebook: notebooks/reads_input.ipynb
+            params: {in_path: "${source.outputs.out_path}"}
+          free:
+            notebook: notebooks/writes_nothing.ipynb
+          source:
+            notebook: notebooks/add_one.ipynb
+            outputs: {out_path: data.txt}
+        """
+    )
+    pipeline = load_pipeline(path)
+    # wave 1: free, source; wave 2: right, left; wave 3: report, late
+    assert [s.name for s in pipeline.stages] == [
+        "free",
+        "source",
+        "right",
+        "left",
+        "report",
+        "late",
+    ]
+    assert pipeline.stage("report").upstream == ("left", "right")
+    assert pipeline.stage("left").upstream == ("source",)
+
+
 def test_an_unknown_kernel_is_a_spec_error(project) -> None:
     path = project.spec(
         "name: p\nstages:\n  a:\n    notebook: notebooks/add_one.ipynb\n    kernel: pyhton3\n"
@@ -1000,3 +1091,19 @@ def test_the_example_pipeline_loads() -> None:
     assert ci.stage("train").params["n_estimators"] == 5
     assert ci.stage("train").params["max_depth"] == 2
     assert "max_depth" not in ci.stage("prepare").params
+
+
+@pytest.mark.parametrize(
+    ("value", "stage", "output"),
+    [("${train.outputs.model}", "train", "model"), ("  ${ prep.outputs.test }  ", "prep", "test")],
+)
+def test_output_reference_names_the_stage_output(value: str, stage: str, output: str) -> None:
+    assert output_reference(value) == Reference(stage, output)
+
+
+@pytest.mark.parametrize(
+    "value", ["data/test.csv", "${train.model}", "x ${train.outputs.model}", "${a.outputs.b}${c}"]
+)
+def test_output_reference_refuses_anything_but_one_reference(value: str) -> None:
+    with pytest.raises(ValueError, match="is not a reference of the form"):
+        output_reference(value)
