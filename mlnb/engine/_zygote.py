@@ -65,10 +65,14 @@ def _child(request: dict[str, Any]) -> None:
             with contextlib.suppress(Exception):
                 matplotlib.rcParams["backend"] = os.environ.get("MPLBACKEND") or INLINE_BACKEND
         random.seed()
-        sys.argv = ["ipykernel_launcher", *request["argv"]]
+        # ipykernel read JPY_PARENT_PID when the server imported it, before this fork:
+        # name the parent on the command line, so the kernel exits when the server does
+        # (and the server exits when mlnb does: its stdin closes)
+        argv = [*request["argv"], f"--IPKernelApp.parent_handle={os.getppid()}"]
+        sys.argv = ["ipykernel_launcher", *argv]
         from ipykernel.kernelapp import IPKernelApp
 
-        IPKernelApp.launch_instance(argv=request["argv"])
+        IPKernelApp.launch_instance(argv=argv)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0

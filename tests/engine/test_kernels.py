@@ -123,3 +123,38 @@ def test_an_unknown_kernel_fails_clearly(tmp_path) -> None:
             pool.acquire("no-such-kernel")
     finally:
         pool.close()
+
+
+OWNER = """
+import sys
+from mlnb.engine.kernels import KernelPool, kernel_pid
+pool = KernelPool(fork={fork})
+km = pool.acquire("python3")
+print(kernel_pid(km), flush=True)
+sys.stdin.readline()  # until killed
+"""
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_kernels_exit_when_the_process_that_started_them_is_killed(fork: bool, tmp_path) -> None:
+    """SIGKILL leaves no cleanup to run: the kernel must notice its parent went away."""
+    import subprocess
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER.format(fork=fork)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert owner.stdout is not None
+    pid = int(owner.stdout.readline())
+    kernel = psutil.Process(pid)
+    assert kernel.is_running()
+    owner.kill()
+    owner.wait()
+    try:
+        kernel.wait(timeout=20)  # ipykernel's parent poller looks once a second
+    except psutil.TimeoutExpired:
+        kernel.kill()
+        raise AssertionError(f"kernel {pid} outlived its owner") from None
