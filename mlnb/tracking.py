@@ -5,7 +5,9 @@ Only :class:`mlflow.tracking.MlflowClient` is used (never the fluent
 ``mlflow.start_run`` state), so parallel stages in threads cannot mix up each
 other's active run. The store defaults to an embedded SQLite file in the
 project with artifacts beside it; ``MLFLOW_TRACKING_URI`` points mlnb (and the
-notebooks' kernels) at a shared server instead.
+notebooks' kernels) at a shared server instead. Processes that open one SQLite
+store take turns (a file lock beside it), so MLflow's first-use schema set-up
+runs once however many runs start together.
 """
 
 from __future__ import annotations
@@ -16,17 +18,12 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
-
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import (
@@ -38,12 +35,12 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from mlnb import tags
+from mlnb._files import exclusive
 from mlnb.errors import TrackingError
 from mlnb.store import default_artifact_location, tracking_uri
+from mlnb.tags import EndState, RunState
 
 PARAM_LIMIT = 6000
-
-# tags mlnb writes; the MLflow UI shows them and --resume reads them back
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -100,6 +97,7 @@ def param_value(value: Any) -> str:
 
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 def _create_store(uri: str) -> None:
@@ -117,27 +115,25 @@ def _create_store(uri: str) -> None:
     SqlAlchemyStore(uri, location)
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialize opening a SQLite store: MLflow's first-use schema set-up races otherwise."""
-    if not uri.startswith("sqlite:///") or fcntl is None:
-        yield
-        return
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{database}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """Serialize opening a SQLite store: MLflow's first-use schema set-up races otherwise.
+
+    The lock is ``<database>.lock`` beside the file (:func:`mlnb._files.exclusive`),
+    so every process that opens the store through mlnb takes turns; other stores
+    (a server, a database) serialize themselves.
+    """
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return exclusive(Path(f"{uri.removeprefix('sqlite:///')}.lock"))
 
 
-def _store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
+def _store_errors(
+    method: Callable[Concatenate[Tracker, _P], _T],
+) -> Callable[Concatenate[Tracker, _P], _T]:
     """Turn MLflow and file-system failures into a :class:`TrackingError` naming the store."""
 
     @functools.wraps(method)
-    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> _T:
+    def wrapper(self: Tracker, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return method(self, *args, **kwargs)
         except TrackingError:
@@ -222,16 +218,17 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
     @_store_errors
-    def finish(self, run_id: str, status: str) -> None:
+    def finish(self, run_id: str, status: EndState) -> None:
         """End a run with ``FINISHED``, ``FAILED`` or ``KILLED``."""
         self.client.set_terminated(run_id, status=status)
 
     @_store_errors
     def reopen(self, run_id: str) -> None:
         """Mark an ended run as running again (for ``--resume``)."""
-        self.client.update_run(run_id, status="RUNNING")
+        running: RunState = "RUNNING"
+        self.client.update_run(run_id, status=running)
 
-    def get_run(self, run_id: str) -> Any:
+    def get_run(self, run_id: str) -> Run:
         """Return a run, or raise :class:`TrackingError` naming the store."""
         try:
             return self.client.get_run(run_id)
@@ -239,7 +236,7 @@ class Tracker:
             raise TrackingError(f"no run '{run_id}' in the MLflow store {self.uri}") from exc
 
     @_store_errors
-    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
         """Return the stage runs nested under a pipeline run."""
         return list(
             self.client.search_runs(

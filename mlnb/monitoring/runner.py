@@ -13,7 +13,7 @@ Design decisions:
 - **Stopping never leaves a model half-registered.** The loop only checks a
   flag between checks; a second signal aborts the stages of a running
   retrain, and registration and gating hold signals until they are done
-  (:func:`mlnb.pipelines.runner.signals_deferred`).
+  (:func:`mlnb.pipelines.signals.signals_deferred`).
 - **Warm kernels.** The monitor keeps a kernel pool whose fork server has
   imported what the drift notebook imports (alibi-detect takes seconds), and
   starts the next check's kernel as soon as one check ends.
@@ -161,7 +161,7 @@ def watch(monitor: Monitor, *, once: bool = False, say: Callable[[str], None]) -
     On the schedule, SIGINT or SIGTERM stops the loop after the current check
     (a second one aborts it with :class:`KeyboardInterrupt`). With ``once``, a
     SIGTERM interrupts like Ctrl-C; a model is never left half-registered
-    either way (:func:`mlnb.pipelines.runner.signals_deferred`). The runner's
+    either way (:func:`mlnb.pipelines.signals.signals_deferred`). The runner's
     kernels are stopped before this returns or raises.
 
     Returns:

@@ -1,6 +1,6 @@
 """Events a pipeline run reports while it runs.
 
-Library code never prints: :func:`mlnb.pipeline.run_pipeline` calls an
+Library code never prints: :func:`mlnb.pipelines.runner.run_pipeline` calls an
 ``on_event`` callback with these, and the command line draws them (a live
 progress display on a terminal, plain log lines elsewhere). Callbacks may come
 from worker threads.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from mlnb.pipelines.results import StageStatus
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,10 @@ class StageOutput:
 
 @dataclass(frozen=True)
 class StageFinished:
-    """A stage ended: ``succeeded``, ``cached``, ``reused``, ``failed`` or ``skipped``."""
+    """A stage ended, with its :class:`~mlnb.pipelines.results.StageStatus`."""
 
     stage: str
-    status: str
+    status: StageStatus
     seconds: float = 0.0
     run_id: str | None = None
     error: str | None = None

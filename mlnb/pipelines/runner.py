@@ -3,14 +3,23 @@
 The scheduler runs in the calling thread and hands stages to a thread pool of
 ``jobs`` workers; each stage blocks on its own kernel, so threads are enough
 for parallelism (the work happens in the kernels' processes). Kernels are
-pre-started (see :mod:`mlnb.kernels`) for the stages that will execute, which
-are known in advance for all but the stages downstream of a cache miss.
+pre-started (see :mod:`mlnb.engine.kernels`) for the stages that will execute,
+which are known in advance for all but the stages downstream of a cache miss.
 
 MLflow and papermill are imported only once the kernels have started
 starting, so their import time overlaps with kernel start-up. The stage
 run's artifacts (executed notebook and its HTML rendering) are uploaded by a
 background thread, so a downstream stage starts as soon as its inputs exist;
 the pipeline run ends only when every upload is done.
+
+A run is built in two steps. :class:`_Runner` holds what exists from the
+start (options, kernel pool, cache, uploads); :class:`_Execution` is the run
+being executed — its pipeline, its MLflow parent run, workspace and stage
+results — and exists only once that parent run has been started or reopened,
+so no step ever handles a run that is not there yet. Each stage attempt is an
+:class:`_Attempt` once its own MLflow run exists. Delivering the model is
+:mod:`mlnb.pipelines.delivery`; it runs with interrupts held
+(:mod:`mlnb.pipelines.signals`).
 """
 
 from __future__ import annotations
@@ -18,11 +27,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +40,7 @@ from mlnb._files import hash_path, link_into
 from mlnb.engine.kernels import KernelPool
 from mlnb.errors import MissingOutputError, MlnbError, PipelineError, StageError
 from mlnb.pipelines import cache as cachemod
+from mlnb.pipelines.delivery import Delivery, Provenance, deliver
 from mlnb.pipelines.events import (
     EventCallback,
     RunStarted,
@@ -40,7 +50,8 @@ from mlnb.pipelines.events import (
     StageStarted,
 )
 from mlnb.pipelines.locate import load_pipeline
-from mlnb.pipelines.results import PipelineResult, StageResult
+from mlnb.pipelines.results import PipelineResult, StageResult, StageStatus
+from mlnb.pipelines.signals import signals_deferred
 from mlnb.specs.pipeline import (
     Pipeline,
     Stage,
@@ -49,10 +60,14 @@ from mlnb.specs.pipeline import (
     substitute,
 )
 from mlnb.store import tracking_uri as default_tracking_uri
+from mlnb.tags import EndState
 
 if TYPE_CHECKING:
-    from mlnb.models.registry import Decision, Registration
+    from mlflow.entities import Run
+
     from mlnb.tracking import Tracker
+
+__all__ = ["PipelineResult", "run_pipeline"]
 
 
 def run_pipeline(
@@ -103,26 +118,13 @@ def run_pipeline(
     if jobs < 1:
         raise PipelineError(f"--jobs must be at least 1 (got {jobs})")
     started = time.perf_counter()
-    emit = on_event or (lambda event: None)
     if spec is None:
         raise PipelineError("name the pipeline spec to run (or to resume a run of)")
     spec_path = spec.path if isinstance(spec, Pipeline) else Path(spec)
-    if resume is None:
-        pipeline: Pipeline | None = (
-            spec if isinstance(spec, Pipeline) else load_pipeline(spec, profile, overrides)
-        )
-        root = pipeline.root
-    else:
-        if profile or overrides:
-            raise PipelineError(
-                "--resume runs with the parameters of the run it resumes; "
-                "drop --profile and -p, or start a new run"
-            )
-        pipeline = None
-        root = project_root(spec_path)
+    plan = _plan(spec, profile, overrides, resume)
     runner = _Runner(
-        root,
-        emit,
+        plan.root if isinstance(plan, Pipeline) else project_root(spec_path),
+        on_event or _ignore,
         jobs=jobs,
         force=force,
         log_output=log_output,
@@ -132,20 +134,113 @@ def run_pipeline(
         reason=reason,
     )
     try:
-        result = runner.run(pipeline, resume, spec_path)
+        if isinstance(plan, Pipeline):
+            run = runner.start(plan, spec_path)
+        else:
+            run = runner.reopen(plan, spec_path)
+        result = runner.execute(run)
     finally:
         runner.close()
     result.seconds = time.perf_counter() - started
     if result.status != "FINISHED":
-        failures = result.failures
-        what = "; ".join(str(f) for f in failures) or "interrupted"
-        raise PipelineError(
-            f"pipeline '{result.pipeline}' {result.status.lower()}: {what}",
-            run_id=result.run_id,
-            failures=failures,
-            result=result,
-        )
+        raise _run_failed(result)
     return result
+
+
+def _plan(
+    spec: Pipeline | Path | str,
+    profile: str | None,
+    overrides: Mapping[str, Any] | None,
+    resume: str | None,
+) -> Pipeline | str:
+    """What to run: the pipeline of a new run, or the id of the run to resume."""
+    if resume is None:
+        return spec if isinstance(spec, Pipeline) else load_pipeline(spec, profile, overrides)
+    if profile or overrides:
+        raise PipelineError(
+            "--resume runs with the parameters of the run it resumes; "
+            "drop --profile and -p, or start a new run"
+        )
+    return resume
+
+
+def _run_failed(result: PipelineResult) -> PipelineError:
+    """The error of a run that did not finish: its stage failures, and the run itself."""
+    failures = result.failures
+    what = "; ".join(str(f) for f in failures) or "interrupted"
+    return PipelineError(
+        f"pipeline '{result.pipeline}' {result.status.lower()}: {what}",
+        run_id=result.run_id,
+        failures=failures,
+        result=result,
+    )
+
+
+def _ignore(event: object) -> None:
+    """The event callback when the caller wants none."""
+
+
+@dataclass(frozen=True)
+class _Execution:
+    """The pipeline run being executed, from the moment its MLflow parent run exists.
+
+    Attributes:
+        tracker: the MLflow store.
+        pipeline: the pipeline (on resume, reloaded with the run's parameters).
+        experiment_id: the pipeline's experiment.
+        run_id: the parent run.
+        workspace: the run's workspace folder.
+        lineage: the tags that tie every run of it to its source (git, spec file).
+        spec_sha: the sha256 of the spec file.
+        results: each stage's result, updated as stages end.
+        resumed: whether an earlier, failed run is being continued.
+    """
+
+    tracker: Tracker
+    pipeline: Pipeline
+    experiment_id: str
+    run_id: str
+    workspace: Path
+    lineage: Mapping[str, str]
+    spec_sha: str
+    results: dict[str, StageResult]
+    resumed: bool
+
+    @property
+    def url(self) -> str:
+        """Where a person sees the run."""
+        return self.tracker.run_url(self.experiment_id, self.run_id)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One stage of an :class:`_Execution`, from the moment its MLflow run exists.
+
+    Attributes:
+        stage: the stage.
+        result: its result in the execution, updated as it ends.
+        run_id: its MLflow run.
+        key: its cache key (``""`` when the stage is not cached).
+        params: the parameters the notebook receives.
+        outputs: output name → the path in this run's workspace.
+        started: :func:`time.perf_counter` when the stage began.
+    """
+
+    stage: Stage
+    result: StageResult
+    run_id: str
+    key: str
+    params: dict[str, Any]
+    outputs: dict[str, str]
+    started: float
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def elapsed(self) -> float:
+        """Seconds since the stage began."""
+        return time.perf_counter() - self.started
 
 
 class _Runner:
@@ -176,6 +271,9 @@ class _Runner:
         self.input_hashes: dict[Path, str] = {}
         self.cache = cachemod.Cache(root)
         self.pool: KernelPool | None = None
+        #: kernels of the stages expected to execute, in order, and how many were started
+        self.to_execute: list[str] = []
+        self.prestarted = 0
         self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlnb-upload")
         self.upload_futures: list[Future[None]] = []
         self.upload_errors: list[str] = []
@@ -187,178 +285,75 @@ class _Runner:
         if self.pool is not None:
             self.pool.close()
 
-    # -- the run -----------------------------------------------------------------
+    # -- the parent run: started, or reopened ------------------------------------
 
-    def run(self, pipeline: Pipeline | None, resume: str | None, spec_path: Path) -> PipelineResult:
-        uri = self.uri
-        if pipeline is not None:
-            # start kernels before importing MLflow: the two overlap
-            self._prestart(pipeline, self._predicted_misses(pipeline, {}))
-        from mlnb import tracking
-
-        tracker = tracking.Tracker(self.root, uri)
-        self.tracker = tracker
-        self.lineage = tracking.lineage_tags(self.root, spec_path.resolve())
-        self.spec_sha = hashlib.sha256(spec_path.read_bytes()).hexdigest()
-        results: dict[str, StageResult]
-        if resume is None:
-            assert pipeline is not None
-            experiment_id = tracker.experiment_id(pipeline.name)
-            run_id = self._start_parent(tracker, experiment_id, pipeline)
-            results = {s.name: StageResult(s.name) for s in pipeline.stages}
-        else:
-            pipeline, experiment_id, run_id, results = self._reopen(tracker, resume, spec_path)
-            self._prestart(pipeline, self._predicted_misses(pipeline, results))
-        self.pipeline = pipeline
-        self.experiment_id = experiment_id
-        self.run_id = run_id
-        self.workspace = cachemod.workspace(pipeline.root, run_id)
-        self.workspace.mkdir(parents=True, exist_ok=True)
-        self.emit(
-            RunStarted(
-                pipeline.name,
-                run_id,
-                experiment_id,
-                tuple(s.name for s in pipeline.stages),
-                str(self.workspace),
-                uri,
-                tracker.run_url(experiment_id, run_id),
-                resumed=resume is not None,
-            )
-        )
-        for res in results.values():
-            if res.status == "reused":
-                self.emit(StageFinished(res.name, "reused", 0.0, res.run_id))
-
-        status = "FINISHED"
-        try:
-            self._schedule(pipeline, results)
-        except KeyboardInterrupt:
-            self.cancelled.set()
-            status = "KILLED"
-        for future in self.upload_futures:
-            future.result()
-        if status == "FINISHED" and any(r.status in ("failed", "killed") for r in results.values()):
-            status = "FAILED"
-        if status != "FINISHED":
-            for res in results.values():
-                if res.status == "pending":
-                    res.status = "skipped"
-                    self.emit(StageFinished(res.name, "skipped"))
-        executed = sum(r.status == "succeeded" for r in results.values())
-        found_tags = {}
-        if self.upload_errors:  # the run's results stand; say what is missing from the store
-            found_tags[tags.ERROR] = "artifacts not uploaded: " + "; ".join(self.upload_errors)
-        registration = decision = None
-        delivery_error: MlnbError | None = None
-        # registering, gating and ending the run are not stopped halfway: a
-        # signal that arrives meanwhile takes effect once the run is ended
-        with signals_deferred():
-            if status == "FINISHED" and pipeline.spec.model is not None:
-                try:
-                    registration, decision = self._deliver(pipeline, results)
-                    found_tags[tags.MODEL_VERSION] = registration.version
-                    if decision is not None:
-                        found_tags[tags.MODEL_DECISION] = (
-                            "promoted"
-                            if decision.promoted
-                            else "champion"
-                            if decision.champion == decision.version
-                            else "rejected"
-                        )
-                except MlnbError as exc:
-                    delivery_error, status = exc, "FAILED"
-                    found_tags[tags.ERROR] = str(exc)[:5000]
-            tracker.log(run_id, tags=found_tags, metrics={"stages_executed": executed})
-            tracker.finish(run_id, status)
-        if delivery_error is not None:
-            raise delivery_error
-        return PipelineResult(
-            pipeline.name,
-            run_id,
+    def start(self, pipeline: Pipeline, spec_path: Path) -> _Execution:
+        """Start the kernels the run will need, then a new parent run for ``pipeline``."""
+        self._prestart(self._predicted_misses(pipeline, {}))  # before importing MLflow
+        tracker = self._tracker()
+        lineage, spec_sha = _source(self.root, spec_path)
+        experiment_id = tracker.experiment_id(pipeline.name)
+        run_id = self._start_parent(tracker, experiment_id, pipeline, lineage, spec_sha)
+        return _Execution(
+            tracker,
+            pipeline,
             experiment_id,
-            status,
-            [results[s.name] for s in pipeline.stages],
-            self.workspace,
-            uri,
-            tracker.run_url(experiment_id, run_id),
-            registration=registration,
-            decision=decision,
+            run_id,
+            cachemod.workspace(pipeline.root, run_id),
+            lineage,
+            spec_sha,
+            {s.name: StageResult(s.name) for s in pipeline.stages},
+            resumed=False,
         )
 
-    def _deliver(
-        self, pipeline: Pipeline, results: Mapping[str, StageResult]
-    ) -> tuple[Registration, Decision | None]:
-        """Register the model the run delivered, then (unless told not to) gate it."""
-        from mlnb import tracking
-        from mlnb.models import registry
-        from mlnb.specs.pipeline import holdout_reference, output_reference
-
-        model = pipeline.spec.model
-        assert model is not None
-        producer = results[model.stage]
-        source_run = producer.source_run_id or producer.run_id
-        assert source_run is not None
-        ref = holdout_reference(model)
-        holdout = Path(results[ref.stage].outputs[ref.output])
-        config = registry.GateConfig.from_spec(model)
-        found_tags = {
-            tags.PIPELINE_RUN: self.run_id,
-            tags.SOURCE_RUN: source_run,
-            tags.TRIGGER: self.trigger,
-            tags.TRIGGER_REASON: self.reason,
-            tags.SPEC_SHA: self.spec_sha,
-            **registry.gate_tags(config, holdout),
-            **{
-                f"{tags.DATA_PREFIX}{name}.{out}": digest
-                for name, res in results.items()
-                for out, digest in res.hashes.items()
-            },
-        }
-        if model.training_data is not None:
-            data = output_reference(model.training_data)
-            found_tags[tags.TRAINING_DATA] = results[data.stage].outputs[data.output]
-        if self.lineage.get(tracking.MLFLOW_GIT_COMMIT):
-            found_tags[tags.GIT_COMMIT] = self.lineage[tracking.MLFLOW_GIT_COMMIT]
-        reg = registry.Registry(self.uri)
-        registration = reg.register(
-            model.name, source_run, self.experiment_id, model.artifact, found_tags
+    def reopen(self, run_id: str, spec_path: Path) -> _Execution:
+        """Reopen failed run ``run_id``: its pipeline, and the stages it need not run again."""
+        tracker = self._tracker()
+        lineage, spec_sha = _source(self.root, spec_path)
+        run = _resumable(tracker, run_id, spec_path)
+        found_tags = run.data.tags
+        overrides = json.loads(found_tags.get(tags.OVERRIDES) or "{}")
+        pipeline = load_pipeline(spec_path, found_tags.get(tags.PROFILE) or None, overrides)
+        experiment_id = str(run.info.experiment_id)
+        results = _earlier_attempts(tracker, experiment_id, run_id, pipeline)
+        tracker.reopen(run_id)
+        self._prestart(self._predicted_misses(pipeline, results))
+        return _Execution(
+            tracker,
+            pipeline,
+            experiment_id,
+            run_id,
+            cachemod.workspace(pipeline.root, run_id),
+            lineage,
+            spec_sha,
+            results,
+            resumed=True,
         )
-        if not registration.created:  # the version exists: keep its lineage, note this run
-            reg.tag_version(
-                model.name,
-                registration.version,
-                {
-                    tags.PIPELINE_RUN: self.run_id,
-                    tags.TRIGGER: self.trigger,
-                    tags.TRIGGER_REASON: self.reason,
-                    **registry.gate_tags(config, holdout),
-                },
-            )
-        if not self.promote:
-            return registration, None
-        decision = reg.gate(
-            model.name,
-            registration.version,
-            config,
-            holdout,
-            parent_run_id=self.run_id,
-            experiment_id=self.experiment_id,
-        )
-        return registration, decision
 
-    def _start_parent(self, tracker: Tracker, experiment_id: str, pipeline: Pipeline) -> str:
+    def _tracker(self) -> Tracker:
+        """The MLflow store; importing MLflow happens here, after the kernels are on their way."""
+        from mlnb.tracking import Tracker
 
+        return Tracker(self.root, self.uri)
+
+    def _start_parent(
+        self,
+        tracker: Tracker,
+        experiment_id: str,
+        pipeline: Pipeline,
+        lineage: Mapping[str, str],
+        spec_sha: str,
+    ) -> str:
         found_tags = {
             tags.KIND: tags.Kind.PIPELINE,
             tags.PIPELINE: pipeline.name,
             tags.SPEC: str(pipeline.path),
-            tags.SPEC_SHA: self.spec_sha,
+            tags.SPEC_SHA: spec_sha,
             tags.PROFILE: pipeline.profile or "",
             tags.OVERRIDES: json.dumps(dict(pipeline.overrides), default=str),
             tags.TRIGGER: self.trigger,
             tags.TRIGGER_REASON: self.reason,
-            **self.lineage,
+            **lineage,
         }
         run_id = tracker.start_run(experiment_id, pipeline.name, found_tags)
         tracker.log(
@@ -369,54 +364,116 @@ class _Runner:
         tracker.log_artifact(run_id, pipeline.path, "spec")
         return run_id
 
-    def _reopen(
-        self, tracker: Tracker, run_id: str, spec_path: Path
-    ) -> tuple[Pipeline, str, str, dict[str, StageResult]]:
+    # -- the run: schedule, settle, end ------------------------------------------
 
-        run = tracker.get_run(run_id)
-        found_tags = run.data.tags
-        if found_tags.get(tags.KIND) != tags.Kind.PIPELINE:
-            raise PipelineError(
-                f"run '{run_id}' is not an mlnb pipeline run; pass the parent "
-                "run id that 'mlnb run' printed",
-                run_id=run_id,
+    def execute(self, run: _Execution) -> PipelineResult:
+        """Run the stages still to run, then end the parent run (delivering its model)."""
+        run.workspace.mkdir(parents=True, exist_ok=True)
+        self._announce(run)
+        state = self._schedule_all(run)
+        state = self._settle(run, state)
+        return self._end(run, state)
+
+    def _announce(self, run: _Execution) -> None:
+        self.emit(
+            RunStarted(
+                run.pipeline.name,
+                run.run_id,
+                run.experiment_id,
+                tuple(s.name for s in run.pipeline.stages),
+                str(run.workspace),
+                self.uri,
+                run.url,
+                resumed=run.resumed,
             )
-        if run.info.status == "FINISHED":
-            raise PipelineError(
-                f"run '{run_id}' finished successfully: there is nothing to "
-                "resume; start a new run with 'mlnb run'",
-                run_id=run_id,
-            )
-        if Path(found_tags.get(tags.SPEC, "")) != spec_path.resolve():
-            raise PipelineError(
-                f"run '{run_id}' ran {found_tags.get(tags.SPEC)}, not "
-                f"{spec_path.resolve()}; resume it with that spec",
-                run_id=run_id,
-            )
-        overrides = json.loads(found_tags.get(tags.OVERRIDES) or "{}")
-        pipeline = load_pipeline(spec_path, found_tags.get(tags.PROFILE) or None, overrides)
-        self.root = pipeline.root
-        self.cache = cachemod.Cache(pipeline.root)
-        experiment_id = str(run.info.experiment_id)
-        results = {s.name: StageResult(s.name) for s in pipeline.stages}
-        children = sorted(
-            tracker.child_runs(experiment_id, run_id), key=lambda r: r.info.start_time or 0
         )
-        for child in children:  # the latest attempt of each stage wins
-            name = child.data.tags.get(tags.STAGE)
-            if name not in results:
-                continue
-            outputs = json.loads(child.data.tags.get(tags.OUTPUTS) or "{}")
-            ok = child.info.status == "FINISHED" and all(Path(p).exists() for p in outputs.values())
-            results[name] = StageResult(
-                name,
-                "reused" if ok else "pending",
-                run_id=child.info.run_id,
-                outputs=outputs,
-                hashes={k: hash_path(Path(p)) for k, p in outputs.items()} if ok else {},
-            )
-        tracker.reopen(run_id)
-        return pipeline, experiment_id, run_id, results
+        for res in run.results.values():
+            if res.status == StageStatus.REUSED:
+                self.emit(StageFinished(res.name, StageStatus.REUSED, 0.0, res.run_id))
+
+    def _schedule_all(self, run: _Execution) -> EndState:
+        """Schedule every stage; ``KILLED`` when an interrupt stopped them."""
+        try:
+            self._schedule(run)
+        except KeyboardInterrupt:
+            self.cancelled.set()
+            return "KILLED"
+        return "FINISHED"
+
+    def _settle(self, run: _Execution, state: EndState) -> EndState:
+        """Wait for every upload; a failed stage fails the run, whose pending stages are skipped."""
+        for future in self.upload_futures:
+            future.result()
+        stopped = (StageStatus.FAILED, StageStatus.KILLED)
+        if state == "FINISHED" and any(r.status in stopped for r in run.results.values()):
+            state = "FAILED"
+        if state != "FINISHED":
+            for res in run.results.values():
+                if res.status == StageStatus.PENDING:
+                    res.status = StageStatus.SKIPPED
+                    self.emit(StageFinished(res.name, StageStatus.SKIPPED))
+        return state
+
+    def _end(self, run: _Execution, state: EndState) -> PipelineResult:
+        """Deliver the model of a finished run, then end the parent run as it ended.
+
+        Registering, gating and ending the run are not stopped halfway: a
+        signal that arrives meanwhile takes effect once the run is ended.
+        """
+        found_tags = self._missing_artifacts()
+        delivered: Delivery | None = None
+        with signals_deferred():
+            try:
+                delivered = self._deliver(run) if state == "FINISHED" else None
+            except MlnbError as exc:
+                found_tags[tags.ERROR] = str(exc)[: tags.VALUE_LIMIT]
+                self._close_parent(run, "FAILED", found_tags)
+                raise
+            if delivered is not None:
+                found_tags.update(delivered.run_tags)
+            self._close_parent(run, state, found_tags)
+        return PipelineResult(
+            run.pipeline.name,
+            run.run_id,
+            run.experiment_id,
+            state,
+            [run.results[s.name] for s in run.pipeline.stages],
+            run.workspace,
+            self.uri,
+            run.url,
+            registration=delivered.registration if delivered else None,
+            decision=delivered.decision if delivered else None,
+        )
+
+    def _missing_artifacts(self) -> dict[str, str]:
+        """The run's results stand when an upload failed; the tags say what the store lacks."""
+        if not self.upload_errors:
+            return {}
+        return {tags.ERROR: "artifacts not uploaded: " + "; ".join(self.upload_errors)}
+
+    def _deliver(self, run: _Execution) -> Delivery | None:
+        """Register (and gate) the model of a finished run with a ``model:`` section."""
+        model = run.pipeline.spec.model
+        if model is None:
+            return None
+        from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+        provenance = Provenance(
+            run.run_id,
+            run.experiment_id,
+            run.spec_sha,
+            run.lineage.get(MLFLOW_GIT_COMMIT),
+            self.trigger,
+            self.reason,
+        )
+        return deliver(self.uri, model, run.results, provenance, promote=self.promote)
+
+    def _close_parent(
+        self, run: _Execution, state: EndState, found_tags: Mapping[str, str]
+    ) -> None:
+        executed = sum(r.status == StageStatus.SUCCEEDED for r in run.results.values())
+        run.tracker.log(run.run_id, tags=found_tags, metrics={"stages_executed": executed})
+        run.tracker.finish(run.run_id, state)
 
     # -- scheduling --------------------------------------------------------------
 
@@ -424,24 +481,26 @@ class _Runner:
         self, pipeline: Pipeline, results: Mapping[str, StageResult]
     ) -> list[Stage]:
         """Stages that will (probably) execute, in order: those not known to hit the cache."""
-        known = {n: r for n, r in results.items() if r.status == "reused"}
+        known = {n: r for n, r in results.items() if r.status == StageStatus.REUSED}
         misses = []
         for stage in pipeline.stages:
             if stage.name in known:
                 continue
             hit = None
             if not self.force and stage.cache and all(u in known for u in stage.upstream):
-                key = self._key(stage, known)
-                hit = self.cache.get(key)
+                hit = self.cache.get(self._key(stage, known))
             if hit is None:
                 misses.append(stage)
             else:
                 known[stage.name] = StageResult(
-                    stage.name, "cached", outputs=dict(hit.outputs), hashes=dict(hit.hashes)
+                    stage.name,
+                    StageStatus.CACHED,
+                    outputs=dict(hit.outputs),
+                    hashes=dict(hit.hashes),
                 )
         return misses
 
-    def _prestart(self, pipeline: Pipeline, misses: list[Stage]) -> None:
+    def _prestart(self, misses: list[Stage]) -> None:
         self.to_execute = [s.kernel for s in misses]
         if not misses:
             return
@@ -460,30 +519,24 @@ class _Runner:
                 self.pool.prestart(self.to_execute[self.prestarted])
                 self.prestarted += 1
 
-    def _schedule(self, pipeline: Pipeline, results: dict[str, StageResult]) -> None:
-        done = {n for n, r in results.items() if r.status == "reused"}
+    def _schedule(self, run: _Execution) -> None:
+        """Hand each stage to a worker once its inputs are done; none more after a failure."""
+        done = {n for n, r in run.results.items() if r.status == StageStatus.REUSED}
         running: dict[Future[None], str] = {}
         failed = False
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="mlnb-stage") as workers:
             try:
                 while True:
                     if not failed:
-                        for stage in pipeline.stages:
-                            if (
-                                results[stage.name].status == "pending"
-                                and stage.name not in running.values()
-                                and all(u in done for u in stage.upstream)
-                                and len(running) < self.jobs
-                            ):
-                                future = workers.submit(self._run_stage, stage, results)
-                                running[future] = stage.name
+                        for stage in self._ready(run, done, running):
+                            running[workers.submit(self._run_stage, run, stage)] = stage.name
                     if not running:
                         break
                     finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in finished:
                         name = running.pop(future)
                         future.result()
-                        if results[name].status in ("succeeded", "cached"):
+                        if run.results[name].status.done:
                             done.add(name)
                         else:
                             failed = True
@@ -493,6 +546,19 @@ class _Runner:
                     self.pool.kill_all()
                 wait(list(running))
                 raise
+
+    def _ready(
+        self, run: _Execution, done: set[str], running: Mapping[Future[None], str]
+    ) -> list[Stage]:
+        """The pending stages whose inputs are done, as many as there are free workers."""
+        ready = [
+            stage
+            for stage in run.pipeline.stages
+            if run.results[stage.name].status == StageStatus.PENDING
+            and stage.name not in running.values()
+            and all(u in done for u in stage.upstream)
+        ]
+        return ready[: max(self.jobs - len(running), 0)]
 
     # -- one stage ---------------------------------------------------------------
 
@@ -533,127 +599,165 @@ class _Runner:
         params.update(outputs)
         return params
 
-    def _run_stage(self, stage: Stage, results: dict[str, StageResult]) -> None:
+    def _run_stage(self, run: _Execution, stage: Stage) -> None:
         """Run one stage; whatever goes wrong ends as a failed stage, never a crash."""
-        res = results[stage.name]
+        res = run.results[stage.name]
         try:
-            self._execute(stage, results)
+            self._execute(run, stage)
         except Exception as exc:
-            if isinstance(exc, StageError):
-                error = exc
-            else:
-                reason = str(exc) if isinstance(exc, MlnbError) else f"{type(exc).__name__}: {exc}"
-                error = StageError(stage.name, reason)
-                error.__cause__ = exc
-            res.error, res.status = error, "failed"
+            error = _as_stage_error(stage.name, exc)
+            res.error, res.status = error, StageStatus.FAILED
             if res.run_id:
                 with contextlib.suppress(MlnbError):
-                    self.tracker.finish(res.run_id, "FAILED")
+                    run.tracker.finish(res.run_id, "FAILED")
             self.emit(
-                StageFinished(stage.name, "failed", res.seconds, res.run_id, error=str(error))
+                StageFinished(
+                    stage.name, StageStatus.FAILED, res.seconds, res.run_id, error=str(error)
+                )
             )
 
-    def _execute(self, stage: Stage, results: dict[str, StageResult]) -> None:
-
-        res = results[stage.name]
+    def _execute(self, run: _Execution, stage: Stage) -> None:
+        """Start the stage's run, then take it from the cache or execute its notebook."""
         started = time.perf_counter()
-        stage_dir = self.workspace / stage.name
-        outputs = {name: str(stage_dir / rel) for name, rel in stage.outputs.items()}
-        params = self._resolved_params(stage, results, outputs)
-        key = self._key(stage, results) if stage.cache else ""
+        outputs = {
+            name: str(run.workspace / stage.name / rel) for name, rel in stage.outputs.items()
+        }
+        params = self._resolved_params(stage, run.results, outputs)
+        key = self._key(stage, run.results) if stage.cache else ""
         hit = self.cache.get(key) if key and not self.force else None
+        res = run.results[stage.name]
+        run_id = res.run_id = self._start_stage_run(run, stage, key, cached=hit is not None)
+        attempt = _Attempt(stage, res, run_id, key, params, outputs, started)
+        if hit is not None:
+            self._take_hit(run, attempt, hit)
+        else:
+            self._execute_notebook(run, attempt)
+
+    def _start_stage_run(self, run: _Execution, stage: Stage, key: str, *, cached: bool) -> str:
         found_tags = {
             tags.KIND: tags.Kind.STAGE,
-            tags.PIPELINE: self.pipeline.name,
+            tags.PIPELINE: run.pipeline.name,
             tags.STAGE: stage.name,
             tags.NOTEBOOK: str(stage.notebook),
             tags.FINGERPRINT: stage.info.fingerprint,
             tags.CACHE_KEY: key,
-            tags.CACHED: str(hit is not None).lower(),
+            tags.CACHED: str(cached).lower(),
+            **run.lineage,
         }
-        found_tags.update(self.lineage)
-        tracker = self.tracker
-        run_id = tracker.start_run(
-            self.experiment_id, stage.name, found_tags, parent_run_id=self.run_id
+        return run.tracker.start_run(
+            run.experiment_id, stage.name, found_tags, parent_run_id=run.run_id
         )
-        res.run_id = run_id
 
-        if hit is not None:
-            for name, source in hit.outputs.items():
-                link_into(Path(source), Path(outputs[name]))
-            res.outputs, res.hashes = outputs, dict(hit.hashes)
-            res.source_run_id = hit.run_id
-            res.seconds = time.perf_counter() - started
-            res.status = "cached"
-            tracker.log(
-                run_id,
-                params=params,
-                tags={
-                    tags.CACHED_FROM: hit.run_id,
-                    tags.OUTPUTS: json.dumps(outputs),
-                },
+    def _take_hit(self, run: _Execution, attempt: _Attempt, hit: cachemod.CacheEntry) -> None:
+        """The stage's outputs come from the cache: link them into this run's workspace."""
+        res = attempt.result
+        for name, source in hit.outputs.items():
+            link_into(Path(source), Path(attempt.outputs[name]))
+        res.outputs, res.hashes = attempt.outputs, dict(hit.hashes)
+        res.source_run_id = hit.run_id
+        res.seconds = attempt.elapsed()
+        res.status = StageStatus.CACHED
+        run.tracker.log(
+            attempt.run_id,
+            params=attempt.params,
+            tags={tags.CACHED_FROM: hit.run_id, tags.OUTPUTS: json.dumps(attempt.outputs)},
+        )
+        run.tracker.finish(attempt.run_id, "FINISHED")
+        self.emit(
+            StageFinished(
+                attempt.name,
+                StageStatus.CACHED,
+                res.seconds,
+                attempt.run_id,
+                source_run_id=hit.run_id,
             )
-            tracker.finish(run_id, "FINISHED")
-            self.emit(
-                StageFinished(stage.name, "cached", res.seconds, run_id, source_run_id=hit.run_id)
-            )
-            return
+        )
 
+    def _execute_notebook(self, run: _Execution, attempt: _Attempt) -> None:
+        """Execute the stage's notebook on a pooled kernel, then record how it ended."""
         self._next_kernel()
-        tracker.log(run_id, params=params, tags={tags.OUTPUTS: json.dumps(outputs)})
-        for path in outputs.values():
+        run.tracker.log(
+            attempt.run_id, params=attempt.params, tags={tags.OUTPUTS: json.dumps(attempt.outputs)}
+        )
+        for path in attempt.outputs.values():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        executed = self.workspace / f"{stage.name}.ipynb"
-        self.emit(StageStarted(stage.name, run_id))
-        env = {
-            "MLFLOW_TRACKING_URI": self.uri,
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
-            "MLNB_STAGE": stage.name,
-            "MLNB_WORKSPACE": str(self.workspace),
-        }
+        (run.workspace / attempt.name).mkdir(parents=True, exist_ok=True)
+        executed = run.workspace / f"{attempt.name}.ipynb"
+        self.emit(StageStarted(attempt.name, attempt.run_id))
+        try:
+            hashes = self._run_notebook(run, attempt, executed)
+        except StageError as exc:
+            self._record_failure(run, attempt, exc, executed)
+        else:
+            self._record_success(run, attempt, hashes, executed)
+
+    def _run_notebook(self, run: _Execution, attempt: _Attempt, executed: Path) -> dict[str, str]:
+        """Execute with papermill; return the hash of each declared output.
+
+        Raises:
+            StageError: the notebook failed, or left a declared output unwritten.
+        """
         from mlnb.engine.execute import execute_stage
 
-        try:
-            execute_stage(
-                stage.name,
-                stage.notebook,
-                executed,
-                params,
-                self._ensure_pool(),
-                kernel_name=stage.kernel,
-                env=env,
-                timeout=stage.timeout,
-                on_cell=lambda done, total: self.emit(StageProgress(stage.name, done, total)),
-                on_output=(lambda text: self.emit(StageOutput(stage.name, text)))
-                if self.log_output
-                else None,
-            )
-            for name, path in outputs.items():
-                if not Path(path).exists():
-                    raise MissingOutputError(stage.name, name, path, executed)
-            hashes = {name: hash_path(Path(path)) for name, path in outputs.items()}
-        except StageError as exc:
-            if self.cancelled.is_set():  # the kernel was killed on purpose
-                exc = StageError(stage.name, "interrupted", exc.notebook)
-            res.seconds = time.perf_counter() - started
-            res.error = exc
-            res.status = "killed" if self.cancelled.is_set() else "failed"
-            res.notebook = str(executed) if executed.exists() else None
-            tracker.log(run_id, tags={tags.ERROR: str(exc)[:5000]})
-            self._upload(run_id, executed, "KILLED" if self.cancelled.is_set() else "FAILED")
-            self.emit(StageFinished(stage.name, res.status, res.seconds, run_id, error=str(exc)))
-            return
-        res.outputs, res.hashes, res.notebook = outputs, hashes, str(executed)
-        if key:
+        stage = attempt.stage
+        env = {
+            "MLFLOW_TRACKING_URI": self.uri,
+            "MLFLOW_RUN_ID": attempt.run_id,
+            "MLFLOW_EXPERIMENT_ID": run.experiment_id,
+            "MLNB_STAGE": stage.name,
+            "MLNB_WORKSPACE": str(run.workspace),
+        }
+        execute_stage(
+            stage.name,
+            stage.notebook,
+            executed,
+            attempt.params,
+            self._ensure_pool(),
+            kernel_name=stage.kernel,
+            env=env,
+            timeout=stage.timeout,
+            on_cell=lambda done, total: self.emit(StageProgress(stage.name, done, total)),
+            on_output=(lambda text: self.emit(StageOutput(stage.name, text)))
+            if self.log_output
+            else None,
+        )
+        for name, path in attempt.outputs.items():
+            if not Path(path).exists():
+                raise MissingOutputError(stage.name, name, path, executed)
+        return {name: hash_path(Path(path)) for name, path in attempt.outputs.items()}
+
+    def _record_failure(
+        self, run: _Execution, attempt: _Attempt, error: StageError, executed: Path
+    ) -> None:
+        res = attempt.result
+        killed = self.cancelled.is_set()  # the kernel was killed on purpose
+        if killed:
+            error = StageError(attempt.name, "interrupted", error.notebook)
+        res.seconds = attempt.elapsed()
+        res.error = error
+        res.status = StageStatus.KILLED if killed else StageStatus.FAILED
+        res.notebook = str(executed) if executed.exists() else None
+        run.tracker.log(attempt.run_id, tags={tags.ERROR: str(error)[: tags.VALUE_LIMIT]})
+        self._upload(run, attempt.run_id, executed, "KILLED" if killed else "FAILED")
+        self.emit(
+            StageFinished(attempt.name, res.status, res.seconds, attempt.run_id, error=str(error))
+        )
+
+    def _record_success(
+        self, run: _Execution, attempt: _Attempt, hashes: dict[str, str], executed: Path
+    ) -> None:
+        res = attempt.result
+        res.outputs, res.hashes, res.notebook = attempt.outputs, hashes, str(executed)
+        if attempt.key:
             self.cache.put(
-                cachemod.CacheEntry(key, stage.name, run_id, self.run_id, outputs, hashes)
+                cachemod.CacheEntry(
+                    attempt.key, attempt.name, attempt.run_id, run.run_id, attempt.outputs, hashes
+                )
             )
-        res.seconds = time.perf_counter() - started
-        res.status = "succeeded"
-        self._upload(run_id, executed, "FINISHED")
-        self.emit(StageFinished(stage.name, "succeeded", res.seconds, run_id))
+        res.seconds = attempt.elapsed()
+        res.status = StageStatus.SUCCEEDED
+        self._upload(run, attempt.run_id, executed, "FINISHED")
+        self.emit(StageFinished(attempt.name, StageStatus.SUCCEEDED, res.seconds, attempt.run_id))
 
     def _ensure_pool(self) -> KernelPool:
         """The kernel pool; created here when no stage was expected to execute."""
@@ -662,52 +766,103 @@ class _Runner:
                 self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri}, cwd=self.root)
             return self.pool
 
-    def _upload(self, run_id: str, executed: Path, status: str) -> None:
+    def _upload(self, run: _Execution, run_id: str, executed: Path, state: EndState) -> None:
         """Log the executed notebook and its HTML in the background, then end the run."""
+        tracker = run.tracker
 
         def upload() -> None:
             from mlnb import tracking
 
             try:
                 if executed.exists():
-                    self.tracker.log_artifact(run_id, executed, "notebook")
+                    tracker.log_artifact(run_id, executed, "notebook")
                     html = tracking.render_html(executed, executed.with_suffix(".html"))
-                    self.tracker.log_artifact(run_id, html, "notebook")
+                    tracker.log_artifact(run_id, html, "notebook")
             except Exception as exc:  # a notebook nbconvert cannot render, a full disk
                 self.upload_errors.append(f"{executed.name}: {exc}")
             finally:
                 with contextlib.suppress(MlnbError):
-                    self.tracker.finish(run_id, status)
+                    tracker.finish(run_id, state)
 
         self.upload_futures.append(self.uploads.submit(upload))
 
 
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block is done, then act on them.
+def _source(root: Path, spec_path: Path) -> tuple[dict[str, str], str]:
+    """What ties a run to its source: the lineage tags, and the spec file's sha256."""
+    from mlnb.tracking import lineage_tags
 
-    Wraps what must not stop halfway (registering and gating a model). Only
-    the main thread can handle signals; elsewhere this does nothing.
+    return lineage_tags(root, spec_path.resolve()), hashlib.sha256(
+        spec_path.read_bytes()
+    ).hexdigest()
+
+
+def _resumable(tracker: Tracker, run_id: str, spec_path: Path) -> Run:
+    """The MLflow run ``run_id``, when it is a pipeline run of ``spec_path`` that did not finish.
+
+    Raises:
+        PipelineError: it is not a pipeline run, it finished, or it ran another spec.
+        TrackingError: there is no such run.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {
-        signum: signal.signal(signum, lambda n, _f: caught.append(n))
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
+    run = tracker.get_run(run_id)
+    found_tags = run.data.tags
+    if found_tags.get(tags.KIND) != tags.Kind.PIPELINE:
+        raise PipelineError(
+            f"run '{run_id}' is not an mlnb pipeline run; pass the parent "
+            "run id that 'mlnb run' printed",
+            run_id=run_id,
+        )
+    if run.info.status == "FINISHED":
+        raise PipelineError(
+            f"run '{run_id}' finished successfully: there is nothing to "
+            "resume; start a new run with 'mlnb run'",
+            run_id=run_id,
+        )
+    if Path(found_tags.get(tags.SPEC, "")) != spec_path.resolve():
+        raise PipelineError(
+            f"run '{run_id}' ran {found_tags.get(tags.SPEC)}, not "
+            f"{spec_path.resolve()}; resume it with that spec",
+            run_id=run_id,
+        )
+    return run
+
+
+def _earlier_attempts(
+    tracker: Tracker, experiment_id: str, run_id: str, pipeline: Pipeline
+) -> dict[str, StageResult]:
+    """Each stage's result as the run left it: reused when its latest attempt succeeded."""
+    results = {s.name: StageResult(s.name) for s in pipeline.stages}
+    children = sorted(
+        tracker.child_runs(experiment_id, run_id), key=lambda r: r.info.start_time or 0
+    )
+    for child in children:  # the latest attempt of each stage wins
+        name = child.data.tags.get(tags.STAGE)
+        if name in results:
+            results[name] = _attempt_result(name, child)
+    return results
+
+
+def _attempt_result(name: str, child: Run) -> StageResult:
+    """A stage's earlier attempt: reused if it finished and its outputs are still there."""
+    outputs = json.loads(child.data.tags.get(tags.OUTPUTS) or "{}")
+    ok = child.info.status == "FINISHED" and all(Path(p).exists() for p in outputs.values())
+    return StageResult(
+        name,
+        StageStatus.REUSED if ok else StageStatus.PENDING,
+        run_id=child.info.run_id,
+        outputs=outputs,
+        hashes={k: hash_path(Path(p)) for k, p in outputs.items()} if ok else {},
+    )
+
+
+def _as_stage_error(stage: str, exc: Exception) -> StageError:
+    """Any error of a stage as a :class:`StageError` (an unexpected one chained as its cause)."""
+    if isinstance(exc, StageError):
+        return exc
+    reason = str(exc) if isinstance(exc, MlnbError) else f"{type(exc).__name__}: {exc}"
     try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(caught):
-            handler = previous[signum]
-            if callable(handler):
-                handler(signum, None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)
+        raise StageError(stage, reason) from exc
+    except StageError as error:
+        return error
 
 
 def _pipeline_params(pipeline: Pipeline) -> dict[str, Any]:

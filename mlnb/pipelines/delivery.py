@@ -1,0 +1,171 @@
+"""Model delivery: what a pipeline run with a ``model:`` section does once its stages succeed.
+
+The model the section's stage logged becomes a registered version (alias
+``challenger``), tagged with its lineage: the pipeline run and the stage run
+that logged it, why the run happened and on what evidence, the sha256 of the
+spec and of every stage output, the git commit, the training data, and the
+gate settings and holdout file that let the gate run again later. A version
+that existed already (the notebook registered it, or its stage came from the
+cache) keeps the lineage of the run that made it and is only told about this
+run. Then, unless promotion is off, the gate decides whether it becomes
+``champion`` (:meth:`mlnb.models.registry.Registry.gate`).
+
+The registry (and the MLflow evaluation behind the gate) is imported only when
+a model is delivered: a pipeline without one never pays for it, and importing
+this module stays cheap for the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlnb import tags
+from mlnb.models import RegistryError
+from mlnb.pipelines.results import StageResult
+from mlnb.specs.pipeline import ModelSpec, holdout_reference, output_reference
+
+if TYPE_CHECKING:
+    from mlnb.models.registry import Decision, GateConfig, Registration, Registry
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a delivered model comes from, besides the stage results.
+
+    Attributes:
+        pipeline_run: the pipeline's parent MLflow run.
+        experiment_id: its experiment (where the gate's run goes too).
+        spec_sha: the sha256 of the spec file.
+        git_commit: the project's commit, outside git ``None``.
+        trigger: why the run happened (``manual``, ``schedule``, ``drift``, ``performance``).
+        reason: the evidence behind the trigger.
+    """
+
+    pipeline_run: str
+    experiment_id: str
+    spec_sha: str
+    git_commit: str | None
+    trigger: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The version a run delivered, and what the gate made of it (``None``: not gated)."""
+
+    registration: Registration
+    decision: Decision | None
+
+    @property
+    def run_tags(self) -> dict[str, str]:
+        """What the pipeline run records about its model."""
+        found = {tags.MODEL_VERSION: self.registration.version}
+        if self.decision is not None:
+            found[tags.MODEL_DECISION] = self.decision.outcome
+        return found
+
+
+def deliver(
+    uri: str,
+    model: ModelSpec,
+    results: Mapping[str, StageResult],
+    provenance: Provenance,
+    *,
+    promote: bool = True,
+) -> Delivery:
+    """Register the model a run's stages produced, then (with ``promote``) gate it.
+
+    Args:
+        uri: the MLflow store (tracking and registry).
+        model: the spec's ``model:`` section.
+        results: every stage's result; all of them succeeded.
+        provenance: the run the model comes from.
+        promote: run the gate after registering.
+
+    Raises:
+        RegistryError: the stage logged no such model, or registering or gating failed.
+    """
+    from mlnb.models.registry import GateConfig, Registry
+
+    config = GateConfig.from_spec(model)
+    ref = holdout_reference(model)
+    holdout = Path(results[ref.stage].outputs[ref.output])
+    registry = Registry(uri)
+    registration = _register(registry, model, results, provenance, config, holdout)
+    if not promote:
+        return Delivery(registration, None)
+    decision = registry.gate(
+        model.name,
+        registration.version,
+        config,
+        holdout,
+        parent_run_id=provenance.pipeline_run,
+        experiment_id=provenance.experiment_id,
+    )
+    return Delivery(registration, decision)
+
+
+def _register(
+    registry: Registry,
+    model: ModelSpec,
+    results: Mapping[str, StageResult],
+    provenance: Provenance,
+    config: GateConfig,
+    holdout: Path,
+) -> Registration:
+    """The registered version of the stage's model: new with its lineage, or noted as reused."""
+    from mlnb.models.registry import gate_tags
+
+    source_run = _source_run(model, results)
+    lineage = {
+        tags.PIPELINE_RUN: provenance.pipeline_run,
+        tags.SOURCE_RUN: source_run,
+        tags.TRIGGER: provenance.trigger,
+        tags.TRIGGER_REASON: provenance.reason,
+        tags.SPEC_SHA: provenance.spec_sha,
+        **gate_tags(config, holdout),
+        **_data_tags(results),
+    }
+    if model.training_data is not None:
+        data = output_reference(model.training_data)
+        lineage[tags.TRAINING_DATA] = results[data.stage].outputs[data.output]
+    if provenance.git_commit:
+        lineage[tags.GIT_COMMIT] = provenance.git_commit
+    registration = registry.register(
+        model.name, source_run, provenance.experiment_id, model.artifact, lineage
+    )
+    if not registration.created:  # the version exists: keep its lineage, note this run
+        registry.tag_version(
+            model.name,
+            registration.version,
+            {
+                tags.PIPELINE_RUN: provenance.pipeline_run,
+                tags.TRIGGER: provenance.trigger,
+                tags.TRIGGER_REASON: provenance.reason,
+                **gate_tags(config, holdout),
+            },
+        )
+    return registration
+
+
+def _source_run(model: ModelSpec, results: Mapping[str, StageResult]) -> str:
+    """The stage run that logged the model: for a cached stage, the run that produced it."""
+    producer = results[model.stage]
+    source_run = producer.source_run_id or producer.run_id
+    if source_run is None:
+        raise RegistryError(
+            f"stage '{model.stage}' has no MLflow run to register model '{model.name}' from"
+        )
+    return source_run
+
+
+def _data_tags(results: Mapping[str, StageResult]) -> dict[str, str]:
+    """The sha256 of every stage output, as ``mlnb.data.<stage>.<output>`` tags."""
+    return {
+        f"{tags.DATA_PREFIX}{name}.{output}": digest
+        for name, res in results.items()
+        for output, digest in res.hashes.items()
+    }
