@@ -31,7 +31,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 from papermill.execute import execute_notebook
 
-from mlnb.engine.kernels import KernelPool, handshake
+from mlnb.engine.kernels import KernelPool, connect, handshake
 from mlnb.errors import CellError, KernelDiedError, StageError, StageTimeoutError
 from mlnb.notebook import source_position
 
@@ -55,7 +55,7 @@ class _PooledClient(PapermillNotebookClient):
         # that IOPub flows, and skip wait_for_ready's trailing 0.2 s of silence
         assert self.km is not None
         kc = self.kc = self.km.client()
-        kc.start_channels()
+        connect(kc)
         try:
             await handshake(kc, self.startup_timeout)
         except Exception:

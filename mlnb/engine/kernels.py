@@ -177,7 +177,7 @@ class KernelPool:
                 stderr=log if log is not None else subprocess.DEVNULL,
             )
             client = km.client()
-            client.start_channels()
+            connect(client)
             try:
                 await handshake(client, self._startup_timeout)
             finally:
@@ -216,6 +216,20 @@ class KernelPool:
         finally:
             with self._lock:
                 self._live.discard(km)
+
+
+def connect(client: Any) -> None:
+    """Open a client's shell, IOPub, stdin and control channels, without a heartbeat.
+
+    A client made by its kernel manager learns whether the kernel lives from
+    the manager (here: whether the forked process runs), never from the
+    heartbeat. jupyter_client's heartbeat thread also races its own stop: a
+    channel stopped before its thread first ran sets ``_running`` again and
+    beats forever, so ``stop_channels`` waits on it for good (or the thread
+    dies with a traceback on a socket closed under it). Pooled kernels are
+    connected and disconnected within milliseconds, which is when it happens.
+    """
+    client.start_channels(hb=False)
 
 
 async def handshake(client: Any, timeout: float) -> None:

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from mlnb.engine.forkserver import ForkedProcess, ForkServer
-from mlnb.engine.kernels import KernelPool, kernel_pid
+from mlnb.engine.kernels import KernelPool, connect, kernel_pid
 
 
 def _run(km, code: str) -> str:
@@ -19,7 +19,7 @@ def _run(km, code: str) -> str:
 
     async def go() -> str:
         client = km.client()
-        client.start_channels()
+        connect(client)
         try:
             reply = await client.execute_interactive(code, timeout=30, output_hook=sink)
             assert reply["content"]["status"] == "ok", reply["content"]
