@@ -83,7 +83,7 @@ class ModelDecision(StrEnum):
     CHAMPION = "champion"  # it was the champion already
 
 
-# -- monitor checks ----------------------------------------------------------------------------------
+# -- monitor checks ---------------------------------------------------------------------
 
 MONITOR = "mlnb.monitor"
 MODEL = "mlnb.model"
