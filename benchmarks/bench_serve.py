@@ -7,7 +7,8 @@ machine, everything on 127.0.0.1:
   scikit-learn pipeline (StandardScaler + LogisticRegression on the breast
   cancer data, signature inferred from an input example), alias ``champion``;
 * three servers, each one process started and stopped by PID: ``mlnb serve``
-  (prediction log on), ``mlflow models serve -m models:/NAME/1 --env-manager
+  (prediction log on, a tokens file: every request carries a bearer token and
+  is checked), ``mlflow models serve -m models:/NAME/1 --env-manager
   local`` (one worker, its default) and a no-op ASGI app on the same uvicorn
   stack (uvloop, httptools) that answers without parsing or predicting: the
   ceiling that the load generator and the machine allow;
@@ -43,7 +44,8 @@ import httpx
 
 MODEL = "bench-cancer"
 SIZES = (1, 100)
-JSON_HEADERS = {"content-type": "application/json"}
+TOKEN = "bench-" + "0" * 27  # a predict token of the mlnb server; the others ignore the header
+JSON_HEADERS = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 PORT = object()  # stands for the server's port in a command line
 NO_OP = """
@@ -258,11 +260,16 @@ def main() -> None:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     serve_mlnb = (
         "import sys; from mlnb.serving.server import serve; "
-        "serve(sys.argv[1], port=int(sys.argv[2]), tracking_uri=sys.argv[3], log_dir=sys.argv[4])"
+        "serve(sys.argv[1], port=int(sys.argv[2]), tracking_uri=sys.argv[3], log_dir=sys.argv[4], "
+        "tokens=sys.argv[5])"
     )
+    (root / "tokens").write_text(f"predict {TOKEN} bench\n")
     commands: dict[str, list[Any]] = {
         "no-op": [sys.executable, "-c", NO_OP, PORT],
-        "mlnb": [sys.executable, "-c", serve_mlnb, MODEL, PORT, uri, root / "predictions"],
+        "mlnb": [
+            sys.executable, "-c", serve_mlnb, MODEL, PORT, uri, root / "predictions",
+            root / "tokens",
+        ],
         "mlflow": [
             sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}/1",
             "--env-manager", "local", "-p", PORT, "-h", "127.0.0.1",

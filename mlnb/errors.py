@@ -20,7 +20,10 @@ carries the cell index, exception name and value::
     ├── KernelStartError     a Jupyter kernel does not start (mlnb.engine.kernels)
     ├── RegistryError        a model cannot be registered, gated or promoted (mlnb.models)
     ├── PredictionLogError   the prediction log cannot be read or exported (mlnb.predictions.log)
+    │   └── LogWriteError    a record could not be written durably (mlnb.predictions.log)
     ├── ServeError           the prediction service cannot start (mlnb.serving.server)
+    ├── TokensError          a service's tokens file cannot be read or has a bad line
+    │                        (mlnb.serving.auth)
     ├── BundleError          a bundle cannot be built, or fails its manifest check
     │                        (mlnb.delivery.bundle)
     ├── VendorError          mlnb's own wheel cannot be built or repacked for a bundle

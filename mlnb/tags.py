@@ -55,6 +55,10 @@ TRIGGER = "mlnb.trigger"  # why a run (and the model version it delivered) happe
 TRIGGER_REASON = "mlnb.trigger.reason"  # the evidence: "drift: p=0.0003 on 3 of 20 ..."
 MODEL_VERSION = "mlnb.model.version"  # the version a pipeline run delivered, or a check watched
 MODEL_DECISION = "mlnb.model.decision"  # what the gate made of it: promoted, rejected, champion
+#: who runs a pipeline run: judged dead (and the run ended KILLED) only on this host
+OWNER_HOST = "mlnb.owner.host"
+OWNER_PID = "mlnb.owner.pid"
+OWNER_STARTED = "mlnb.owner.started"  # the process's start time (Unix seconds): pids are reused
 
 # -- model versions: lineage and the gate ----------------------------------------------------------
 
@@ -71,6 +75,9 @@ GATE_SCORE = "mlnb.gate.score"
 GATE_CHAMPION_VERSION = "mlnb.gate.champion_version"
 GATE_CHAMPION_SCORE = "mlnb.gate.champion_score"
 GATE_RUN = "mlnb.gate.run_id"
+#: + "<evidence>.<figure>": what the gate scored on evidence that is not the version's own
+#: holdout (:class:`Evidence`), e.g. ``mlnb.gate.evidence.champion_holdout.score``
+GATE_EVIDENCE_PREFIX = "mlnb.gate.evidence."
 CHAMPION_HISTORY = "mlnb.champion_history"  # on the registered model
 MODEL_DEPLOYMENT = "mlnb.deployment"  # on the registered model: the live deployment
 
@@ -81,6 +88,17 @@ class ModelDecision(StrEnum):
     PROMOTED = "promoted"
     REJECTED = "rejected"
     CHAMPION = "champion"  # it was the champion already
+    PASSED = "passed"  # the gate passed it, and promotion is manual: a person moves champion
+
+
+class Evidence(StrEnum):
+    """What the gate judges a challenger on besides its own holdout data.
+
+    Its figures are version tags under :data:`GATE_EVIDENCE_PREFIX`.
+    """
+
+    CHAMPION_HOLDOUT = "champion_holdout"  # the holdout the champion was gated on
+    GOLDEN = "golden"  # the curated data set the model section names
 
 
 # -- monitor checks ---------------------------------------------------------------------
@@ -95,6 +113,8 @@ RETRAIN_REASON = "mlnb.monitor.retrain_reason"
 RETRAIN_RUN = "mlnb.monitor.retrain_run_id"
 RETRAIN_VERSION = "mlnb.monitor.retrain_version"
 RETRAIN_PIPELINE = "mlnb.monitor.retrain_pipeline"  # the deployed version, or the working copy
+CHECK_LABELS = "mlnb.monitor.labels"  # plausible, suspicious or untested (LabelStatus)
+CHECK_LABELS_REASON = "mlnb.monitor.labels_reason"
 #: the drift notebook's contract: it sets these two on its run
 DRIFT_STATUS = "mlnb.drift.status"
 DRIFT_REASON = "mlnb.drift.reason"

@@ -15,7 +15,19 @@ from mlnb.cli.main import verbose
     "--alias", default="champion", show_default=True, help="The alias to serve and follow."
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--tokens",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="MLNB_SERVE_TOKENS",
+    help="Tokens file, lines 'SCOPE TOKEN [NAME]' (scopes: predict, feedback); "
+    "requests send 'Authorization: Bearer TOKEN' [env: MLNB_SERVE_TOKENS].",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve beyond loopback without tokens: anyone who reaches it may predict and label.",
+)
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path),
@@ -25,17 +37,33 @@ from mlnb.cli.main import verbose
     "--poll-seconds",
     default=1.0,
     show_default=True,
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     help="How often the alias is looked up.",
 )
 @verbose
 def serve(
-    model: str, alias: str, host: str, port: int, log_dir: Path | None, poll_seconds: float
+    model: str,
+    alias: str,
+    host: str,
+    port: int,
+    tokens: Path | None,
+    insecure: bool,
+    log_dir: Path | None,
+    poll_seconds: float,
 ) -> None:
     """Serve MODEL's ALIAS version with MLflow's scoring protocol, following the alias."""
     from mlnb.serving.server import serve as run_service
 
-    run_service(model, alias, host=host, port=port, log_dir=log_dir, poll_seconds=poll_seconds)
+    run_service(
+        model,
+        alias,
+        host=host,
+        port=port,
+        log_dir=log_dir,
+        poll_seconds=poll_seconds,
+        tokens=tokens,
+        insecure=insecure,
+    )
 
 
 @click.command("export-predictions")

@@ -17,6 +17,14 @@ Design decisions:
   to load leaves the old one serving; the failure shows in ``/health``,
   ``/version``, ``/metrics`` and the log, and is retried after
   :data:`mlnb.serving.state.RETRY_SECONDS`.
+- **Tokens at the door.** With a tokens file (:mod:`mlnb.serving.auth`),
+  ``/invocations`` needs a ``predict`` token and ``/feedback`` a ``feedback``
+  token, checked before the body is read: 401 with ``WWW-Authenticate:
+  Bearer`` without a valid token, 403 with a token of another scope.
+  ``/version`` needs a token of either scope (it names the run, the model's
+  files and the store). ``/ping``, ``/health`` and ``/metrics`` stay open
+  for load balancers, probes and scrapers: they carry the service's state and
+  counts, never a prediction, a label or a secret.
 - **A lean scoring path.** ``/invocations`` is a raw ASGI endpoint: orjson
   parses the body, rows go straight into a float64 matrix in the signature's
   column order when every input column is numeric, and the scikit-learn
@@ -26,20 +34,29 @@ Design decisions:
   a matrix 0.23 ms; the rest of the endpoint (parse, check, log, metrics,
   answer) about 0.02 ms. Anything the fast path does not take cleanly is
   checked column by column in pandas, which names the column, row and value
-  at fault (:mod:`mlnb.serving.parsing`). Bodies larger than
-  :data:`INLINE_BYTES` are scored on a worker thread so they do not stall the
-  event loop.
+  at fault (:mod:`mlnb.serving.parsing`).
+- **No request holds the event loop.** Only JSON bodies up to
+  :data:`INLINE_BYTES` are scored on the event loop; every other body (CSV,
+  Parquet, larger JSON) is scored on one of at most ``workers`` daemon
+  threads, so ``/ping`` answers while a large request is parsed, and a
+  SIGTERM ends the process whatever a worker is doing (a daemon thread does
+  not keep it alive; uvicorn's graceful shutdown gives requests a few seconds).
 - **Validate at the boundary.** The body's size is bounded before it is read
-  whole, its media type checked, and its rows checked against the model's
-  signature (names, types, required values) before the model sees them; a
-  client error is a 4xx ``{"error_code", "message"}`` that names the problem,
-  never a traceback. Models without a column signature are parsed by MLflow's
-  own scoring-server functions and checked by the pyfunc model.
-- **Log before answering.** Each answered request is appended to the
-  prediction log (:mod:`mlnb.predictions.log`) before its response is sent,
-  so a client that has a request id can always give feedback for it. A log
-  that cannot be written (disk full) is counted and reported, and predictions
-  go on.
+  whole and its arrival by ``read_seconds`` (408 after that), its media type
+  checked, and its rows checked against the model's signature (names, types,
+  required values) before the model sees them; a client error is a 4xx
+  ``{"error_code", "message"}`` that names the problem, never a traceback.
+  Models without a column signature are parsed by MLflow's own
+  scoring-server functions and checked by the pyfunc model. Feedback is
+  bounded to :data:`MAX_FEEDBACK_ITEMS` items, its request ids looked up in
+  the log's index, and its labels checked against the model's output type.
+- **Nothing answered that was not logged.** Each answered request is appended
+  to the prediction log (:mod:`mlnb.predictions.log`) before its response is
+  sent, so a client that has a request id can always give feedback for it,
+  and the log (the next model's training data) holds every answer. When the
+  log cannot be written, predictions are answered 503 and feedback too; the
+  trouble shows in ``/health`` and ``/metrics``, and the next write that
+  succeeds ends it.
 """
 
 from __future__ import annotations
@@ -48,9 +65,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -61,14 +79,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mlnb.predictions.log import find_request, new_request_id
+from mlnb.predictions.log import LogWriteError, new_request_id
+from mlnb.serving.auth import Denied, Holder, Tokens
+from mlnb.serving.auth import Scope as TokenScope
 from mlnb.serving.parsing import CSV, JSON, PARQUET, Reject
 from mlnb.serving.scoring import score
-from mlnb.serving.state import Service
+from mlnb.serving.state import Service, label_problem
 
 logger = logging.getLogger(__name__)
 
-INLINE_BYTES = 256 * 2**10  # larger bodies are parsed and scored off the event loop
+INLINE_BYTES = 64 * 2**10  # larger JSON bodies, and every CSV or Parquet one, go to a worker
+READ_SECONDS = 10.0  # a client has this long to send a request's head, and again its body
+WORKERS = 4  # requests scored off the event loop at once
+MAX_FEEDBACK_ITEMS = 10_000
 _DUMP = orjson.OPT_SERIALIZE_NUMPY
 
 #: the endpoints that do work, as the metrics label them
@@ -76,9 +99,70 @@ EndpointName = Literal["invocations", "feedback"]
 Headers = list[tuple[bytes, bytes]]
 #: what an endpoint's work answers: status, JSON body, headers beyond the content's
 Answer = tuple[int, bytes, Headers]
+#: an endpoint's work: the request's scope, its body's channel, and who sent it
+Work = Callable[[Scope, Receive, Holder | None], Awaitable[Answer]]
 
 _INTERNAL = Reject("internal error; the server log has the details", 500, "INTERNAL_ERROR")
 _NO_ROUTE = "ENDPOINT_NOT_FOUND"
+_UNAVAILABLE = "TEMPORARILY_UNAVAILABLE"
+_CLOSE = (b"connection", b"close")
+_UNREAD_BODY = (401, 403, 408, 413)  # answered before the body was read whole: close after
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class Workers:
+    """At most ``count`` functions running at once, each on a daemon thread of its own.
+
+    Daemon threads, not a thread pool: a pool's threads are joined when the
+    interpreter exits, so a parse that runs for minutes would keep a stopped
+    service alive. A slot is freed when its thread ends, even if the request
+    waiting for it was cancelled (a shutdown).
+
+    Args:
+        count: how many may run at once.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._slots = asyncio.Semaphore(count)
+
+    async def run(self, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``function(*args, **kwargs)`` on a daemon thread, once a slot is free."""
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self._slots.release()
+            if future.done():  # the request was cancelled meanwhile
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            try:
+                outcome: tuple[Any, BaseException | None] = (function(*args, **kwargs), None)
+            except BaseException as exc:  # handed to the awaiting request
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the service stopped
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        try:
+            threading.Thread(target=work, name="mlnb-serve-worker", daemon=True).start()
+        except BaseException:
+            self._slots.release()
+            raise
+        return await future
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of one request header (the first, when repeated), or ``None``."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 def _headers(scope: Scope) -> tuple[str | None, str, int | None]:
@@ -100,8 +184,21 @@ def _headers(scope: Scope) -> tuple[str | None, str, int | None]:
     return media, charset, length
 
 
-async def _body(receive: Receive, declared: int | None, limit: int) -> bytes:
-    """The whole request body; a 413 as soon as it is known to exceed ``limit``."""
+async def _body(receive: Receive, declared: int | None, limit: int, seconds: float) -> bytes:
+    """The whole request body within ``seconds`` (else a 408); a 413 once it exceeds ``limit``."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await _read_body(receive, declared, limit)
+    except TimeoutError:
+        raise Reject(
+            f"the request body did not arrive within {seconds:g} s; send it at once",
+            408,
+            "REQUEST_TIMEOUT",
+            "bad_request",
+        ) from None
+
+
+async def _read_body(receive: Receive, declared: int | None, limit: int) -> bytes:
     too_large = Reject(
         f"the request body exceeds {limit:,} bytes; send fewer rows per request", 413
     )
@@ -138,31 +235,52 @@ async def _send(send: Send, status: int, body: bytes, extra: Headers) -> None:
 
 
 class _Endpoint:
-    """A raw ASGI endpoint with uniform errors and metrics (Starlette passes it through)."""
+    """A raw ASGI endpoint with its token check, uniform errors and metrics.
+
+    Starlette passes it through. With ``tokens``, a request without a token
+    of ``scope`` is refused before its body is read.
+    """
 
     def __init__(
         self,
         service: Service,
         name: EndpointName,
-        work: Callable[[Scope, Receive], Awaitable[Answer]],
+        work: Work,
+        scope: TokenScope,
+        tokens: Tokens | None,
     ) -> None:
         self.service, self.name, self.work = service, name, work
+        self.scope, self.tokens = scope, tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         try:
-            status, body, headers = await self.work(scope, receive)
+            holder = self._holder(scope)
+            status, body, headers = await self.work(scope, receive, holder)
+        except Denied as denied:
+            status, body, headers = denied.status, denied.body(), denied.headers()
+            self.service.metrics.errors.labels(self.name, denied.kind).inc()
         except Reject as reject:
-            status, body, headers = reject.status, reject.body(), []
+            status, body, headers = reject.status, reject.body(), self._version()
             self.service.metrics.errors.labels(self.name, reject.kind).inc()
         except Exception:
             logger.exception("%s failed", self.name)
-            status, body, headers = _INTERNAL.status, _INTERNAL.body(), []
+            status, body, headers = _INTERNAL.status, _INTERNAL.body(), self._version()
             self.service.metrics.errors.labels(self.name, "internal").inc()
-        if self.name == "invocations" and not headers:
-            headers = [(b"x-model-version", self.service.current.version.encode())]
+        if status in _UNREAD_BODY:
+            headers = [*headers, _CLOSE]
         await _send(send, status, body, headers)
         self.service.metrics.answered(self.name, status, time.perf_counter() - start)
+
+    def _holder(self, scope: Scope) -> Holder | None:
+        if self.tokens is None:
+            return None
+        return self.tokens.check(_header(scope, b"authorization"), self.scope)
+
+    def _version(self) -> Headers:
+        if self.name != "invocations":
+            return []
+        return [(b"x-model-version", self.service.current.version.encode())]
 
 
 def _either(names: Sequence[str]) -> str:
@@ -189,6 +307,12 @@ def _feedback_items(body: bytes) -> list[tuple[str, list[Any]]]:
     items = doc if isinstance(doc, list) else [doc]
     if not items:
         raise Reject("no feedback in the request")
+    if len(items) > MAX_FEEDBACK_ITEMS:
+        raise Reject(
+            f"{len(items):,} feedback items in one request, more than {MAX_FEEDBACK_ITEMS:,}; "
+            "send them in several requests",
+            413,
+        )
     out = []
     for i, item in enumerate(items):
         where = f"item {i}: " if isinstance(doc, list) else ""
@@ -210,20 +334,22 @@ def _plural(count: int, noun: str) -> str:
 class _Handlers:
     """The work of ``/invocations`` and ``/feedback`` on one :class:`Service`."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, read_seconds: float, workers: int) -> None:
         self.service = service
+        self.read_seconds = read_seconds
+        self.workers = Workers(workers)
 
     async def _read(
         self, scope: Scope, receive: Receive, empty: str
     ) -> tuple[str | None, str, bytes]:
         """The media type, charset and body of a request; ``empty`` says what a body holds."""
         media, charset, declared = _headers(scope)
-        body = await _body(receive, declared, self.service.max_body_bytes)
+        body = await _body(receive, declared, self.service.max_body_bytes, self.read_seconds)
         if not body:
             raise Reject(empty)
         return media, charset, body
 
-    async def invocations(self, scope: Scope, receive: Receive) -> Answer:
+    async def invocations(self, scope: Scope, receive: Receive, holder: Holder | None) -> Answer:
         service = self.service
         served = service.current  # one version answers the whole request
         media, charset, body = await self._read(
@@ -231,24 +357,26 @@ class _Handlers:
         )
         mime = _media(media, charset, (JSON, CSV, PARQUET))
         ms = time.time_ns() // 1_000_000
-        if len(body) <= INLINE_BYTES:
+        if mime == JSON and len(body) <= INLINE_BYTES:
             scored = score(served, mime, body)
         else:
-            loop = asyncio.get_running_loop()
-            scored = await loop.run_in_executor(None, score, served, mime, body)
+            scored = await self.workers.run(score, served, mime, body)
+        service.observe(served.version, scored.outputs)
         request_id = new_request_id(ms)
-        service.logged(
-            functools.partial(
-                service.log.write_prediction,
-                request_id,
-                ms,
-                served.version,
-                scored.columns,
-                scored.inputs,
-                scored.outputs,
-                scored.rows,
-            )
+        write = functools.partial(
+            service.log.write_prediction,
+            request_id,
+            ms,
+            served.version,
+            scored.columns,
+            scored.inputs,
+            scored.outputs,
+            scored.rows,
         )
+        try:
+            service.logged(write)
+        except LogWriteError:
+            raise self._unlogged("the prediction is not answered") from None
         service.metrics.rows.inc(scored.rows)
         answer = {
             "predictions": scored.outputs,
@@ -261,7 +389,18 @@ class _Handlers:
         ]
         return 200, orjson.dumps(answer, option=_DUMP), headers
 
-    async def feedback(self, scope: Scope, receive: Receive) -> Answer:
+    def _unlogged(self, what: str) -> Reject:
+        """The 503 of a request whose record the log could not take."""
+        trouble = self.service.log_trouble
+        reason = trouble.message if trouble is not None else "cannot write the log"
+        return Reject(
+            f"{what}: {reason}; the service answers again once its log can be written",
+            503,
+            _UNAVAILABLE,
+            "log",
+        )
+
+    async def feedback(self, scope: Scope, receive: Receive, holder: Holder | None) -> Answer:
         service = self.service
         media, charset, body = await self._read(
             scope,
@@ -271,42 +410,61 @@ class _Handlers:
         _media(media, charset, (JSON,))
         items = _feedback_items(body)
         await self._check_known(items)
+        self._check_labels(items)
         ms = time.time_ns() // 1_000_000
-        for request_id, labels in items:
-            service.logged(functools.partial(service.log.write_feedback, request_id, labels, ms))
-        if service.log_trouble is not None:
-            raise Reject(service.log_trouble.message, 503, "TEMPORARILY_UNAVAILABLE", "log")
+        sender = holder.name if holder is not None else None
+        for done, (request_id, labels) in enumerate(items):
+            write = functools.partial(
+                service.log.write_feedback, request_id, labels, ms, sender=sender
+            )
+            try:
+                service.logged(write)
+            except LogWriteError:
+                raise self._unlogged(
+                    f"{done} of {_plural(len(items), 'feedback item')} recorded; send them all "
+                    "again (a later label replaces an earlier one)"
+                ) from None
         return 200, orjson.dumps({"accepted": len(items)}), []
 
     async def _check_known(self, items: list[tuple[str, list[Any]]]) -> None:
         """Each request id was logged, with one row per label; a :class:`Reject` if not."""
+        ids = [request_id for request_id, _ in items]
+        rows = await self.workers.run(self.service.log.known_requests, ids)
         unknown = []
         for request_id, labels in items:
-            rows = await self._rows(request_id)
-            if rows is None:
+            count = rows.get(request_id)
+            if count is None:
                 unknown.append(request_id)
-            elif len(labels) != rows:
+            elif len(labels) != count:
                 raise Reject(
-                    f"request '{request_id}' predicted {_plural(rows, 'row')}; "
+                    f"request '{request_id}' predicted {_plural(count, 'row')}; "
                     f"got {_plural(len(labels), 'label')}"
                 )
         if unknown:
-            names = ", ".join(f"'{rid}'" for rid in unknown[:5])
+            names = ", ".join(f"'{rid[:64]}'" for rid in unknown[:5])
+            more = f" and {len(unknown) - 5:,} more" if len(unknown) > 5 else ""
             raise Reject(
-                f"unknown request id{'s' if len(unknown) > 1 else ''} {names}; give feedback "
-                "with the request_id of a prediction this service logged",
+                f"unknown request id{'s' if len(unknown) > 1 else ''} {names}{more}; give "
+                "feedback with the request_id of a prediction this service logged",
                 404,
                 "RESOURCE_DOES_NOT_EXIST",
             )
 
-    async def _rows(self, request_id: str) -> int | None:
-        """The row count of a logged request: from the recent index, else its day file."""
-        log = self.service.log
-        rows = log.recent_rows(request_id)
-        if rows is not None:
-            return rows
-        loop = asyncio.get_running_loop()  # an older request: scan the day file its id names
-        return await loop.run_in_executor(None, find_request, log.directory, request_id)
+    def _check_labels(self, items: list[tuple[str, list[Any]]]) -> None:
+        """Each label has the model's output type; a 422 naming request and position if not."""
+        kind = self.service.label_kind()
+        if kind is None:
+            return
+        for request_id, labels in items:
+            for position, label in enumerate(labels):
+                problem = label_problem(kind, label)
+                if problem is not None:
+                    raise Reject(
+                        f"request '{request_id}' label {position}: {problem}",
+                        422,
+                        "INVALID_PARAMETER_VALUE",
+                        "bad_request",
+                    )
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -333,10 +491,26 @@ class _ScoringApp(Starlette):
             await super().__call__(scope, receive, send)
 
 
-def build_app(service: Service) -> Starlette:
-    """The ASGI application of a :class:`Service`; its lifespan starts and stops the follower."""
-    handlers = _Handlers(service)
-    invocations = _Endpoint(service, "invocations", handlers.invocations)
+def build_app(
+    service: Service,
+    tokens: Tokens | None = None,
+    read_seconds: float = READ_SECONDS,
+    workers: int = WORKERS,
+) -> Starlette:
+    """The ASGI application of a :class:`Service`; its lifespan starts and stops the follower.
+
+    Args:
+        service: the service's state.
+        tokens: the tokens the protected endpoints take; ``None``: every
+            endpoint is open (a service on the loopback address).
+        read_seconds: how long a request's body may take to arrive (then 408).
+        workers: how many requests are scored off the event loop at once.
+    """
+    handlers = _Handlers(service, read_seconds, workers)
+    invocations = _Endpoint(
+        service, "invocations", handlers.invocations, TokenScope.PREDICT, tokens
+    )
+    feedback = _Endpoint(service, "feedback", handlers.feedback, TokenScope.FEEDBACK, tokens)
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")  # as mlflow models serve
@@ -345,6 +519,13 @@ def build_app(service: Service) -> Starlette:
         return _json(service.health())
 
     async def version(request: Request) -> Response:
+        if tokens is not None:
+            authorization = request.headers.get("authorization")
+            try:
+                tokens.check(authorization.encode("latin-1") if authorization else None, None)
+            except Denied as denied:
+                headers = {k.decode(): v.decode() for k, v in denied.headers()}
+                return Response(denied.body(), 401, headers, media_type="application/json")
         return _json(service.version_info())
 
     async def metrics(request: Request) -> Response:
@@ -365,14 +546,14 @@ def build_app(service: Service) -> Starlette:
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, service.stop)
+            await asyncio.get_running_loop().run_in_executor(None, service.stop, 2.0)
             service.log.close()
 
     app = _ScoringApp(
         invocations,
         routes=[
             Route("/invocations", invocations, methods=["POST"]),
-            Route("/feedback", _Endpoint(service, "feedback", handlers.feedback), methods=["POST"]),
+            Route("/feedback", feedback, methods=["POST"]),
             Route("/ping", ping),
             Route("/health", health),
             Route("/version", version),

@@ -3,7 +3,10 @@
 Each service keeps its metrics in a registry of its own (not the process's
 global one), so two services in one process, or a test that builds several,
 never share a counter. The label children of the two metrics every request
-touches are cached: a request counts itself with two dict look-ups.
+touches are cached: a request counts itself with two dict look-ups. Requests
+refused are counted in ``mlnb_serve_errors`` by kind, among them
+``unauthenticated`` (401), ``forbidden`` (403) and ``log`` (503: the
+prediction log cannot be written).
 """
 
 from __future__ import annotations
@@ -69,7 +72,12 @@ class Metrics:
         )
         self.log_failures = Counter(
             "mlnb_serve_prediction_log_failures",
-            "Records the prediction log could not take.",
+            "Records the prediction log could not take (their requests answered 503).",
+            registry=r,
+        )
+        self.log_failing = Gauge(
+            "mlnb_serve_prediction_log_failing",
+            "1 while the prediction log cannot be written (predictions are answered 503).",
             registry=r,
         )
         self._answered: dict[tuple[str, int], Counter] = {}

@@ -14,40 +14,62 @@ Design decisions:
   half-started service.
 - **The port first.** :func:`serve` binds its socket before it loads the
   model, so a taken port fails in a second, not after a minute of loading.
+- **No open door by accident.** Listening on an address other than loopback
+  needs a tokens file (:mod:`mlnb.serving.auth`), or ``insecure=True`` said
+  out loud; without either it is a :class:`ServeError` (exit code 2).
+- **Bounded at the socket.** A client has ``read_seconds`` to send a
+  request's head (then a 408 and the connection closes; uvicorn alone waits
+  forever) and at most :data:`MAX_HEAD_BYTES` of it; an idle keep-alive
+  connection is closed after :data:`KEEP_ALIVE_SECONDS`; beyond
+  ``max_concurrency`` connections and requests uvicorn answers 503 instead
+  of taking more work.
 - **uvicorn's shutdown, then return.** uvicorn handles SIGINT and SIGTERM
-  gracefully; :func:`serve` then returns instead of dying, so a caller (the
-  CLI, a test) ends as it chooses.
+  gracefully, giving requests in flight :data:`SHUTDOWN_SECONDS`; scoring
+  runs on daemon threads, so nothing keeps the process after that.
+  :func:`serve` then returns instead of dying, so a caller (the CLI, a test)
+  ends as it chooses.
+- **No secret in a message.** The store's URI is printed, logged and raised
+  redacted (:func:`mlnb.store.redacted`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import functools
 import importlib.util
+import ipaddress
 import logging
 import logging.config
+import os
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from starlette.applications import Starlette
 
-from mlnb.errors import MlnbError, suggest
+from mlnb.errors import ExitCode, MlnbError, suggest
 from mlnb.predictions.log import PredictionLog, default_log_dir
-from mlnb.serving.app import build_app
+from mlnb.serving.app import READ_SECONDS, build_app
+from mlnb.serving.auth import Tokens, read_tokens
 from mlnb.serving.scoring import Served, error_text, load_version
-from mlnb.serving.state import Service
+from mlnb.serving.state import Service, redact_in
+from mlnb.store import redacted
 from mlnb.store import tracking_uri as default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 10 * 2**20
+MAX_HEAD_BYTES = 64 * 2**10  # a request's line and headers
+MAX_CONCURRENCY = 64  # connections and requests at once; beyond: 503
+KEEP_ALIVE_SECONDS = 5
+SHUTDOWN_SECONDS = 5  # requests in flight get this long after SIGTERM
 
 
 class ServeError(MlnbError):
@@ -59,31 +81,43 @@ class ServeError(MlnbError):
         tracking_uri: the MLflow store asked.
     """
 
-    def __init__(self, message: str, *, model: str, alias: str, tracking_uri: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        alias: str,
+        tracking_uri: str,
+        exit_code: ExitCode = ExitCode.FAILED,
+    ) -> None:
         self.model = model
         self.alias = alias
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = redacted(tracking_uri)
+        self.exit_code = exit_code
         super().__init__(message)
 
 
-#: makes the :class:`ServeError` of one service start from a message
-_Fail = Callable[[str], ServeError]
+#: makes the :class:`ServeError` of one service start from a message (and an exit code)
+_Fail = Callable[..., ServeError]
 
 
 def _resolve(client: MlflowClient, uri: str, model: str, alias: str, fail: _Fail) -> str:
     """The version ``alias`` names, or a :class:`ServeError` that says what to do."""
+    shown = redacted(uri)
     try:
         registered = client.get_registered_model(model)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise fail(f"cannot use the MLflow store {uri}: {exc.message}") from None
+            raise fail(
+                f"cannot use the MLflow store {shown}: {redact_in(exc.message, uri)}"
+            ) from None
         names = [m.name for m in client.search_registered_models(max_results=1000)]
         hint = suggest(model, names) or (
             "; register one by running a pipeline with a `model` section (`mlnb run`)"
         )
-        raise fail(f"no registered model '{model}' in the MLflow store {uri}{hint}") from None
+        raise fail(f"no registered model '{model}' in the MLflow store {shown}{hint}") from None
     except Exception as exc:  # the store cannot be reached: SQLAlchemy, HTTP errors
-        raise fail(f"cannot reach the MLflow store {uri}: {exc}") from None
+        raise fail(f"cannot reach the MLflow store {shown}: {redact_in(str(exc), uri)}") from None
     aliases = dict(registered.aliases or {})
     if alias not in aliases:
         others = ", ".join(f"@{a} → version {v}" for a, v in sorted(aliases.items()))
@@ -103,6 +137,8 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     *,
     project: Path | None = None,
+    tokens: Tokens | Path | None = None,
+    read_seconds: float = READ_SECONDS,
 ) -> Starlette:
     """Load the version ``alias`` names and build the ASGI app that serves it.
 
@@ -118,6 +154,10 @@ def create_app(
         poll_seconds: how often the alias is looked up.
         max_body_bytes: the largest request body taken (larger: 413).
         project: the project root; default the current folder.
+        tokens: the tokens ``/invocations``, ``/feedback`` and ``/version``
+            need, or the tokens file that lists them; ``None``: every endpoint
+            is open.
+        read_seconds: how long a request's body may take to arrive (then 408).
 
     Returns:
         A Starlette application; ``app.state.service`` is its :class:`Service`.
@@ -125,44 +165,51 @@ def create_app(
     Raises:
         ServeError: the store cannot be reached, the model is not registered,
             the alias is not set, or the version it names cannot be loaded.
+        TokensError: the tokens file cannot be read or has a malformed line.
     """
     root = Path(project) if project is not None else Path.cwd()
     uri = tracking_uri or default_tracking_uri(root)
     fail = functools.partial(ServeError, model=model, alias=alias, tracking_uri=uri)
-    _check_settings(uri, poll_seconds, max_body_bytes, fail)
+    _check_settings(uri, poll_seconds, max_body_bytes, read_seconds, fail)
+    accepted = read_tokens(tokens) if isinstance(tokens, str | Path) else tokens
     client = _open_store(uri, fail)
     first = _load_first(client, uri, model, alias, fail)
     directory = Path(log_dir) if log_dir is not None else default_log_dir(root)
     log = _open_log(directory, fail)
     service = Service(client, uri, model, alias, first, log, poll_seconds, max_body_bytes)
     logger.info(
-        "serving version %s of '%s' (alias '%s', %s flavor) from %s; logging predictions to %s",
+        "serving version %s of '%s' (alias '%s', %s flavor) from %s; logging predictions to %s; %s",
         first.version,
         model,
         alias,
         first.flavor,
-        uri,
+        redacted(uri),
         directory,
+        f"{len(accepted)} token(s) accepted" if accepted is not None else "no token needed",
     )
-    return build_app(service)
+    return build_app(service, accepted, read_seconds)
 
 
-def _check_settings(uri: str, poll_seconds: float, max_body_bytes: int, fail: _Fail) -> None:
+def _check_settings(
+    uri: str, poll_seconds: float, max_body_bytes: int, read_seconds: float, fail: _Fail
+) -> None:
     """An embedded store that exists, and positive settings."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise fail(
             f"no MLflow store at {uri.removeprefix('sqlite:///')}; run `mlnb run` in the project "
             "first, or point MLFLOW_TRACKING_URI at your store"
         )
-    if poll_seconds <= 0 or max_body_bytes <= 0:
-        raise fail("poll_seconds and max_body_bytes must be positive")
+    if poll_seconds <= 0 or max_body_bytes <= 0 or read_seconds <= 0:
+        raise fail("poll_seconds, max_body_bytes and read_seconds must be positive")
 
 
 def _open_store(uri: str, fail: _Fail) -> MlflowClient:
     try:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     except Exception as exc:
-        raise fail(f"cannot open the MLflow store {uri}: {exc}") from None
+        raise fail(
+            f"cannot open the MLflow store {redacted(uri)}: {redact_in(str(exc), uri)}"
+        ) from None
 
 
 def _load_first(client: MlflowClient, uri: str, model: str, alias: str, fail: _Fail) -> Served:
@@ -173,7 +220,7 @@ def _load_first(client: MlflowClient, uri: str, model: str, alias: str, fail: _F
     except Exception as exc:
         raise fail(
             f"version {version} of '{model}' (alias '{alias}') cannot be loaded: "
-            f"{error_text(exc)}; move the alias to a version that loads"
+            f"{redact_in(error_text(exc), uri)}; move the alias to a version that loads"
         ) from None
     if first.schema is None:
         logger.warning(
@@ -195,10 +242,107 @@ def _listen(host: str, port: int, fail: _Fail) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family)
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # OverflowError: a port beyond 65535
+        errno = exc.errno if isinstance(exc, OSError) else None
+        reason = os.strerror(errno) if errno else str(exc)
+        raise fail(f"cannot listen on {host}:{port}: {reason}; choose another --port") from None
+
+
+def _loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    addresses = {str(info[4][0]).partition("%")[0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def _check_exposure(host: str, tokens: Path | None, insecure: bool, fail: _Fail) -> None:
+    """Refuse to listen beyond loopback with every endpoint open, unless told ``insecure``."""
+    if tokens is None and not insecure and not _loopback(host):
         raise fail(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port"
-        ) from None
+            f"refusing to serve on {host} without tokens: anyone who reaches it could "
+            "predict and send labels (the next model's training data); pass --tokens FILE "
+            "(lines 'SCOPE TOKEN [NAME]'), or --insecure to serve it open",
+            exit_code=ExitCode.INVALID,
+        )
+
+
+class _HeadDeadline(asyncio.Protocol):
+    """An HTTP protocol that closes a connection whose request head does not arrive in time.
+
+    uvicorn times out an idle keep-alive connection but waits forever for a
+    request head that never ends (a slow-loris client). Mixed into uvicorn's
+    protocol class by :func:`_protocol`: from the connection's start, and
+    from the first byte after each response, the head has ``head_seconds``
+    and ``max_head_bytes``; then the client gets a 408 (or 431) and the
+    connection is closed.
+    """
+
+    head_seconds: float = READ_SECONDS
+    max_head_bytes: int = MAX_HEAD_BYTES
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes: int = 0
+    _head_transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_transport = cast(asyncio.Transport, transport)
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = getattr(self, "cycle", None)
+        if self._head_timer is None and (cycle is None or cycle.response_complete):
+            self._await_head()  # the first byte of the next request on a kept-alive connection
+        super().data_received(data)
+        if self._head_timer is None:
+            return
+        if getattr(self, "cycle", None) is not cycle:  # the head is complete: a request began
+            self._stop_waiting()
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > self.max_head_bytes:
+            self._refuse(431, f"the request head exceeds {self.max_head_bytes:,} bytes")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._head_bytes = 0
+        loop = asyncio.get_running_loop()
+        message = f"the request head did not arrive within {self.head_seconds:g} s"
+        self._head_timer = loop.call_later(self.head_seconds, self._refuse, 408, message)
+
+    def _stop_waiting(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with a JSON error and close the connection."""
+        self._stop_waiting()
+        transport = self._head_transport
+        if transport is None or transport.is_closing():
+            return
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        body = b'{"error_code": "BAD_REQUEST", "message": "%s"}' % message.encode()
+        transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        transport.close()
+
+
+def _protocol(http: str, head_seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class (``httptools`` or ``h11``) with a head deadline."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    base = HttpToolsProtocol if http == "httptools" else H11Protocol
+    guarded = type("GuardedProtocol", (_HeadDeadline, base), {"head_seconds": head_seconds})
+    return cast(type[asyncio.Protocol], guarded)
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -244,6 +388,10 @@ def serve(
     poll_seconds: float = 1.0,
     max_body_bytes: int = MAX_BODY_BYTES,
     log_level: str = "info",
+    tokens: Path | None = None,
+    insecure: bool = False,
+    read_seconds: float = READ_SECONDS,
+    max_concurrency: int = MAX_CONCURRENCY,
 ) -> None:
     """Serve a model's aliased version over HTTP until SIGINT or SIGTERM.
 
@@ -262,9 +410,17 @@ def serve(
         poll_seconds: how often the alias is looked up.
         max_body_bytes: the largest request body taken.
         log_level: the server log's level.
+        tokens: the tokens file (see :mod:`mlnb.serving.auth`); needed to
+            listen beyond loopback.
+        insecure: listen beyond loopback without tokens, every endpoint open.
+        read_seconds: how long a request's head, and then its body, may take
+            to arrive.
+        max_concurrency: connections and requests at once; beyond, 503.
 
     Raises:
-        ServeError: as :func:`create_app`, or the address is taken.
+        ServeError: as :func:`create_app`, the address is taken, or it is not
+            loopback and there are no tokens (exit code 2).
+        TokensError: the tokens file cannot be read or has a malformed line.
     """
     import uvicorn
 
@@ -272,18 +428,34 @@ def serve(
     logging.config.dictConfig(config_log)  # before loading, so its messages show
     uri = tracking_uri or default_tracking_uri(Path(project) if project else Path.cwd())
     fail = functools.partial(ServeError, model=model, alias=alias, tracking_uri=uri)
+    _check_exposure(host, tokens, insecure, fail)
+    accepted = read_tokens(tokens) if tokens is not None else None  # a bad file fails first
     sock = _listen(host, port, fail)  # a taken port fails before the model loads
     try:
-        app = create_app(model, alias, uri, log_dir, poll_seconds, max_body_bytes, project=project)
+        app = create_app(
+            model,
+            alias,
+            uri,
+            log_dir,
+            poll_seconds,
+            max_body_bytes,
+            project=project,
+            tokens=accepted,
+            read_seconds=read_seconds,
+        )
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
         config = uvicorn.Config(
             app,
             loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
+            http=_protocol(http, read_seconds),
             lifespan="on",
             access_log=False,
             log_config=config_log,
             log_level=log_level,
-            timeout_graceful_shutdown=10,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+            limit_concurrency=max_concurrency,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
         with _return_on_signals():
             uvicorn.Server(config).run(sockets=[sock])

@@ -7,12 +7,19 @@ Design decisions:
   version beside the serving one and swaps :attr:`Service.current`, so a
   request that read the reference once is answered start to end by one
   version, and no request waits for a load.
-- **Troubles are reported, not raised.** A version that fails to load leaves
-  the old one serving and is retried after :data:`RETRY_SECONDS`; an alias
-  that cannot be looked up, or a prediction log that cannot be written, is a
+- **Troubles are reported.** A version that fails to load leaves the old one
+  serving and is retried after :data:`RETRY_SECONDS`; an alias that cannot be
+  looked up, or a prediction log that cannot be written, is a
   :class:`Trouble` too. Each shows in ``/health`` (``degraded``), ``/version``,
   the metrics (:mod:`mlnb.serving.metrics`) and the server log, once when it
-  starts and once when it ends.
+  starts and once when it ends. A log write that fails is also raised, so
+  the request it belongs to is not answered; the next write that succeeds
+  ends the trouble.
+- **No secret in a report.** The store's URI is shown redacted
+  (:func:`mlnb.store.redacted`), and so is any message that quotes it.
+- **Labels have the model's output type.** A version's output type comes
+  from its signature's outputs, else from the first predictions it served;
+  :func:`label_problem` says why a label does not fit it.
 """
 
 from __future__ import annotations
@@ -24,13 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import numpy as np
 from mlflow.tracking import MlflowClient
 
 from mlnb import __version__
-from mlnb.predictions.log import PredictionLog
+from mlnb.predictions.log import LogWriteError, PredictionLog
 from mlnb.serving.metrics import Metrics
 from mlnb.serving.scoring import Served, error_text, load_version
+from mlnb.store import redacted
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +48,81 @@ RETRY_SECONDS = 30.0  # a version that failed to load is tried again after this 
 
 #: what ``/health`` says: ``degraded`` while the service has a trouble
 HealthStatus = Literal["ok", "degraded"]
+#: what a label must be for a model's predictions to be compared with it
+LabelKind = Literal["number", "boolean", "string"]
+_KIND_OF_TYPE: dict[str, LabelKind] = {
+    "double": "number",
+    "float": "number",
+    "long": "number",
+    "integer": "number",
+    "boolean": "boolean",
+    "string": "string",
+}
+_KIND_OF_DTYPE: dict[str, LabelKind] = {"i": "number", "u": "number", "f": "number", "b": "boolean"}
+_LABEL_NAMES: dict[LabelKind, str] = {
+    "number": "a number",
+    "boolean": "true or false",
+    "string": "a string",
+}
+
+
+def _kind_of_value(value: Any) -> LabelKind | None:
+    if isinstance(value, bool | np.bool_):
+        return "boolean"
+    if isinstance(value, int | float | np.integer | np.floating):
+        return "number"
+    return "string" if isinstance(value, str) else None
+
+
+def outputs_kind(outputs: Any) -> LabelKind | None:
+    """The label kind of a batch of predictions; ``None`` for records, arrays or a mix."""
+    if isinstance(outputs, np.ndarray):
+        if outputs.ndim != 1:
+            return None
+        if outputs.dtype.kind in _KIND_OF_DTYPE:
+            return _KIND_OF_DTYPE[outputs.dtype.kind]
+        outputs = outputs.tolist()
+    if not isinstance(outputs, list) or not outputs:
+        return None
+    kinds = {_kind_of_value(value) for value in outputs[:100]}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def signature_kind(source: str) -> LabelKind | None:
+    """The label kind a version's signature declares for its one output; ``None`` if none."""
+    from mlflow.models import Model
+
+    try:
+        signature = Model.load(source).signature
+    except Exception:  # no readable MLmodel: the served predictions decide
+        return None
+    outputs = signature.outputs if signature is not None else None
+    if outputs is None or len(outputs.inputs) != 1:
+        return None
+    spec = outputs.inputs[0]
+    if outputs.is_tensor_spec():
+        dtype = spec.type
+        shape = getattr(spec, "shape", None) or (-1,)
+        return _KIND_OF_DTYPE.get(dtype.kind) if len(shape) == 1 else None
+    return _KIND_OF_TYPE.get(getattr(spec.type, "name", ""))
+
+
+def redact_in(text: str, uri: str) -> str:
+    """``text`` with ``uri``, and the user info (name, password, token) in it, redacted."""
+    text = text.replace(uri, redacted(uri))
+    userinfo = urlsplit(uri).netloc.rpartition("@")[0]
+    return text.replace(userinfo, "***") if userinfo else text
+
+
+def label_problem(kind: LabelKind, label: Any) -> str | None:
+    """Why ``label`` cannot be a label of a model whose predictions are ``kind``; ``None`` if fit.
+
+    ``null`` always fits: that row has no label.
+    """
+    if label is None or _kind_of_value(label) == kind:
+        return None
+    shown = repr(label)[:60] if not isinstance(label, list | dict) else type(label).__name__
+    return f"got {shown}; the model predicts {_LABEL_NAMES[kind]}, so each label must be one"
 
 
 @dataclass(frozen=True)
@@ -93,8 +178,14 @@ class Service:
         self.load_trouble: Trouble | None = None
         self.alias_trouble: Trouble | None = None
         self.log_trouble: Trouble | None = None
+        self._kinds: dict[str, LabelKind | None] = {first.version: signature_kind(first.source)}
+        self._observed: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def safe(self, text: str) -> str:
+        """``text`` with the store's URI, and its user info, redacted."""
+        return redact_in(text, self.uri)
 
     # the follower thread
 
@@ -148,10 +239,10 @@ class Service:
                     self.alias,
                     self.model,
                     self.current.version,
-                    error_text(exc),
+                    self.safe(error_text(exc)),
                 )
             self.alias_trouble = Trouble(
-                f"cannot look up the alias: {error_text(exc)}", datetime.now(UTC)
+                self.safe(f"cannot look up the alias: {error_text(exc)}"), datetime.now(UTC)
             )
             return None
         if self.alias_trouble is not None:
@@ -165,13 +256,13 @@ class Service:
             "alias '%s' of '%s' names version %s; loading it", self.alias, self.model, target
         )
         try:
-            return load_version(self.client, self.model, target, self.uri)
+            loaded = load_version(self.client, self.model, target, self.uri)
         except Exception as exc:
             failed = self.load_trouble
             self.metrics.load_failures.inc()
             self.metrics.load_failing.set(1)
             self.load_trouble = Trouble(
-                f"version {target} failed to load: {error_text(exc)}",
+                self.safe(f"version {target} failed to load: {error_text(exc)}"),
                 datetime.now(UTC) if failed is None or failed.version != target else failed.since,
                 target,
                 time.monotonic() + RETRY_SECONDS,
@@ -183,9 +274,11 @@ class Service:
                 self.model,
                 self.current.version,
                 RETRY_SECONDS,
-                error_text(exc),
+                self.safe(error_text(exc)),
             )
             return None
+        self._kinds[loaded.version] = signature_kind(loaded.source)
+        return loaded
 
     def _swap(self, loaded: Served) -> None:
         """Serve ``loaded`` from the next request on: one reference changes."""
@@ -240,24 +333,45 @@ class Service:
             "model_version": served.version,
             "alias_version": self.alias_version,
             "run_id": served.run_id,
-            "source": served.source,
+            "source": self.safe(redacted(served.source)),
             "flavor": served.flavor,
-            "tracking_uri": self.uri,
+            "tracking_uri": redacted(self.uri),
             **self.troubles(),
         }
 
     def logged(self, write: Callable[[], None]) -> None:
-        """Run one log write; a failure is counted and reported, never raised."""
+        """Run one log write; a failure is counted, reported and raised.
+
+        Raises:
+            LogWriteError: the record was not written (the request is not to
+                be answered as if it were).
+        """
         try:
             write()
-        except (OSError, TypeError, ValueError) as exc:  # disk full; an unserializable value
+        except LogWriteError as exc:
             self.metrics.log_failures.inc()
-            if self.log_trouble is None:
-                logger.error("cannot write the prediction log: %s", error_text(exc))
+            self.metrics.log_failing.set(1)
+            failed = self.log_trouble
+            if failed is None:
+                logger.error("cannot write the prediction log: %s", exc)
             self.log_trouble = Trouble(
-                f"cannot write the log: {error_text(exc)}", datetime.now(UTC)
+                str(exc),
+                failed.since if failed is not None else datetime.now(UTC),
             )
-        else:
-            if self.log_trouble is not None:
-                logger.info("the prediction log can be written again")
-                self.log_trouble = None
+            raise
+        if self.log_trouble is not None:
+            logger.info("the prediction log can be written again")
+            self.log_trouble = None
+            self.metrics.log_failing.set(0)
+
+    # labels
+
+    def observe(self, version: str, outputs: Any) -> None:
+        """Learn a version's output type from its first predictions, if its signature had none."""
+        if self._kinds.get(version, "unknown") is None and version not in self._observed:
+            self._observed.add(version)
+            self._kinds[version] = outputs_kind(outputs)
+
+    def label_kind(self) -> LabelKind | None:
+        """What a label must be for the version serving; ``None`` when that is not known."""
+        return self._kinds.get(self.current.version)

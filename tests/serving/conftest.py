@@ -29,7 +29,7 @@ def store(no_telemetry: None, tmp_path_factory: pytest.TempPathFactory) -> Store
         return Store(tmp_path_factory.mktemp("store"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped before other packages check for leftovers
 def server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shared server of ``cancer@champion`` (version 1), for tests that move no alias."""
     running = Server(tmp_path_factory.mktemp("shared"), store, "cancer", max_body_bytes=SMALL_LIMIT)

@@ -6,8 +6,12 @@ serving real registered scikit-learn models from a SQLite MLflow store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -232,3 +236,49 @@ def test_the_log_survives_a_restart_and_a_sigkill_with_feedback_joined(
         assert back.shape == table.shape
     with pytest.raises(predlog.PredictionLogError, match=r"\.xlsx"):
         predlog.export(log_dir, tmp_path / "export.xlsx")
+
+
+WORKER_NEVER_ENDS = """
+import asyncio, threading, time
+from mlnb.serving.app import Workers
+
+async def main():
+    workers = Workers(1)
+    task = asyncio.ensure_future(workers.run(threading.Event().wait))  # never returns
+    await asyncio.sleep(0.2)
+    assert [t.name for t in threading.enumerate() if t.name == "mlnb-serve-worker"]
+    task.cancel()  # what uvicorn does to requests in flight when its grace period ends
+    await asyncio.gather(task, return_exceptions=True)
+
+asyncio.run(main())
+print("returned", flush=True)
+"""
+
+
+def test_a_worker_that_never_ends_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_NEVER_ENDS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "returned\n"
+    assert time.monotonic() - started < 30  # the import of the app, not a worker's wait
+
+
+def test_workers_hand_back_results_and_errors() -> None:
+    from mlnb.serving.app import Workers
+
+    async def main() -> tuple[int, str]:
+        workers = Workers(2)
+        value = await workers.run(sum, [1, 2, 3])
+        try:
+            await workers.run(int, "x")
+        except ValueError as exc:
+            return value, str(exc)
+        return value, ""
+
+    assert asyncio.run(main()) == (6, "invalid literal for int() with base 10: 'x'")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mlnb.serving.server import ServeError, create_app
+from mlnb.serving.server import ServeError, _loopback, create_app, serve
+from tests.helpers import free_port
 from tests.serving.helpers import SERVE, Store
 
 
@@ -45,3 +46,31 @@ def test_a_taken_port_fails_before_loading(store: Store, tmp_path: Path) -> None
         )
     assert done.returncode == 1
     assert f"ServeError: cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True),
+     ("0.0.0.0", False), ("::", False), ("no-such-host.invalid", False)],
+)  # fmt: skip
+def test_only_loopback_addresses_may_serve_without_tokens(host: str, loopback: bool) -> None:
+    assert _loopback(host) is loopback
+
+
+def test_a_port_beyond_65535_is_a_serve_error(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(ServeError, match=r"cannot listen on 127\.0\.0\.1:70000: .*--port"):
+        serve("cancer", port=70000, tracking_uri=store.uri, log_dir=tmp_path)
+
+
+def test_the_store_password_never_appears_in_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ServeError) as failed:
+        create_app("cancer", tracking_uri=uri, log_dir=tmp_path)
+    message = str(failed.value)
+    assert f"MLflow store http://***@127.0.0.1:{uri.rsplit(':', 1)[1]}" in message
+    assert "s3cret-pw" not in message and "alice" not in message
+    assert "s3cret-pw" not in failed.value.tracking_uri

@@ -9,9 +9,14 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import numpy as np
 
+from mlnb.predictions.log import PredictionLog
+from mlnb.serving.scoring import load_version
+from mlnb.serving.state import Service, label_problem, outputs_kind, signature_kind
 from tests.serving.helpers import FORMATS, POLL, Server, Store, metric, wait_for
 
 
@@ -110,3 +115,47 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
     store.client.set_registered_model_alias("fragile", "champion", "1")  # back: healthy again
     wait_for(lambda: server.get("/health").json()["status"] == "ok")
     assert metric(server.get("/metrics").text, "mlnb_serve_model_load_failing") == 0
+
+
+def test_what_the_service_shows_has_the_store_password_redacted(
+    store: Store, tmp_path: Path
+) -> None:
+    first = load_version(store.client, "cancer", "1", store.uri)
+    uri = "http://alice:s3cret@mlflow.example:5000"
+    service = Service(
+        store.client, uri, "cancer", "champion", first, PredictionLog(tmp_path), 1, 10
+    )
+    shown = json.dumps([service.version_info(), service.health()])
+    assert service.version_info()["tracking_uri"] == "http://***@mlflow.example:5000"
+    assert "s3cret" not in shown and "alice" not in shown
+    said = service.safe(f"API request to {uri}/api failed; alice:s3cret@mlflow.example refused")
+    assert said == (
+        "API request to http://***@mlflow.example:5000/api failed; ***@mlflow.example refused"
+    )
+
+
+def test_a_label_must_have_the_type_the_model_predicts(store: Store, tmp_path: Path) -> None:
+    first = load_version(store.client, "cancer", "1", store.uri)
+    assert signature_kind(first.source) == "number"  # the signature's int64 output
+    assert signature_kind(str(tmp_path / "no-model")) is None
+    service = Service(
+        store.client, store.uri, "cancer", "champion", first, PredictionLog(tmp_path), 1, 10
+    )
+    assert service.label_kind() == "number"
+    assert outputs_kind(np.array([0, 1])) == "number"
+    assert outputs_kind(np.array([True, False])) == "boolean"
+    assert outputs_kind(["a", "b"]) == "string"
+    assert outputs_kind([{"a": 1}]) is None
+    assert outputs_kind(np.zeros((2, 2))) is None
+    assert label_problem("number", 1) is None
+    assert label_problem("number", 0.5) is None
+    assert label_problem("number", None) is None  # that row has no label
+    assert (
+        label_problem("number", "1")
+        == "got '1'; the model predicts a number, so each label must be one"
+    )
+    assert label_problem("number", True) is not None
+    assert label_problem("boolean", 1) is not None
+    assert label_problem("string", ["a"]) == (
+        "got list; the model predicts a string, so each label must be one"
+    )
