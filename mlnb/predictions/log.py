@@ -13,7 +13,17 @@ Design decisions:
   the server loses nothing it answered, and concurrent writers (two servers on
   one project) never interleave inside a line. There is no ``fsync``: a power
   cut may cost the last seconds, the price of microseconds per record instead
-  of milliseconds. A torn last line is skipped by the reader, with a warning.
+  of milliseconds.
+- **A record is written whole, or not at all.** A write the disk refuses
+  (full, the file or its folder removed, the folder unwritable) raises
+  :class:`LogWriteError`; the bytes of the record that did reach the file are
+  cut off again, and the next write reopens the day file (recreating the
+  folder), so a writer recovers by itself. A file whose last line was torn by
+  a crash gets the next record on a line of its own.
+- **Readers skip what they cannot use, and say so.** A torn line, or a record
+  whose fields have the wrong types (a hand-edited or truncated file), is
+  skipped with a warning that names its file, line and key: a monitor reading
+  its window goes on, and :func:`export` counts what it skipped.
 - **Self-describing lines.** A prediction line carries its column names next
   to its rows, so a reader needs no other state, and versions with different
   signatures share a log.
@@ -23,27 +33,39 @@ Design decisions:
 - **Request ids are UUIDv7.** The time in the id names the day file that holds
   the request, so feedback for a request of last week is checked against one
   file, without an index that grows with the log. Recent requests are looked
-  up in a bounded in-memory index first.
+  up in a bounded in-memory index first; the others of one look-up are found
+  in one pass over each day file they name (:meth:`PredictionLog.known_requests`).
 - **Feedback is a log too.** Labels are appended, never updated in place; when
-  a request gets labels twice, the later record wins.
+  a request gets labels twice, the later record wins. Each label record names
+  who sent it (the token holder's name), kept as ``labeled_by`` when read back.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import mmap
 import os
 import re
+import threading
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
-from mlnb.errors import MlnbError
+from mlnb.errors import MlnbError, Problem
 from mlnb.store import state_dir
 
 if TYPE_CHECKING:
@@ -55,13 +77,43 @@ PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 INDEX_SIZE = 100_000  # request ids kept in memory for feedback look-ups (~20 MB)
 META_COLUMNS = ("request_id", "row", "time", "model_version")
+#: who sent a row's label (the name of the token that sent the feedback)
+LABELED_BY = "labeled_by"
+DAY_INDEXES = 3  # day files whose request ids are kept in memory for feedback look-ups
+WARNED_SKIPS = 10  # skipped lines named one by one in the warnings of one read
 _DAY_MS = 86_400_000
-_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+_CHUNK = 1 << 22  # bytes read at a time when a day file is scanned
+_DUMP_OPTIONS = (
+    orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
+)
 _FILE_NAME = re.compile(r"^(predictions|feedback)-(\d{4}-\d{2}-\d{2})\.jsonl$")
+#: the start of a prediction line as the writer serializes it: its request id and row count
+_HEAD = re.compile(
+    rb'\{"request_id":"([^"\\]{1,100})","time":"[^"\\]{0,40}",'
+    rb'"model_version":(?:"(?:[^"\\]|\\.){0,200}"|-?\d{1,20}),"rows":(\d{1,12})[,}]'
+)
 
 
 class PredictionLogError(MlnbError):
     """The prediction log cannot be read or exported as asked."""
+
+
+class LogWriteError(PredictionLogError):
+    """A record could not be written durably; nothing of it stays in the file.
+
+    The next write tries again (it reopens the day file, and recreates the
+    folder if it was removed).
+
+    Attributes:
+        path: the file (or folder) that could not be written.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = str(path)
+        super().__init__(
+            f"cannot write the prediction log {self.path}: {reason}; free disk space or "
+            "make the folder writable (the next record tries again)"
+        )
 
 
 def default_log_dir(root: Path) -> Path:
@@ -109,30 +161,73 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def _append(fd: int, data: bytes) -> None:
-    """Write ``data`` whole; a regular file takes it in one call unless the disk is full."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 class _DayFile:
-    """An ``O_APPEND`` descriptor on the current day's file of one kind, reopened at midnight."""
+    """An ``O_APPEND`` descriptor on the current day's file of one kind.
+
+    Reopened at midnight, after a failed write, and when the file was removed
+    under it (its link count fell to 0), so no record goes to a file nobody
+    can read.
+    """
 
     def __init__(self, directory: Path, kind: str) -> None:
         self.directory = directory
         self.kind = kind
         self.day = -1
         self.fd = -1
+        self.path = directory
+        self.torn = False  # the file ends inside a line: start the next record on a new one
 
     def write(self, ms: int, line: bytes) -> None:
+        """Append ``line`` whole, or raise :class:`LogWriteError` with nothing of it left."""
         day = ms // _DAY_MS
-        if day != self.day:
+        if day != self.day or self._removed():
+            self._open(day, ms)
+        data = b"\n" + line if self.torn else line
+        written = 0
+        try:
+            while written < len(data):
+                count = os.write(self.fd, memoryview(data)[written:])
+                if not count:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += count
+        except OSError as exc:
+            self._take_back(data, written)
             self.close()
-            path = self.directory / f"{self.kind}-{_day(ms)}.jsonl"
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self.day = day
-        _append(self.fd, line)
+            raise LogWriteError(self.path, _reason(exc)) from None
+        self.torn = False
+
+    def _removed(self) -> bool:
+        try:
+            return os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return True
+
+    def _open(self, day: int, ms: int) -> None:
+        """Open (or reopen) the day file, creating the folder if it is gone."""
+        self.close()
+        self.path = self.directory / f"{self.kind}-{_day(ms)}.jsonl"
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise LogWriteError(self.path, _reason(exc)) from None
+        self.fd, self.day, self.torn = fd, day, not _ends_a_line(fd)
+
+    def _take_back(self, data: bytes, written: int) -> None:
+        """Cut off the ``written`` bytes of a failed record, if they are still the file's end."""
+        if not written:
+            return
+        try:
+            size = os.fstat(self.fd).st_size
+            if os.pread(self.fd, written, size - written) == data[:written]:
+                os.ftruncate(self.fd, size - written)
+        except OSError:
+            pass  # the next open finds the torn line and starts on a new one
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -140,14 +235,21 @@ class _DayFile:
         self.fd, self.day = -1, -1
 
 
+def _ends_a_line(fd: int) -> bool:
+    """The file is empty or its last byte is a newline."""
+    size = os.fstat(fd).st_size
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+
+
 class PredictionLog:
     """The writer's side of a prediction log folder.
 
-    Not thread-safe: a server writes from its event loop only.
+    A server writes from its event loop; :meth:`known_requests` may run on a
+    worker thread beside it.
 
     Args:
         directory: the log folder, created if missing.
-        index_size: how many recent request ids :meth:`recent_rows` answers from memory.
+        index_size: how many recent request ids are answered from memory.
     """
 
     def __init__(self, directory: Path, index_size: int = INDEX_SIZE) -> None:
@@ -157,6 +259,8 @@ class PredictionLog:
         self._feedback = _DayFile(self.directory, FEEDBACK)
         self._index: OrderedDict[str, int] = OrderedDict()
         self._index_size = index_size
+        self._days: OrderedDict[str, _DayIndex] = OrderedDict()
+        self._days_lock = threading.Lock()
 
     def write_prediction(
         self,
@@ -178,6 +282,9 @@ class PredictionLog:
             inputs: the rows as the model saw them (a 2-D array or a list of rows).
             outputs: the predictions, one per row.
             rows: how many input rows the request had.
+
+        Raises:
+            LogWriteError: the record could not be serialized or written whole.
         """
         record = {
             "request_id": request_id,
@@ -188,29 +295,69 @@ class PredictionLog:
             "inputs": inputs,
             "outputs": outputs,
         }
-        line = orjson.dumps(record, default=_default, option=_DUMP_OPTIONS) + b"\n"
-        self._predictions.write(ms, line)
+        self._predictions.write(ms, self._line(record, self._predictions))
         self._index[request_id] = rows
         if len(self._index) > self._index_size:
             self._index.popitem(last=False)
 
-    def write_feedback(self, request_id: str, labels: Sequence[Any], ms: int) -> None:
-        """Append the ground-truth labels of a request's rows, received at ``ms``."""
-        record = {
+    def write_feedback(
+        self, request_id: str, labels: Sequence[Any], ms: int, sender: str | None = None
+    ) -> None:
+        """Append the ground-truth labels of a request's rows, received at ``ms``.
+
+        Args:
+            request_id: the request the labels are for.
+            labels: one label per predicted row.
+            ms: when the labels came, Unix milliseconds (picks the day file).
+            sender: who sent them (a token holder's name, never the token).
+
+        Raises:
+            LogWriteError: the record could not be serialized or written whole.
+        """
+        record: dict[str, Any] = {
             "request_id": request_id,
             "time": datetime.fromtimestamp(ms / 1000, UTC),
             "labels": labels,
         }
-        line = orjson.dumps(record, default=_default, option=_DUMP_OPTIONS) + b"\n"
-        self._feedback.write(ms, line)
+        if sender is not None:
+            record["sender"] = sender
+        self._feedback.write(ms, self._line(record, self._feedback))
+
+    @staticmethod
+    def _line(record: dict[str, Any], day_file: _DayFile) -> bytes:
+        try:
+            return orjson.dumps(record, default=_default, option=_DUMP_OPTIONS) + b"\n"
+        except orjson.JSONEncodeError as exc:
+            raise LogWriteError(day_file.directory, f"the record is not JSON ({exc})") from None
 
     def recent_rows(self, request_id: str) -> int | None:
-        """The row count of a request this writer logged recently; ``None`` if not indexed.
-
-        An older request is found in its day file by :func:`find_request` (a
-        scan at memory speed: call it off the event loop).
-        """
+        """The row count of a request this writer logged recently; ``None`` if not indexed."""
         return self._index.get(request_id)
+
+    def known_requests(self, request_ids: Sequence[str]) -> dict[str, int | None]:
+        """The row count of each request id; ``None`` for an id that was never logged.
+
+        Recent ids of this writer come from memory; the others from an index
+        of the day files their ids name (the :data:`DAY_INDEXES` days asked
+        about last), which reads each file once and then only what was
+        appended to it. Reads the disk: call it off the event loop.
+        """
+        known: dict[str, int | None] = {rid: self._index.get(rid) for rid in request_ids}
+        missing = [rid for rid, rows in known.items() if rows is None]
+        with self._days_lock:
+            for day, wanted in _by_day(missing).items():
+                known.update(self._day_index(day).look_up(wanted))
+        return known
+
+    def _day_index(self, day: str) -> _DayIndex:
+        """The index of one day file, kept among the last :data:`DAY_INDEXES` used."""
+        index = self._days.pop(day, None) or _DayIndex(
+            _day_path(self.directory, day), self._index_size
+        )
+        self._days[day] = index
+        if len(self._days) > DAY_INDEXES:
+            self._days.popitem(last=False)
+        return index
 
     def close(self) -> None:
         """Close the open descriptors; later writes reopen them."""
@@ -218,50 +365,219 @@ class PredictionLog:
         self._feedback.close()
 
 
+def _by_day(request_ids: Iterable[str]) -> dict[str, set[str]]:
+    """Request ids grouped by the day their UUIDv7 time names; other ids are left out."""
+    by_day: dict[str, set[str]] = defaultdict(set)
+    for request_id in request_ids:
+        ms = request_millis(request_id)
+        if ms is not None:
+            by_day[_day(ms)].add(request_id)
+    return by_day
+
+
+def _day_path(directory: Path, day: str) -> Path:
+    return directory / f"{PREDICTIONS}-{day}.jsonl"
+
+
+def find_requests(directory: Path, request_ids: Iterable[str]) -> dict[str, int | None]:
+    """The row count of each request id in a log folder (``None``: not there).
+
+    Each id's time names its day file; each day file is read once for all its ids.
+    """
+    ids = list(request_ids)
+    found: dict[str, int | None] = dict.fromkeys(ids)
+    for day, wanted in _by_day(ids).items():
+        found.update(_rows_of(_day_path(Path(directory), day), wanted))
+    return found
+
+
 def find_request(directory: Path, request_id: str) -> int | None:
     """The row count of ``request_id`` in a log folder, or ``None`` if it is not there."""
-    ms = request_millis(request_id)
-    if ms is None:
+    return find_requests(directory, [request_id])[request_id]
+
+
+def _whole_lines(handle: BinaryIO) -> Iterator[bytes]:
+    """The lines from the handle's position on that end in a newline (without it)."""
+    rest = b""
+    while chunk := handle.read(_CHUNK):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+
+
+def _head(line: bytes) -> tuple[str, int] | None:
+    """The request id and row count of a prediction line; ``None`` for any other line."""
+    head = _HEAD.match(line)
+    if head is not None:
+        return head[1].decode(), int(head[2])
+    try:  # a line not in the writer's key order (written by hand), or not a record
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
         return None
-    path = Path(directory) / f"{PREDICTIONS}-{_day(ms)}.jsonl"
+    if not isinstance(record, dict):
+        return None
+    request_id, rows = record.get("request_id"), record.get("rows")
+    if not isinstance(request_id, str) or type(rows) is not int:
+        return None
+    return request_id, rows
+
+
+def _rows_of(path: Path, wanted: set[str]) -> dict[str, int]:
+    """The row counts of the ``wanted`` requests that one day file holds."""
+    found: dict[str, int] = {}
     try:
-        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            start = m.find(b'{"request_id":"' + request_id.encode() + b'"')
-            if start < 0:
-                return None
-            end = m.find(b"\n", start)
-            line = m[start : end if end >= 0 else len(m)]
-    except (FileNotFoundError, ValueError):  # ValueError: mmap of an empty file
-        return None
-    try:
-        return int(orjson.loads(line)["rows"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None
+        handle = path.open("rb", buffering=0)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    with handle:
+        for line in _whole_lines(handle):
+            head = _head(line)
+            if head is not None and head[0] in wanted:
+                found[head[0]] = head[1]
+    return found
 
 
-def _records(directory: Path, kind: str, since_ms: int | None = None) -> Iterator[dict[str, Any]]:
-    """Every well-formed record of one kind, oldest day first; torn lines are skipped.
+class _DayIndex:
+    """The request ids and row counts of one day file: read once, then only what was appended.
 
-    With ``since_ms``, day files before that day are not read.
+    Holds at most ``limit`` ids; a day file with more is scanned on each look-up instead.
     """
-    first = _day(since_ms) if since_ms is not None else ""
-    paths = sorted(
-        p
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path, self.limit = path, limit
+        self.offset = 0
+        self.rows: dict[str, int] | None = {}
+
+    def look_up(self, wanted: set[str]) -> dict[str, int]:
+        """The row counts of the ``wanted`` requests the day file holds now."""
+        if self.rows is not None:
+            self._catch_up()
+        if self.rows is None:
+            return _rows_of(self.path, wanted)
+        rows = self.rows
+        return {request_id: rows[request_id] for request_id in wanted if request_id in rows}
+
+    def _catch_up(self) -> None:
+        """Index the lines appended since the last look-up."""
+        try:
+            handle = self.path.open("rb", buffering=0)
+        except (FileNotFoundError, NotADirectoryError):
+            self.offset, self.rows = 0, {}
+            return
+        with handle:
+            if os.fstat(handle.fileno()).st_size < self.offset:  # replaced or cut short
+                self.offset, self.rows = 0, {}
+            handle.seek(self.offset)
+            for line in _whole_lines(handle):
+                self.offset += len(line) + 1
+                head = _head(line)
+                if head is None or self.rows is None:
+                    continue
+                self.rows[head[0]] = head[1]
+                if len(self.rows) > self.limit:
+                    self.rows = None  # too many to keep: scan on each look-up
+
+
+class _Prediction(BaseModel):
+    """A prediction record as a reader takes it; anything else on a line is skipped."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request_id: StrictStr
+    time: AwareDatetime
+    model_version: StrictStr | StrictInt
+    columns: list[StrictStr] = []
+    inputs: list[Any]
+    outputs: Any = None
+
+    @model_validator(mode="after")
+    def _rows_fit_the_columns(self) -> _Prediction:
+        width = len(self.columns)
+        if width:
+            for number, row in enumerate(self.inputs):
+                if not isinstance(row, list) or len(row) != width:
+                    raise ValueError(
+                        f"inputs: row {number} must be a list of {width} values, one per column"
+                    )
+        return self
+
+
+class _Feedback(BaseModel):
+    """A feedback record as a reader takes it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request_id: StrictStr
+    labels: list[Any]
+    sender: StrictStr | None = None
+
+
+def _invalid(error: ValidationError) -> str:
+    """The first problem of a record: its key and what is wrong."""
+    first = error.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+class Skipped:
+    """The lines a read skipped: named one by one in warnings (the first few), then counted.
+
+    Attributes:
+        problems: each skipped line, with its file, line number and what is wrong.
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, path: Path, number: int, message: str) -> None:
+        self.problems.append(Problem(str(path), f"line {number}", message))
+        if len(self.problems) <= WARNED_SKIPS:
+            logger.warning("%s:%d: skipped a torn or malformed record: %s", path, number, message)
+
+    def report(self) -> None:
+        """Warn once about the lines not named one by one."""
+        hidden = len(self.problems) - WARNED_SKIPS
+        if hidden > 0:
+            logger.warning("skipped %d more records of the prediction log", hidden)
+
+
+def _day_files(directory: Path, kind: str, first: str = "") -> list[tuple[str, Path]]:
+    """The ``(day, path)`` of the day files of one kind, from day ``first`` on, oldest first."""
+    return sorted(
+        (m[2], p)
         for p in directory.iterdir()
         if (m := _FILE_NAME.match(p.name)) and m[1] == kind and m[2] >= first
     )
-    for path in paths:
-        with path.open("rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    logger.warning("%s:%d: skipped a torn or malformed record", path, number)
-                    continue
-                if isinstance(record, dict) and "request_id" in record:
-                    yield record
+
+
+def _file_records(path: Path, model: type[BaseModel], skipped: Skipped) -> Iterator[Any]:
+    """The valid records of one day file; a torn or malformed line goes to ``skipped``."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                skipped.add(path, number, "not a whole JSON line")
+                continue
+            if not isinstance(record, dict):
+                skipped.add(path, number, "not a JSON object")
+                continue
+            try:
+                yield model.model_validate(record)
+            except ValidationError as exc:
+                skipped.add(path, number, _invalid(exc))
+
+
+def _records(
+    directory: Path, model: type[BaseModel], kind: str, since_ms: int | None, skipped: Skipped
+) -> Iterator[Any]:
+    """Every valid record of one kind, oldest day first; day files before ``since_ms`` unread."""
+    first = _day(since_ms) if since_ms is not None else ""
+    for _, path in _day_files(directory, kind, first):
+        yield from _file_records(path, model, skipped)
 
 
 def _output_columns(outputs: list[Any]) -> dict[str, list[Any]]:
@@ -280,23 +596,23 @@ class _Group:
         self.inputs: list[Any] = []
         self.outputs: list[Any] = []
 
-    def add(self, record: dict[str, Any]) -> None:
-        inputs = record.get("inputs") or []
+    def add(self, record: _Prediction) -> None:
+        inputs = record.inputs
         rows = len(inputs)
-        outputs = record.get("outputs")
+        outputs = record.outputs
         if not isinstance(outputs, list) or len(outputs) != rows:
             outputs = [outputs] * rows  # not one per row: every row gets the whole answer
-        self.meta["request_id"] += [record["request_id"]] * rows
+        self.meta["request_id"] += [record.request_id] * rows
         self.meta["row"] += range(rows)
-        self.meta["time"] += [record.get("time")] * rows
-        self.meta["model_version"] += [str(record.get("model_version"))] * rows
+        self.meta["time"] += [record.time] * rows
+        self.meta["model_version"] += [str(record.model_version)] * rows
         self.inputs += inputs
         self.outputs += outputs
 
     def frame(self, columns: tuple[str, ...]) -> pd.DataFrame:
         import pandas as pd
 
-        taken = {*META_COLUMNS, "label", "prediction"}
+        taken = {*META_COLUMNS, "label", LABELED_BY, "prediction"}
         names = [f"input_{c}" if c in taken or c.startswith("prediction_") else c for c in columns]
         return pd.concat(
             [
@@ -308,21 +624,25 @@ class _Group:
         )
 
 
-def load_predictions(log_dir: Path, since_ms: int | None = None) -> pd.DataFrame:
+def load_predictions(
+    log_dir: Path, since_ms: int | None = None, skipped: Skipped | None = None
+) -> pd.DataFrame:
     """Read a prediction log as a table: one row per predicted input row.
 
     Columns: ``request_id``, ``row`` (the row's index in its request),
     ``time`` (UTC), ``model_version``, the input columns, ``prediction`` (or
-    ``prediction_<key>`` for models answering with records) and ``label``
-    (the latest feedback for that row; missing where none came). An input
-    column whose name is taken by one of those gets the prefix ``input_``.
-    Requests with different input columns (versions with different
-    signatures) share the table; a column a request lacks is missing there.
+    ``prediction_<key>`` for models answering with records), ``label`` (the
+    latest feedback for that row; missing where none came) and ``labeled_by``
+    (who sent that label). An input column whose name is taken by one of those
+    gets the prefix ``input_``. Requests with different input columns
+    (versions with different signatures) share the table; a column a request
+    lacks is missing there. Torn and malformed lines are skipped with a warning.
 
     Args:
         log_dir: the log folder (``<project>/.mlnb/predictions`` by default).
         since_ms: only requests from this time on (Unix milliseconds); the
             day files before it are not read.
+        skipped: gathers the lines skipped (a fresh one when not given).
 
     Raises:
         PredictionLogError: the folder does not exist.
@@ -335,36 +655,56 @@ def load_predictions(log_dir: Path, since_ms: int | None = None) -> pd.DataFrame
             f"no prediction log at {directory}; `mlnb serve` writes one there "
             "(or in the folder its log_dir names)"
         )
+    skipped = skipped if skipped is not None else Skipped()
     groups: dict[tuple[str, ...], _Group] = {}
-    for record in _records(directory, PREDICTIONS, since_ms):
-        columns = tuple(str(c) for c in record.get("columns") or ())
-        groups.setdefault(columns, _Group()).add(record)
+    for record in _records(directory, _Prediction, PREDICTIONS, since_ms, skipped):
+        groups.setdefault(tuple(record.columns), _Group()).add(record)
     frames = [group.frame(columns) for columns, group in groups.items()]
     if frames:
         table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     else:
         table = pd.DataFrame({name: [] for name in [*META_COLUMNS, "prediction"]})
-    table["time"] = pd.to_datetime(table["time"], utc=True, format="ISO8601")
+    table["time"] = pd.to_datetime(table["time"], utc=True)
     table["row"] = table["row"].astype("int64")
     table["model_version"] = table["model_version"].astype(object)
     if since_ms is not None:
         start = pd.Timestamp(since_ms, unit="ms", tz="UTC")
         table = table[table["time"] >= start].reset_index(drop=True)
-
-    labels: dict[tuple[str, int], Any] = {}
-    for record in _records(directory, FEEDBACK, since_ms):
-        values = record.get("labels")
-        if isinstance(values, list):
-            for row, value in enumerate(values):
-                labels[(record["request_id"], row)] = value
-    keys = zip(table["request_id"], table["row"], strict=True)
-    label = pd.Series([labels.get(key) for key in keys], index=table.index, dtype=object)
-    table["label"] = label.infer_objects()
+    _join_labels(table, _labels(directory, since_ms, skipped))
+    skipped.report()
     return table
+
+
+def _labels(
+    directory: Path, since_ms: int | None, skipped: Skipped
+) -> dict[tuple[str, int], tuple[Any, str | None]]:
+    """The latest label of each ``(request id, row)`` and who sent it."""
+    labels: dict[tuple[str, int], tuple[Any, str | None]] = {}
+    for record in _records(directory, _Feedback, FEEDBACK, since_ms, skipped):
+        for row, value in enumerate(record.labels):
+            labels[(record.request_id, row)] = (value, record.sender)
+    return labels
+
+
+def _join_labels(
+    table: pd.DataFrame, labels: dict[tuple[str, int], tuple[Any, str | None]]
+) -> None:
+    """Add the ``label`` and ``labeled_by`` columns to a table of predictions."""
+    import pandas as pd
+
+    keys = zip(table["request_id"], table["row"], strict=True)
+    joined = [labels.get(key, (None, None)) for key in keys]
+    label = pd.Series([value for value, _ in joined], index=table.index, dtype=object)
+    table["label"] = label.infer_objects()
+    table[LABELED_BY] = pd.Series([sender for _, sender in joined], index=table.index, dtype=object)
 
 
 def export(log_dir: Path, path: Path) -> int:
     """Write the table of :func:`load_predictions` to ``path``: CSV or Parquet, by suffix.
+
+    Lines that cannot be read (torn, or with fields of the wrong types) are
+    skipped: each of the first few is named in a warning, and a last warning
+    says how many were left out of the file.
 
     Returns:
         The number of rows written.
@@ -380,12 +720,20 @@ def export(log_dir: Path, path: Path) -> int:
             f"cannot export the prediction log as '{suffix or target.name}'; "
             "name a .csv or .parquet file"
         )
-    table = load_predictions(log_dir)
+    skipped = Skipped()
+    table = load_predictions(log_dir, skipped=skipped)
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
         table.to_csv(target, index=False)
     else:
         table.to_parquet(target, index=False)
+    if skipped.problems:
+        logger.warning(
+            "%d records of %s could not be read and are not in %s (see the warnings above)",
+            len(skipped.problems),
+            log_dir,
+            target,
+        )
     return len(table)
 
 
@@ -395,23 +743,11 @@ def start_of_last_rows(log_dir: Path, rows: int) -> int | None:
     ``None`` when every day file is needed. Lets a window of the last rows
     read a few day files instead of the whole log.
     """
-    directory = Path(log_dir)
-    days = sorted(
-        (m[2], p)
-        for p in directory.iterdir()
-        if (m := _FILE_NAME.match(p.name)) and m[1] == PREDICTIONS
-    )
-    seen = 0
+    days = _day_files(Path(log_dir), PREDICTIONS)
+    skipped, seen = Skipped(), 0
     for index in range(len(days) - 1, -1, -1):
         day, path = days[index]
-        with path.open("rb") as handle:
-            for line in handle:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(record, dict):
-                    seen += len(record.get("inputs") or ())
+        seen += sum(len(record.inputs) for record in _file_records(path, _Prediction, skipped))
         if seen >= rows:
             if index == 0:
                 return None
@@ -428,11 +764,7 @@ def latest_prediction(log_dir: Path) -> tuple[str, str] | None:
     directory = Path(log_dir)
     if not directory.is_dir():
         return None
-    days = sorted(
-        p
-        for p in directory.iterdir()
-        if (m := _FILE_NAME.match(p.name)) and m[1] == PREDICTIONS and p.stat().st_size
-    )
+    days = [path for _, path in _day_files(directory, PREDICTIONS) if path.stat().st_size]
     if not days:
         return None
     with days[-1].open("rb") as handle:
@@ -442,8 +774,8 @@ def latest_prediction(log_dir: Path) -> tuple[str, str] | None:
     for line in reversed(lines):
         try:
             record = orjson.loads(line)
-        except orjson.JSONDecodeError:
+            valid = _Prediction.model_validate(record)
+        except (orjson.JSONDecodeError, ValidationError):
             continue
-        if isinstance(record, dict) and "model_version" in record:
-            return str(record["model_version"]), str(record.get("time", ""))
+        return str(valid.model_version), str(record["time"])
     return None

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlnb.predictions.log import META_COLUMNS, load_predictions, start_of_last_rows
+from mlnb.predictions.log import LABELED_BY, META_COLUMNS, load_predictions, start_of_last_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
 #: columns of the window that are not model inputs
-NOT_INPUTS = frozenset({*META_COLUMNS, "label"})
+NOT_INPUTS = frozenset({*META_COLUMNS, "label", LABELED_BY})
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ def load_window(
     import pandas as pd
 
     if not Path(log_dir).is_dir():
-        return pd.DataFrame({name: [] for name in [*META_COLUMNS, "prediction", "label"]})
+        return pd.DataFrame(
+            {name: [] for name in [*META_COLUMNS, "prediction", "label", LABELED_BY]}
+        )
     since_ms = None
     if since_seconds is not None:
         since_ms = int(((now if now is not None else time.time()) - since_seconds) * 1000)

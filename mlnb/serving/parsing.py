@@ -17,14 +17,25 @@ Design decisions:
 - **Only named scalar columns.** :class:`InputSchema` covers signatures of
   named columns of scalar types; tensors, unnamed columns, arrays, objects
   and maps are left to MLflow's own parser (``InputSchema.of`` is ``None``).
+- **The cost is bounded before the work.** :class:`Limits` caps a request's
+  columns, rows and values (rows × columns), a Parquet body's uncompressed
+  size and a JSON body's nesting. Each is checked on what is known before
+  the table is built: the JSON document's lengths, a CSV body's header row
+  (read by :mod:`csv`) with pandas reading at most the allowed rows, a
+  Parquet body's footer (its row count and uncompressed size) with the rows
+  decoded in batches and counted as they come. A request over a limit is a
+  413 that names the limit.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import difflib
 import functools
+import io
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +61,10 @@ _ERROR_KINDS: dict[int, ErrorKind] = {
     415: "media_type",
 }
 _NUMBER_KINDS = {"double": np.float64, "float": np.float32, "long": np.int64, "integer": np.int32}
+#: a JSON string, escapes included (skipped when the nesting of a body is measured)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_PARQUET_BATCH = 65_536  # rows decoded at a time from a Parquet body
 
 
 class Reject(Exception):
@@ -78,6 +93,190 @@ class Reject(Exception):
     def body(self) -> bytes:
         """The answer's JSON body."""
         return orjson.dumps({"error_code": self.code, "message": self.message})
+
+
+def _over(
+    limit: str, count: int, allowed: int, unit: str, advice: str = "send fewer per request"
+) -> Reject:
+    """The 413 of a request with ``count`` ``unit``, more than the ``limit`` setting allows."""
+    return Reject(
+        f"the request has {count:,} {unit}; this service takes at most {allowed:,} "
+        f"(its limit {limit}): {advice}, or raise {limit} where the service is started",
+        413,
+        "REQUEST_LIMIT_EXCEEDED",
+    )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold; each is checked before the work it would cost.
+
+    Attributes:
+        max_columns: columns of the table (a model's signature may always be
+            sent whole, however wide).
+        max_rows: rows of the table.
+        max_cells: values of the table, rows × columns.
+        max_parquet_bytes: a Parquet body's size uncompressed, as its footer states it.
+        max_json_depth: how deeply the arrays and objects of a JSON body nest.
+    """
+
+    max_columns: int = 4_096
+    max_rows: int = 100_000
+    max_cells: int = 2_000_000
+    max_parquet_bytes: int = 64 * 2**20
+    max_json_depth: int = 32
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"limit {name} must be a positive integer; got {value!r}")
+
+    def check(self, rows: int, columns: int, signature_columns: int = 0) -> None:
+        """A :class:`Reject` (413) if a table of ``rows`` × ``columns`` is over a limit."""
+        widest = max(self.max_columns, signature_columns)
+        if columns > widest:
+            raise _over("max_columns", columns, widest, "columns")
+        if rows > self.max_rows:
+            raise _over("max_rows", rows, self.max_rows, "rows")
+        if rows * columns > self.max_cells:
+            raise _over("max_cells", rows * columns, self.max_cells, "values (rows × columns)")
+
+    def rows_for(self, columns: int) -> tuple[int, str]:
+        """The most rows a table of ``columns`` columns may have, and the limit that says so."""
+        by_cells = self.max_cells // max(columns, 1)
+        return (by_cells, "max_cells") if by_cells < self.max_rows else (self.max_rows, "max_rows")
+
+    def check_depth(self, body: bytes) -> None:
+        """A :class:`Reject` (413) if the arrays and objects of a JSON body nest too deeply."""
+        if body.count(b"[") + body.count(b"{") <= self.max_json_depth:
+            return
+        brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+        codes = np.frombuffer(brackets, np.uint8)
+        steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+        depth = int(np.cumsum(steps).max(initial=0))
+        if depth > self.max_json_depth:
+            raise _over(
+                "max_json_depth", depth, self.max_json_depth, "levels of nesting", "nest less"
+            )
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _widest(rows: list[Any]) -> int:
+    """The most values a row of ``rows`` has (rows that are lists or objects)."""
+    if set(map(type, rows)) <= {list, dict}:
+        return max(map(len, rows), default=0)
+    return max((len(row) for row in rows if isinstance(row, list | dict)), default=0)
+
+
+def table_size(fmt: str, data: Any, limits: Limits) -> tuple[int, int]:
+    """The rows and columns the table of a JSON payload would have, found from its lengths.
+
+    Objects as rows may each have other keys, so their table is as wide as
+    all their keys together; those are counted only when the table could be
+    over a limit, and only once their values are known to be within ``max_cells``.
+    """
+    if fmt == "dataframe_split" and isinstance(data, dict):
+        rows = data.get("data")
+        rows = rows if isinstance(rows, list) else []
+        if len(rows) > limits.max_rows:
+            return len(rows), 0  # over a limit already: not worth counting columns
+        names = data.get("columns")
+        named = len(names) if isinstance(names, list) else 0
+        return len(rows), max(named, _widest(rows))  # a ragged row widens the table
+    if isinstance(data, list):
+        if len(data) > limits.max_rows:
+            return len(data), 0  # over a limit already: not worth counting columns
+        if data and all(isinstance(row, dict) for row in data):
+            return len(data), _keys(data, limits)
+        return len(data), _widest(data)
+    if isinstance(data, dict):
+        lengths = [len(value) for value in data.values() if isinstance(value, list)]
+        return max(lengths, default=1), len(data)
+    return 0, 0
+
+
+def _keys(records: list[dict[str, Any]], limits: Limits) -> int:
+    """How many distinct keys the objects of ``records`` have together."""
+    values = sum(map(len, records))
+    if values <= limits.max_columns and len(records) * values <= limits.max_cells:
+        return _widest(records)  # within every limit whatever the keys are
+    if values > limits.max_cells:
+        raise _over("max_cells", values, limits.max_cells, "values")
+    return len(set().union(*records))
+
+
+def _csv_width(body: bytes) -> int:
+    """How many columns the header row of a CSV body names.
+
+    A first line without quotes is counted by its commas; one with quotes
+    (which may hold commas and line breaks) is read by :mod:`csv`.
+    """
+    end = body.find(b"\n")
+    first = body if end < 0 else body[:end]
+    if b'"' not in first:
+        return first.count(b",") + 1
+    text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8", newline="")
+    try:
+        return len(next(csv.reader(text), []))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise Reject(f"cannot read the body as CSV: {type(exc).__name__}: {exc}") from None
+
+
+def read_csv(body: bytes, limits: Limits, signature_columns: int = 0) -> pd.DataFrame:
+    """A CSV body as a table; its header's width and its row count checked first.
+
+    Raises:
+        Reject: a 413 over a limit; a 400 for a body that is not CSV.
+    """
+    columns = _csv_width(body)
+    limits.check(1, columns, signature_columns)
+    most, limit = limits.rows_for(columns)
+    try:
+        frame = pd.read_csv(io.BytesIO(body), nrows=most + 1)
+    except Exception as exc:  # pandas raises many kinds for a body it cannot read
+        raise Reject(f"cannot read the body as CSV: {type(exc).__name__}: {exc}") from None
+    if len(frame) > most:
+        unit = "rows" if limit == "max_rows" else f"rows of {columns:,} columns"
+        raise _over(limit, len(frame), most, unit)
+    return frame
+
+
+def read_parquet(body: bytes, limits: Limits, signature_columns: int = 0) -> pd.DataFrame:
+    """A Parquet body as a table; its footer's row count and sizes checked before decoding.
+
+    The rows are decoded in batches and counted as they come, so a footer
+    that understates them costs no more than one batch past the limit.
+
+    Raises:
+        Reject: a 413 over a limit; a 400 for a body that is not Parquet.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(body))
+        meta = parquet.metadata
+        groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    except Exception as exc:  # pyarrow raises many kinds for a body it cannot read
+        raise Reject(f"cannot read the body as Parquet: {type(exc).__name__}: {exc}") from None
+    columns = meta.num_columns
+    limits.check(meta.num_rows, columns, signature_columns)
+    size = sum(group.total_byte_size for group in groups)
+    if size > limits.max_parquet_bytes:
+        raise _over("max_parquet_bytes", size, limits.max_parquet_bytes, "bytes uncompressed")
+    batches, rows = [], 0
+    try:
+        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH, use_pandas_metadata=True):
+            rows += batch.num_rows
+            limits.check(rows, columns, signature_columns)
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=parquet.schema_arrow).to_pandas()
+    except Reject:
+        raise
+    except Exception as exc:
+        raise Reject(f"cannot read the body as Parquet: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -126,7 +325,8 @@ class InputSchema:
             return None
         names = ", ".join(repr(c) for c in lacking[:10]) + (" ..." if len(lacking) > 10 else "")
         text = f"missing column{'s' if len(lacking) > 1 else ''} {names}"
-        extra = [str(c) for c in present if c not in set(self.columns)]
+        wanted = set(self.columns)
+        extra = [str(c) for c in present if c not in wanted]
         near = [m for c in lacking[:10] for m in difflib.get_close_matches(c, extra, 1, 0.8)]
         if near:
             text += f" (the request has {', '.join(repr(n) for n in near)}: a typo?)"
@@ -181,9 +381,9 @@ def _fast_split(data: dict[str, Any], schema: InputSchema) -> np.ndarray | None:
         return None
     if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
         return None
-    if schema.missing(names) is not None:
-        return None
     where = {name: i for i, name in enumerate(names)}
+    if not all(column in where for column in schema.columns):
+        return None
     return _matrix(matrix[:, [where[c] for c in schema.columns]], schema)
 
 
@@ -269,7 +469,10 @@ def _positional(fmt: str, rows: list[Any], where: str, schema: InputSchema | Non
 def _show(value: Any) -> str:
     """A value as a message shows it: its JSON, cut short, and what it is."""
     kinds = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}
-    text = orjson.dumps(value, default=str).decode()
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # nested too deeply for orjson
+        text = "..."
     text = text if len(text) <= 40 else text[:37] + "..."
     return f"{text} ({kinds.get(type(value), type(value).__name__)})"
 

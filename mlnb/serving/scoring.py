@@ -23,7 +23,6 @@ Design decisions:
 from __future__ import annotations
 
 import inspect
-import io
 import logging
 import warnings
 from collections.abc import Callable
@@ -39,14 +38,19 @@ from mlflow.tracking import MlflowClient
 
 from mlnb.serving.parsing import (
     CSV,
+    DEFAULT_LIMITS,
     FORMATS,
     JSON,
     InputSchema,
+    Limits,
     Reject,
     _fast,
     _frame,
     _show,
     check_frame,
+    read_csv,
+    read_parquet,
+    table_size,
 )
 
 if TYPE_CHECKING:
@@ -220,7 +224,7 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, MlflowException) else text
 
 
-def score(served: Served, mime: str, body: bytes) -> Scored:
+def score(served: Served, mime: str, body: bytes, limits: Limits = DEFAULT_LIMITS) -> Scored:
     """Parse, check and predict one request body.
 
     Args:
@@ -228,15 +232,16 @@ def score(served: Served, mime: str, body: bytes) -> Scored:
         mime: the body's media type: :data:`~mlnb.serving.parsing.JSON`,
             ``CSV`` or ``PARQUET`` (the HTTP front has checked it is one).
         body: the request body, not empty.
+        limits: what one request may hold, checked before it is parsed whole.
 
     Raises:
-        Reject: the body is not a table the model's signature accepts, or the
-            model failed on it.
+        Reject: the body is over a limit (413), is not a table the model's
+            signature accepts, or the model failed on it.
     """
     if mime == JSON:
-        batch, params = _parse_json(served, body)
+        batch, params = _parse_json(served, body, limits)
     else:
-        batch, params = _parse_file(served, mime, body), None
+        batch, params = _parse_file(served, mime, body, limits), None
     if isinstance(batch, pd.DataFrame) and served.wants_matrix:
         batch = np.ascontiguousarray(batch.to_numpy(dtype=np.float64))
     outputs = _predict(served, batch, params)
@@ -264,29 +269,29 @@ def _json_format(body: bytes) -> tuple[str, dict[str, Any]]:
     return keys[0], doc
 
 
-def _parse_json(served: Served, body: bytes) -> tuple[Batch, Any]:
-    """A JSON body's batch, checked against the signature, and its ``params``."""
+def _parse_json(served: Served, body: bytes, limits: Limits) -> tuple[Batch, Any]:
+    """A JSON body's batch, checked against the limits and the signature, and its ``params``."""
     fmt, doc = _json_format(body)
     data, params, schema = doc[fmt], doc.get("params"), served.schema
+    limits.check(*table_size(fmt, data, limits), len(schema.columns) if schema else 0)
     if schema is None:
+        limits.check_depth(body)
         return _mlflow_parse(fmt, data, served), params
     # NumPy would read a JSON boolean among numbers as 0 or 1: leave those to pandas
     fast = served.wants_matrix and b"true" not in body and b"false" not in body
     matrix = _fast(fmt, data, schema) if fast else None
     if matrix is not None:
         return matrix, params
+    limits.check_depth(body)
     return check_frame(_frame(fmt, data, schema), schema), params
 
 
-def _parse_file(served: Served, mime: str, body: bytes) -> pd.DataFrame:
+def _parse_file(served: Served, mime: str, body: bytes, limits: Limits) -> pd.DataFrame:
     """A CSV or Parquet body as a table, checked against the signature when there is one."""
-    read = pd.read_csv if mime == CSV else pd.read_parquet
-    try:
-        frame = read(io.BytesIO(body))
-    except Exception as exc:  # pandas raises many kinds for a body it cannot read
-        what = "CSV" if mime == CSV else "Parquet"
-        raise Reject(f"cannot read the body as {what}: {error_text(exc)}") from None
     schema = served.schema
+    width = len(schema.columns) if schema is not None else 0
+    read = read_csv if mime == CSV else read_parquet
+    frame = read(body, limits, width)
     return frame if schema is None else check_frame(frame, schema, text=mime == CSV)
 
 

@@ -1,13 +1,16 @@
-"""The prediction log: day files, UUIDv7 ids, finding a request, torn lines, reading it back."""
+"""The prediction log: day files, UUIDv7 ids, finding requests, torn and malformed lines, labels."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
 from mlnb.predictions import log as predlog
@@ -137,4 +140,113 @@ def test_reading_a_log_that_is_not_there(tmp_path: Path) -> None:
     assert predlog.latest_prediction(tmp_path / "none") is None
     empty = predlog.load_predictions(tmp_path)
     assert len(empty) == 0
-    assert list(empty.columns) == [*predlog.META_COLUMNS, "prediction", "label"]
+    assert list(empty.columns) == [*predlog.META_COLUMNS, "prediction", "label", "labeled_by"]
+
+
+def test_known_requests_answers_recent_ids_from_memory_and_older_ones_from_their_day_file(
+    tmp_path: Path,
+) -> None:
+    writer = predlog.PredictionLog(tmp_path)
+    old = {rows: write(writer, JAN_31_LATE + rows, rows=rows) for rows in (1, 2, 3)}
+    recent = write(writer, FEB_1_EARLY, rows=4)
+    writer.close()
+    (tmp_path / "predictions-2025-02-01.jsonl").unlink()  # only the writer's memory has it now
+    restarted = predlog.PredictionLog(tmp_path)
+    unknown = predlog.new_request_id(JAN_31_LATE)
+    asked = [*old.values(), unknown, "not-a-uuid"]
+    assert restarted.known_requests(asked) == {
+        **{request_id: rows for rows, request_id in old.items()},
+        unknown: None,
+        "not-a-uuid": None,
+    }
+    assert writer.known_requests([recent, old[2]]) == {recent: 4, old[2]: 2}
+
+
+def test_the_day_index_reads_what_was_appended_since_the_last_look_up(tmp_path: Path) -> None:
+    writer, reader = predlog.PredictionLog(tmp_path), predlog.PredictionLog(tmp_path)
+    first = write(writer, JAN_31_LATE, rows=2)
+    later = predlog.new_request_id(JAN_31_LATE + 1)
+    assert reader.known_requests([first, later]) == {first: 2, later: None}
+    writer.write_prediction(later, JAN_31_LATE + 1, "1", ["a"], [[1.0]] * 5, [0] * 5, 5)
+    assert reader.known_requests([first, later]) == {first: 2, later: 5}
+    day = tmp_path / "predictions-2025-01-31.jsonl"
+    day.write_bytes(day.read_bytes().splitlines(keepends=True)[1])  # the file cut short
+    assert reader.known_requests([first, later]) == {first: None, later: 5}
+
+
+def test_a_day_with_more_requests_than_the_index_holds_is_scanned_instead(tmp_path: Path) -> None:
+    writer = predlog.PredictionLog(tmp_path, index_size=2)
+    ids = [write(writer, JAN_31_LATE + i, rows=i + 1) for i in range(5)]
+    writer.close()
+    reader = predlog.PredictionLog(tmp_path, index_size=2)
+    assert reader.known_requests(ids) == {request_id: i + 1 for i, request_id in enumerate(ids)}
+    assert reader.known_requests(ids[:1]) == {ids[0]: 1}
+
+
+def test_a_hand_written_line_in_another_key_order_is_still_found(tmp_path: Path) -> None:
+    request_id = predlog.new_request_id(JAN_31_LATE)
+    line = {"rows": 2, "request_id": request_id, "inputs": [[1], [2]]}
+    (tmp_path / "predictions-2025-01-31.jsonl").write_text(json.dumps(line) + "\n")
+    assert predlog.PredictionLog(tmp_path).known_requests([request_id]) == {request_id: 2}
+
+
+def test_who_sent_a_label_is_kept_and_read_back(tmp_path: Path) -> None:
+    log = predlog.PredictionLog(tmp_path)
+    labeled, anonymous, unlabeled = (write(log, JAN_31_LATE + i) for i in range(3))
+    log.write_feedback(labeled, [1], JAN_31_LATE + 10, sender="labeler")
+    log.write_feedback(anonymous, [0], JAN_31_LATE + 10)
+    log.close()
+    record = json.loads(next(tmp_path.glob("feedback-*")).read_text().splitlines()[0])
+    assert record["sender"] == "labeler"
+    table = predlog.load_predictions(tmp_path).set_index("request_id")
+    assert table.loc[[labeled, anonymous, unlabeled], "labeled_by"].tolist() == [
+        "labeler",
+        None,
+        None,
+    ]
+    exported = tmp_path.parent / "out.parquet"
+    predlog.export(tmp_path, exported)
+    assert pd.read_parquet(exported)["labeled_by"].tolist() == ["labeler", None, None]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda r: {**r, "inputs": 5}, "inputs: Input should be a valid list"),
+        (lambda r: {**r, "time": "yesterday"}, "time: Input should be a valid datetime"),
+        (lambda r: {**r, "inputs": [[1.0]]}, "inputs: row 0 must be a list of 2 values"),
+        (lambda r: {**r, "columns": "ab"}, "columns: Input should be a valid list"),
+        (lambda r: {k: v for k, v in r.items() if k != "request_id"}, "request_id: Field required"),
+        (lambda r: [r], "not a JSON object"),
+    ],
+    ids=["inputs a number", "time", "short row", "columns a string", "no id", "a list"],
+)
+def test_a_record_of_the_wrong_shape_is_skipped_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, change: Any, words: str
+) -> None:
+    log = predlog.PredictionLog(tmp_path)
+    kept = write(log, JAN_31_LATE, rows=2)
+    log.close()
+    day = tmp_path / "predictions-2025-01-31.jsonl"
+    good = json.loads(day.read_text())
+    day.write_text(day.read_text() + json.dumps(change(good)) + "\n")
+    skipped = predlog.Skipped()
+    with caplog.at_level(logging.WARNING, logger="mlnb.predictions.log"):
+        table = predlog.load_predictions(tmp_path, skipped=skipped)
+    assert table["request_id"].tolist() == [kept, kept]
+    assert [(p.file, p.location) for p in skipped.problems] == [(str(day), "line 2")]
+    assert words in skipped.problems[0].message
+    assert f"{day}:2: skipped a torn or malformed record: {words}" in caplog.text
+    assert predlog.start_of_last_rows(tmp_path, 2) is None  # counts the valid rows only
+    assert predlog.latest_prediction(tmp_path) == ("1", "2025-01-31T23:59:58Z")
+
+
+def test_many_skipped_lines_are_named_up_to_a_few_then_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "predictions-2025-01-31.jsonl").write_text("{torn\n" * 25)
+    with caplog.at_level(logging.WARNING, logger="mlnb.predictions.log"):
+        assert len(predlog.load_predictions(tmp_path)) == 0
+    named = [r for r in caplog.records if "skipped a torn or malformed record" in r.getMessage()]
+    assert len(named) == predlog.WARNED_SKIPS
+    assert "skipped 15 more records of the prediction log" in caplog.text

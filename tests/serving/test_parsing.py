@@ -6,6 +6,7 @@ or a ``Schema`` of ``ColSpec``\\ s), as a logged model carries them.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,18 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
 
-from mlnb.serving.parsing import InputSchema, Reject, _coerce, _fast, _frame, check_frame
+from mlnb.serving.parsing import (
+    InputSchema,
+    Limits,
+    Reject,
+    _coerce,
+    _fast,
+    _frame,
+    check_frame,
+    read_csv,
+    read_parquet,
+    table_size,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer:UserWarning")
 
@@ -332,3 +344,112 @@ def test_check_frame_rejects_the_table_as_a_whole(frame: pd.DataFrame, message: 
     with pytest.raises(Reject) as rejected:
         check_frame(frame, numeric())
     assert rejected.value.message.startswith(message)
+
+
+# limits
+
+
+SMALL = Limits(max_columns=4, max_rows=3, max_cells=8, max_parquet_bytes=2_000, max_json_depth=4)
+
+
+def over(limit: str) -> Any:
+    """``pytest.raises`` of the 413 that names ``limit``."""
+    return pytest.raises(Reject, match=rf"\(its limit {limit}\): .*, or raise {limit} where")
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_a_limit_is_a_positive_integer(value: Any) -> None:
+    with pytest.raises(ValueError, match="limit max_rows must be a positive integer"):
+        Limits(max_rows=value)
+
+
+def test_each_limit_is_a_413_that_names_it() -> None:
+    SMALL.check(rows=2, columns=4)
+    with over("max_columns") as rejected:
+        SMALL.check(rows=1, columns=5)
+    assert (rejected.value.status, rejected.value.code) == (413, "REQUEST_LIMIT_EXCEEDED")
+    assert rejected.value.kind == "too_large"
+    assert "the request has 5 columns; this service takes at most 4" in rejected.value.message
+    with over("max_rows"):
+        SMALL.check(rows=4, columns=1)
+    with over("max_cells"):
+        SMALL.check(rows=3, columns=3)
+    SMALL.check(rows=1, columns=6, signature_columns=6)  # a model's own columns always fit
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "size"),
+    [
+        ("dataframe_split", split(ROWS, ["x", "n", "y"]), (2, 3)),
+        ("dataframe_split", split([[1], [1, 2, 3, 4, 5]]), (2, 5)),
+        ("dataframe_split", split([[1], [1, 2, 3, 4, 5]], ["x"]), (2, 5)),
+        ("dataframe_records", [{"a": 1}, {"b": 1}, {"c": 1, "d": 2}], (3, 4)),
+        ("instances", ROWS, (2, 3)),
+        ("inputs", {"x": [1, 2, 3], "y": [1]}, (3, 2)),
+        ("inputs", {"x": 1, "y": 2}, (1, 2)),
+        ("inputs", "text", (0, 0)),
+    ],
+    ids=[
+        "split",
+        "split, ragged",
+        "split, a row wider than its columns",
+        "records, keys of their own",
+        "rows",
+        "columns",
+        "one row",
+        "no table",
+    ],
+)
+def test_table_size_is_the_table_a_payload_would_make(
+    fmt: str, data: Any, size: tuple[int, int]
+) -> None:
+    assert table_size(fmt, data, SMALL) == size
+
+
+def test_records_with_too_many_values_are_refused_before_their_keys_are_counted() -> None:
+    with over("max_cells"):
+        table_size("dataframe_records", [{f"k{i}": 0 for i in range(9)}], SMALL)
+
+
+def test_json_nesting_is_measured_outside_strings() -> None:
+    SMALL.check_depth(b'{"inputs": [[1, 2], [3, 4]]}')
+    SMALL.check_depth(b'{"inputs": [["[[[[[", "{{{{{\\"]]], "x": "]]]]"}')
+    with over("max_json_depth") as rejected:
+        SMALL.check_depth(b'{"inputs": [[[[1]]]]}')
+    assert "5 levels of nesting" in rejected.value.message
+
+
+def test_a_csv_body_is_bounded_by_its_header_and_rows() -> None:
+    assert read_csv(b"x,n,y\n1.5,2,3\n0,1,2\n", SMALL).shape == (2, 3)
+    assert read_csv(b'"a,b",c\n1,2\n', SMALL).columns.tolist() == ["a,b", "c"]
+    with over("max_columns"):
+        read_csv(b"a,b,c,d,e\n1,2,3,4,5\n", SMALL)
+    with over("max_columns"):
+        read_csv(b'"a\nb",b,c,d,e\n1,2,3,4,5\n', SMALL)  # a line break inside quotes
+    with over("max_rows"):
+        read_csv(b"x\n1\n2\n3\n4\n", SMALL)
+    with over("max_cells") as rejected:
+        read_csv(b"x,y,z\n1,2,3\n1,2,3\n1,2,3\n", SMALL)
+    assert "has 3 rows of 3 columns; this service takes at most 2" in rejected.value.message
+    with pytest.raises(Reject, match="cannot read the body as CSV"):
+        read_csv(b'"unclosed\n', SMALL)
+
+
+def parquet(frame: pd.DataFrame, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, **options)
+    return buffer.getvalue()
+
+
+def test_a_parquet_body_is_bounded_by_its_footer() -> None:
+    frame = pd.DataFrame({"x": [1.5, 2.5], "n": [1, 2]}, index=[7, 9])
+    np.testing.assert_array_equal(read_parquet(parquet(frame), SMALL).index, [7, 9])
+    with over("max_rows"):
+        read_parquet(parquet(pd.DataFrame({"x": range(4)}), index=False), SMALL)
+    with over("max_columns"):
+        read_parquet(parquet(pd.DataFrame({f"c{i}": [0] for i in range(5)}), index=False), SMALL)
+    text = pd.DataFrame({"s": ["x" * 3_000]})
+    with over("max_parquet_bytes"):
+        read_parquet(parquet(text, index=False, compression="zstd"), SMALL)
+    with pytest.raises(Reject, match="cannot read the body as Parquet"):
+        read_parquet(b"PAR1 not really", SMALL)

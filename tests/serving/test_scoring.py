@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from mlnb.serving.parsing import CSV, JSON, PARQUET, Reject
+from mlnb.serving.parsing import CSV, JSON, PARQUET, Limits, Reject
 from mlnb.serving.scoring import Served, load_version, score
 
 pytestmark = pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer:UserWarning")
@@ -203,3 +203,31 @@ def test_a_model_that_fails_is_a_model_error(models: Models) -> None:
     assert rejected.value.kind == "model_error"
     assert rejected.value.message.startswith("the model could not predict on this input: ")
     assert "infinity" in rejected.value.message
+
+
+TIGHT = Limits(max_columns=4, max_rows=5, max_cells=40, max_json_depth=8)
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_each_body_over_the_rows_limit_is_refused_before_it_is_scored(
+    models: Models, body: str
+) -> None:
+    served, chosen = models.load("numeric"), rows(models)  # six rows; five are allowed
+    mime, content = BODIES[body](chosen)
+    with pytest.raises(Reject) as rejected:
+        score(served, mime, content, TIGHT)
+    assert rejected.value.status == 413
+    assert "6 rows" in rejected.value.message and "max_rows" in rejected.value.message
+    scored = score(served, *BODIES[body](chosen.head(5)), TIGHT)
+    assert scored.rows == 5
+
+
+@pytest.mark.parametrize("name", ["numeric", "unsigned"])
+def test_a_wide_or_deep_body_is_refused_for_every_kind_of_model(models: Models, name: str) -> None:
+    served = models.load(name)
+    wide = ",".join(f"c{i}" for i in range(10)) + "\n" + ",".join(["0"] * 10) + "\n"
+    with pytest.raises(Reject, match=r"10 columns; .*max_columns"):
+        score(served, CSV, wide.encode(), TIGHT)
+    deep = b'{"inputs": {"x": [[[[[[[[[1]]]]]]]]], "n": [1], "y": [1]}}'
+    with pytest.raises(Reject, match=r"11 levels of nesting; .*max_json_depth"):
+        score(served, JSON, deep, TIGHT)
