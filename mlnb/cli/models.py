@@ -35,7 +35,7 @@ def promote(model: str, version: str | None, force: bool, rollback: bool) -> Non
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @verbose
 def ui(host: str, port: int) -> None:
     """Start the MLflow UI on this project's store (stop it with Ctrl-C)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mlnb.cli.main import verbose
+from mlnb.tags import ModelDecision
 
 if TYPE_CHECKING:
     from mlnb.monitoring.status import ModelStatus
@@ -30,9 +31,11 @@ def monitor(spec: Path, once: bool) -> None:
     Exit codes of --once:
       0  no trigger fired
       1  the check or the retrain failed
-      3  retrained; the gate kept the champion
+      3  retrained; the champion stays (the gate rejected the new version,
+         or it passed and promotion is manual: a person runs mlnb promote)
       4  retrained; the new version is champion
-      5  a trigger fired but no retrain started (cooldown, one running, no labels)
+      5  a trigger fired but no retrain started (cooldown, one running, no
+         labels, or suspicious labels)
     """
     from mlnb.monitoring.runner import watch
     from mlnb.pipelines.locate import load_monitor, spec_path
@@ -82,18 +85,20 @@ def render(models: list[ModelStatus]) -> None:
                 why += f" ({model.champion_reason})"
             console.print(f"champion: v{model.champion}{score}{why}")
         if model.challenger and model.challenger != model.champion:
-            console.print(f"challenger: v{model.challenger}")
+            console.print(_challenger(model))
         if model.served_version is not None:
             console.print(f"serving: v{model.served_version} (last prediction {model.served_at})")
         else:
             console.print("serving: no prediction logged yet")
         if model.checks:
             table = Table(title="recent checks", title_justify="left", show_edge=False)
-            for column in ("time (UTC)", "version", "drift", "figures", "decision"):
+            for column in ("time (UTC)", "version", "drift", "labels", "figures", "decision"):
                 table.add_column(column)
             for line in model.checks:
                 figures = ", ".join(f"{k} {v:.4g}" for k, v in sorted(line.metrics.items()))
-                table.add_row(line.time, f"v{line.version}", line.drift, figures, line.decision)
+                table.add_row(
+                    line.time, f"v{line.version}", line.drift, line.labels, figures, line.decision
+                )
             console.print(table)
         else:
             console.print("checks: none yet (`mlnb monitor pipelines/monitor.yaml`)")
@@ -103,6 +108,19 @@ def render(models: list[ModelStatus]) -> None:
             console.print(f"last retrain: {r.time} UTC, {r.status}{version}: {r.reason}")
             if r.evidence:
                 console.print(f"  because {r.evidence}")
+
+
+def _challenger(model: ModelStatus) -> str:
+    """The challenger's line: what the gate made of it, and who acts when promotion is manual."""
+    line = f"challenger: v{model.challenger}"
+    if model.challenger_reason:
+        line += f" — {model.challenger_reason}"
+    if model.challenger_decision == ModelDecision.PASSED:
+        line += (
+            f"\n  awaiting a person (promotion is manual): mlnb promote {model.name} "
+            f"--version {model.challenger}, or move the alias champion in the MLflow UI"
+        )
+    return line
 
 
 COMMANDS = [monitor, status]

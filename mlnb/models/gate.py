@@ -6,6 +6,12 @@ The comparison is MLflow's, not a home-made one: each model is scored by
 bar, a margin over the champion, or both). A gate run in MLflow holds both
 scores, the decision and its reason, one sentence a person can read.
 
+A challenger that wins on its own holdout is also scored on evidence that did
+not come from its training run (:mod:`mlnb.models.evidence`): the champion's
+holdout and the golden data. It is promoted only if it scores no worse than
+the champion there beyond the tolerance, and clears the golden data's floors.
+Every error, in any of these evaluations, ends the gate run ``FAILED``.
+
 The gate knows the MLflow client and the evaluation, nothing of aliases: the
 registry (:meth:`mlnb.models.registry.Registry.gate`) looks up the versions,
 calls :meth:`Gate.decide`, records the decision on the version and moves
@@ -19,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -31,6 +37,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlnb import tags
 from mlnb.models import RegistryError
 from mlnb.models._fluent import process_store, quiet
+from mlnb.models.evidence import Evidence, Finding, Rules, summary, unreadable, weigh
 from mlnb.specs.pipeline import METRICS, ModelSpec, ModelType
 from mlnb.tags import EndState, ModelDecision
 from mlnb.tracking import ensure_experiment
@@ -59,16 +66,35 @@ class GateConfig:
     target: str
     threshold: float | None = None
     min_improvement: float = 0.0
+    tolerance: float = 0.02
+    golden: str | None = None
+    floor: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, model: ModelSpec) -> GateConfig:
-        """Build the gate settings of a ``model:`` section."""
+        """Build the gate settings of a ``model:`` section (its golden path as loaded)."""
         greater = model.greater_is_better
         if greater is None:
             greater = METRICS[model.type][model.metric]
+        golden = model.golden
         return cls(
-            model.metric, greater, model.type, model.target, model.threshold, model.min_improvement
+            model.metric,
+            greater,
+            model.type,
+            model.target,
+            model.threshold,
+            model.min_improvement,
+            model.tolerance,
+            golden.path if golden else None,
+            dict(golden.floor) if golden else {},
         )
+
+    def rules(self) -> Rules:
+        """What the challenger must do on evidence beside its own holdout."""
+        known = METRICS[self.model_type]
+        directions = {name: known.get(name, True) for name in self.floor}
+        directions[self.metric] = self.greater_is_better
+        return Rules(self.metric, self.greater_is_better, self.tolerance, directions)
 
     @classmethod
     def from_json(cls, text: str) -> GateConfig:
@@ -107,6 +133,8 @@ class Decision:
         champion_score: the champion's score on the same data.
         reason: one sentence a person can read.
         run_id: the MLflow run holding the evaluation, if one ran.
+        held: the gate passed it, but promotion is manual: ``champion`` did not move.
+        findings: what it scored on evidence beside its own holdout.
     """
 
     name: str
@@ -118,12 +146,16 @@ class Decision:
     champion_score: float | None
     reason: str
     run_id: str | None = None
+    held: bool = False
+    findings: tuple[Finding, ...] = ()
 
     @property
     def outcome(self) -> ModelDecision:
-        """The decision as one word: promoted, rejected, or champion (it was already)."""
+        """The decision as one word: promoted, passed (held), rejected, or champion already."""
         if self.promoted:
             return ModelDecision.PROMOTED
+        if self.held:
+            return ModelDecision.PASSED
         if self.champion == self.version:
             return ModelDecision.CHAMPION
         return ModelDecision.REJECTED
@@ -139,6 +171,8 @@ class Decision:
         if self.champion:
             found[tags.GATE_CHAMPION_VERSION] = self.champion
             found[tags.GATE_CHAMPION_SCORE] = self.champion_score
+        for finding in self.findings:
+            found.update(finding.version_tags())
         return found
 
 
@@ -150,10 +184,11 @@ def already_champion(name: str, version: str, metric: str) -> Decision:
 
 
 def read_holdout(path: Path, target: str) -> DataFrame:
-    """The holdout table (CSV or Parquet) the gate scores on; it must hold ``target``.
+    """The holdout table (CSV or Parquet) the gate scores on: rows, and a ``target`` on each.
 
     Raises:
-        RegistryError: the file cannot be read, or has no column ``target``.
+        RegistryError: the file cannot be read, has no column ``target``, no
+            rows, or rows without a target value (a truncated file, say).
     """
     import pandas as pd
 
@@ -165,6 +200,15 @@ def read_holdout(path: Path, target: str) -> DataFrame:
         raise RegistryError(
             f"{path} has no target column '{target}'; columns: "
             f"{', '.join(map(str, data.columns[:20]))}"
+        )
+    if data.empty:
+        raise RegistryError(f"the holdout data {path} has no rows")
+    missing = data[target].isna()
+    if missing.any():
+        first = int(missing.to_numpy().argmax()) + 1
+        raise RegistryError(
+            f"the holdout data {path} has no '{target}' on {int(missing.sum())} of "
+            f"{len(data)} rows (the first: data row {first}); is the file truncated?"
         )
     return data
 
@@ -178,16 +222,28 @@ class _Contest:
     name: str
     config: GateConfig
     data: DataFrame
+    source: str = ""  # the file the data was read from, as an error names it
 
 
 @dataclass(frozen=True)
 class _Verdict:
-    """What MLflow's validation made of the scores, and the sentence that says it."""
+    """What MLflow's validation made of the scores, and the sentence that says it.
+
+    ``promoted`` is the verdict; with a hold, the version passed and ``champion`` stays.
+    """
 
     promoted: bool
     score: float
     best: float | None
     reason: str
+    findings: tuple[Finding, ...] = ()
+    held: bool = False
+
+    @property
+    def outcome(self) -> ModelDecision:
+        if not self.promoted:
+            return ModelDecision.REJECTED
+        return ModelDecision.PASSED if self.held else ModelDecision.PROMOTED
 
 
 class Gate:
@@ -207,10 +263,15 @@ class Gate:
         *,
         parent_run_id: str | None = None,
         experiment_id: str | None = None,
+        evidence: Sequence[Evidence] = (),
+        hold: bool = False,
+        source: Path | None = None,
     ) -> Decision:
         """Score ``version`` (and ``champion``, if any) on ``data``; decide whether it wins.
 
-        Moves no alias: the caller does, when the decision says so.
+        A challenger that wins on ``data`` is also scored on each piece of
+        ``evidence``, and is promoted only if it holds up there too. Moves no
+        alias: the caller does, when the decision says so.
 
         Args:
             name: the registered model.
@@ -220,29 +281,38 @@ class Gate:
             data: the holdout table, with the ``config.target`` column.
             parent_run_id: a run to nest the gate's run under (the pipeline run).
             experiment_id: where the gate's run goes (default: ``mlnb-gate``).
+            evidence: tables beside ``data`` (the champion's holdout, the golden data).
+            hold: promotion is manual; a version that wins is ``passed``, not promoted.
+            source: the file ``data`` was read from, for the errors to name.
 
         Raises:
-            RegistryError: the store refuses, or the evaluation fails or does
+            RegistryError: the store refuses, or an evaluation fails or does
                 not compute the metric; the gate's run then ends ``FAILED``.
         """
         if experiment_id is None:
             experiment_id = self._experiment()
         run_id = self._start(experiment_id, name, version, parent_run_id)
-        contest = _Contest(experiment_id, run_id, name, config, data)
+        contest = _Contest(experiment_id, run_id, name, config, data, str(source or ""))
         with self._failing(run_id, f"the gate could not evaluate {name} v{version}"):
             verdict = self._judge(contest, version, champion)
+            if verdict.promoted and evidence:
+                verdict = self._weigh(contest, version, champion, verdict, evidence)
+        if hold and verdict.promoted:
+            verdict = _held(verdict, name, version)
         with self._failing(run_id, f"the gate could not record its decision on {name} v{version}"):
             self._record(run_id, config.metric, verdict)
         return Decision(
             name,
             version,
-            verdict.promoted,
+            verdict.promoted and not verdict.held,
             champion,
             config.metric,
             verdict.score,
             verdict.best,
             verdict.reason,
             run_id,
+            verdict.held,
+            verdict.findings,
         )
 
     def _experiment(self) -> str:
@@ -296,20 +366,76 @@ class Gate:
             promoted, score, best, explain(config, version, score, champion, best, promoted)
         )
 
-    def _evaluate(self, contest: _Contest, version: str, role: Role) -> EvaluationResult:
+    def _weigh(
+        self,
+        contest: _Contest,
+        version: str,
+        champion: str | None,
+        verdict: _Verdict,
+        evidence: Sequence[Evidence],
+    ) -> _Verdict:
+        """The verdict once the challenger that won is scored on each piece of evidence too."""
+        config = contest.config
+        rules = config.rules()
+        findings = [self._finding(contest, version, champion, item, rules) for item in evidence]
+        refused = next((f for f in findings if f.failure is not None), None)
+        if refused is None:
+            held_up = summary(findings, rules)
+            reason = f"{verdict.reason}; {held_up}" if held_up else verdict.reason
+            return _Verdict(True, verdict.score, verdict.best, reason, tuple(findings))
+        on_own = f"{config.metric} {verdict.score:.4f} on its holdout"
+        failure = refused.failure or ""
+        clause = failure if refused.score is None else f"{on_own} but {failure}"
+        reason = f"v{version} not promoted: {clause}"
+        return _Verdict(False, verdict.score, verdict.best, reason, tuple(findings))
+
+    def _finding(
+        self,
+        contest: _Contest,
+        version: str,
+        champion: str | None,
+        evidence: Evidence,
+        rules: Rules,
+    ) -> Finding:
+        """The challenger (and the champion) scored on one piece of evidence."""
+        if evidence.data is None:
+            return unreadable(evidence)
+        on = _Contest(
+            contest.experiment_id,
+            contest.run_id,
+            contest.name,
+            contest.config,
+            evidence.data,
+            str(evidence.path),
+        )
+        where = f"on {evidence.label}"
+        result = self._evaluate(on, version, "challenger", where)
+        scores = {m: _metric(result, m) for m in {rules.metric, *evidence.floor}}
+        best = None
+        if champion is not None:
+            best = (
+                champion,
+                _metric(self._evaluate(on, champion, "champion", where), rules.metric),
+            )
+        return weigh(evidence, rules, scores, best)
+
+    def _evaluate(
+        self, contest: _Contest, version: str, role: Role, where: str = ""
+    ) -> EvaluationResult:
         """Score one version with ``mlflow.models.evaluate`` in a run nested in the gate's.
 
         Raises:
-            RegistryError: the model cannot score the holdout data (its own code
-                raised, e.g. on a missing feature); the nested run ends ``FAILED``.
+            RegistryError: the model cannot score the data (its own code raised,
+                e.g. on a missing feature); the nested run ends ``FAILED``.
         """
         import mlflow
 
         name, config = contest.name, contest.config
+        side = f"{role} {where}" if where else role
         child = self.client.create_run(
             contest.experiment_id,
             tags={
-                MLFLOW_RUN_NAME: f"evaluate {name} v{version} ({role})",
+                MLFLOW_RUN_NAME: f"evaluate {name} v{version} ({side})",
                 MLFLOW_PARENT_RUN_ID: contest.run_id,
                 tags.KIND: tags.Kind.EVALUATION,
             },
@@ -327,8 +453,10 @@ class Gate:
         except MlflowException:
             raise
         except Exception as exc:  # the model's own code: it cannot score this data
+            data = f" on {contest.source}" if contest.source else ""
             raise RegistryError(
-                f"the gate could not evaluate {name} v{version}: {type(exc).__name__}: {exc}"
+                f"the gate could not evaluate {name} v{version}{data}: {type(exc).__name__}: "
+                f"{_one_line(exc)}"
             ) from exc
 
     def _passes(
@@ -352,13 +480,28 @@ class Gate:
         return True
 
     def _record(self, run_id: str, metric: str, verdict: _Verdict) -> None:
-        decided = ModelDecision.PROMOTED if verdict.promoted else ModelDecision.REJECTED
-        self.client.set_tag(run_id, tags.GATE_DECISION, decided)
-        self.client.set_tag(run_id, tags.GATE_REASON, verdict.reason)
+        self.client.set_tag(run_id, tags.GATE_DECISION, verdict.outcome)
+        self.client.set_tag(run_id, tags.GATE_REASON, verdict.reason[: tags.VALUE_LIMIT])
         self.client.log_metric(run_id, f"challenger_{metric}", verdict.score)
         if verdict.best is not None:
             self.client.log_metric(run_id, f"champion_{metric}", verdict.best)
+        for finding in verdict.findings:
+            for key, value in finding.metrics(metric).items():
+                self.client.log_metric(run_id, key, value)
         self._end(run_id, "FINISHED")
+
+
+def _one_line(error: Exception, limit: int = 500) -> str:
+    """An error's message on one line, at most ``limit`` characters: a model may say a page."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _held(verdict: _Verdict, name: str, version: str) -> _Verdict:
+    """A verdict that passed, when promotion is manual: the sentence says who moves champion."""
+    passed = verdict.reason.replace(f"v{version} promoted:", f"v{version} passed the gate:", 1)
+    reason = f"{passed}; promotion is manual: mlnb promote {name} --version {version}"
+    return _Verdict(True, verdict.score, verdict.best, reason, verdict.findings, held=True)
 
 
 def _threshold(config: GateConfig, *, against_champion: bool) -> MetricThreshold | None:

@@ -4,7 +4,10 @@ Promotion is an alias: every new version becomes ``challenger``; the version
 served is ``champion``. :meth:`Registry.gate` looks up the candidate and the
 champion, has :mod:`mlnb.models.gate` score both on the same holdout data with
 MLflow's own evaluation and decide, records the decision on the version, and
-moves ``champion`` when the challenger won. A person can move ``champion`` in
+moves ``champion`` when the challenger won, on its own holdout and on the
+evidence beside it (the champion's holdout, the golden data:
+:mod:`mlnb.models.evidence`); with a hold (manual promotion) it records the
+decision and leaves ``champion`` where it is. A person can move ``champion`` in
 the MLflow UI, or with ``mlnb promote``; a prediction service follows the alias
 either way.
 
@@ -27,9 +30,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlnb import tags
+from mlnb._files import hash_path
 from mlnb.errors import suggest
 from mlnb.models import RegistryError
 from mlnb.models._fluent import process_store
+from mlnb.models.evidence import Evidence
 from mlnb.models.gate import (
     GATE_EXPERIMENT,
     Decision,
@@ -274,8 +279,13 @@ class Registry:
         holdout: Path | None = None,
         parent_run_id: str | None = None,
         experiment_id: str | None = None,
+        *,
+        hold: bool = False,
     ) -> Decision:
         """Score ``version`` and the champion on the same holdout data; promote if it wins.
+
+        A version that wins there is also scored on the champion's holdout and
+        the golden data of its settings, and must hold up on them too.
 
         Args:
             name: the registered model.
@@ -285,10 +295,11 @@ class Registry:
                 default: the file recorded on the version.
             parent_run_id: a run to nest the gate's run under (the pipeline run).
             experiment_id: where the gate's run goes (default: ``mlnb-gate``).
+            hold: promotion is manual: record the decision, never move ``champion``.
 
         Returns:
             The :class:`Decision`, also recorded as tags on the version and in
-            an MLflow run with both scores.
+            an MLflow run with every score.
 
         Raises:
             RegistryError: the version is not there, records no (readable) gate
@@ -298,10 +309,12 @@ class Registry:
         found_tags = self.version(name, version).tags
         if config is None:
             config = _recorded_config(name, version, found_tags)
-        data = read_holdout(_holdout_path(name, version, holdout, found_tags), config.target)
+        path = _holdout_path(name, version, holdout, found_tags)
+        data = read_holdout(path, config.target)
         champion = self.alias(name, CHAMPION)
         if champion == version:
             return already_champion(name, version, config.metric)
+        evidence = [*self._champion_holdout(name, champion, config, path), *_golden(config)]
         decision = Gate(self.client, self.uri).decide(
             name,
             version,
@@ -310,11 +323,40 @@ class Registry:
             data,
             parent_run_id=parent_run_id,
             experiment_id=experiment_id,
+            evidence=evidence,
+            hold=hold,
+            source=path,
         )
         self.tag_version(name, version, decision.version_tags())
         if decision.promoted:
             self._move_champion(name, version, self.alias(name, CHAMPION))
         return decision
+
+    def _champion_holdout(
+        self, name: str, champion: str | None, config: GateConfig, own: Path
+    ) -> list[Evidence]:
+        """The holdout the champion was gated on, unless it is the challenger's own data.
+
+        None for a first champion, or a champion that records no holdout (it
+        was registered by hand); evidence that cannot be read when its file is
+        gone or broken.
+        """
+        if champion is None:
+            return []
+        recorded = self.version(name, champion).tags.get(tags.HOLDOUT)
+        if not recorded:
+            return []
+        path = Path(recorded)
+        label = f"champion v{champion}'s holdout"
+        kind = tags.Evidence.CHAMPION_HOLDOUT
+        if not path.is_file():
+            return [Evidence(kind, label, path, None, f"{path} is gone")]
+        if _same_file(path, own):
+            return []
+        try:
+            return [Evidence(kind, label, path, read_holdout(path, config.target))]
+        except RegistryError as exc:
+            return [Evidence(kind, label, path, None, exc.message)]
 
 
 def _recorded_config(name: str, version: str, found_tags: Mapping[str, str]) -> GateConfig:
@@ -333,6 +375,27 @@ def _recorded_config(name: str, version: str, found_tags: Mapping[str, str]) -> 
             f"{name} version {version} records gate settings mlnb cannot read ({exc}); "
             "promote it by hand with --force"
         ) from None
+
+
+def _golden(config: GateConfig) -> list[Evidence]:
+    """The golden data the settings name, with its floors."""
+    if config.golden is None:
+        return []
+    path = Path(config.golden)
+    kind, label = tags.Evidence.GOLDEN, f"the golden data {path.name}"
+    try:
+        data = read_holdout(path, config.target)
+    except RegistryError as exc:
+        return [Evidence(kind, label, path, None, exc.message, config.floor)]
+    return [Evidence(kind, label, path, data, floor=config.floor)]
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two holdout files hold the same bytes (a cached stage's, say)."""
+    try:
+        return one.resolve() == other.resolve() or hash_path(one) == hash_path(other)
+    except OSError:
+        return False
 
 
 def _holdout_path(

@@ -3,18 +3,22 @@
 A check is an MLflow run ``check`` in the monitor's experiment, made of named
 steps (:class:`Check`), each writing what it saw onto the check result:
 
-1. :meth:`Check.window`: the window of recent predictions from the prediction log;
+1. :meth:`Check.window`: the window of recent predictions from the prediction log
+   (a log folder that does not exist ends the check there, naming the folder);
 2. :meth:`Check.drift`: the drift notebook run with papermill, nested under the
    check run, on the champion's training data (found through the version's
    lineage tag ``mlnb.training_data``) against the window's inputs; its
    decision (``mlnb.drift.status``, ``mlnb.drift.reason``) and figures are
    copied onto the check run;
 3. :meth:`Check.performance`: the live metric on the predictions that got labels;
-4. :meth:`Check.schedule`: whether the champion is older than ``retrain.every``;
-5. :meth:`Check.log_triggers`: what fired, with its evidence, on the check run;
-6. :meth:`Check.retrain`: when a trigger that is on fires, the pipeline the
-   spec names, with the window's labeled rows, through registration, gate and
-   promotion.
+4. :meth:`Check.labels`: whether those labels are plausible on their face
+   (:mod:`mlnb.monitoring.labels`);
+5. :meth:`Check.schedule`: whether the champion is older than ``retrain.every``;
+6. :meth:`Check.log_triggers`: what fired, with its evidence, on the check run;
+7. :meth:`Check.retrain`: when a trigger that is on fires and the labels are
+   not suspicious, the pipeline the spec names, with the window's labeled
+   rows, through registration, gate and promotion (or, with ``promotion:
+   manual``, a decision a person acts on).
 
 The drift notebook's contract lives in :mod:`mlnb.monitoring.drift`; the
 retrain (its lock, cooldown and pipeline) in :mod:`mlnb.monitoring.retrain`;
@@ -29,6 +33,9 @@ Design decisions:
 - **A step returns what it fires.** Each of drift, performance and
   schedule returns its :class:`Trigger` or ``None``; what a trigger the spec
   does not turn on sees is still logged, and never retrains.
+- **Suspicious labels hold the retrain.** Labels are training data: when
+  they are implausible on their face, the triggers are still logged but no
+  retrain starts, whatever fired; a person looks at the feed.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from mlnb import tags
 from mlnb.engine.kernels import KernelPool
 from mlnb.errors import ExitCode, MlnbError, StageError
 from mlnb.monitoring.drift import DriftResult, DriftStatus, reference_columns, run_drift
+from mlnb.monitoring.labels import LabelCheck, Labeled, LabelStatus, check_labels
 from mlnb.monitoring.retrain import RetrainResult, RetrainStatus, retrain
 from mlnb.predictions.window import LiveMetric, input_columns, live_metric, load_window
 from mlnb.specs.monitor import Monitor, format_duration
@@ -76,8 +84,11 @@ class Trigger:
 _RETRAIN_EXIT = {
     RetrainStatus.PROMOTED: ExitCode.PROMOTED,
     RetrainStatus.REJECTED: ExitCode.REJECTED,
+    RetrainStatus.PASSED: ExitCode.REJECTED,  # the champion stays until a person moves it
     RetrainStatus.SKIPPED: ExitCode.SKIPPED,
 }
+#: how many labels the label tests need without a performance section
+_MIN_LABELS = 50
 
 
 @dataclass
@@ -91,16 +102,25 @@ class CheckResult:
     rows: int = 0
     drift: DriftResult | None = None
     performance: LiveMetric | None = None
+    labels: LabelCheck | None = None
     triggers: list[Trigger] = field(default_factory=list)
     retrain: RetrainResult | None = None
     error: str | None = None
     seconds: float = 0.0
+    no_log: Path | None = None  # the prediction-log folder, when it does not exist
+
+    @property
+    def suspicious(self) -> bool:
+        """Whether the window's labels are suspicious (and so no retrain starts)."""
+        return self.labels is not None and self.labels.status == LabelStatus.SUSPICIOUS
 
     @property
     def exit_code(self) -> ExitCode:
         """What ``mlnb monitor --once`` exits with after this check."""
         if self.error is not None:
             return ExitCode.FAILED
+        if self.suspicious and self.triggers:
+            return ExitCode.SKIPPED
         if self.retrain is None:
             return ExitCode.OK
         return _RETRAIN_EXIT.get(self.retrain.status, ExitCode.FAILED)
@@ -112,13 +132,24 @@ class CheckResult:
             return f"failed: {self.error}"
         if self.champion is None:
             return "nothing to watch: the model has no champion yet"
+        if self.no_log is not None:
+            return (
+                f"no prediction log: the folder {self.no_log} does not exist (nothing served "
+                "yet, or the service logs elsewhere: set log_dir in the monitor spec)"
+            )
+        kinds = ", ".join(t.kind for t in self.triggers)
+        if self.suspicious and self.labels is not None:
+            held = f"; {kinds} fired, no retrain" if kinds else ""
+            return f"suspicious labels{held}: {self.labels.reason}"
         if self.retrain is None:
             return "no trigger"
-        kinds = ", ".join(t.kind for t in self.triggers)
+        version = f"v{self.retrain.version}"
         if self.retrain.status == RetrainStatus.PROMOTED:
-            return f"retrained ({kinds}): v{self.retrain.version} promoted"
+            return f"retrained ({kinds}): {version} promoted"
         if self.retrain.status == RetrainStatus.REJECTED:
-            return f"retrained ({kinds}): v{self.retrain.version} not promoted"
+            return f"retrained ({kinds}): {version} not promoted"
+        if self.retrain.status == RetrainStatus.PASSED:
+            return f"retrained ({kinds}): {version} passed the gate; promotion is manual"
         return f"{kinds} fired; retrain {self.retrain.status}: {self.retrain.reason}"
 
 
@@ -237,7 +268,7 @@ class Check:
         """The steps, in order: what is seen decides what fires, and what fires retrains."""
         window = self.window()
         champion = self.result.champion
-        if champion is None:
+        if champion is None or self.result.no_log is not None:
             self.tracker.log(self.result.run_id, metrics=self.metrics)
             return
         version = self.registry.version(self.monitor.spec.model, champion)
@@ -248,10 +279,11 @@ class Check:
             self.performance(window),
             self.schedule(version),
         ]
+        self.labels(window, version, target)
         self.result.triggers = [trigger for trigger in fired if trigger is not None]
         self.log_triggers()
-        if self.result.triggers:
-            self.retrain(window, features, target)
+        if self.result.triggers and not self.result.suspicious:
+            self.retrain(window, features, target, training_data(version))
 
     def finish(self, status: tags.EndState) -> None:
         """End the check run with its decision and duration; a store failing now is let be."""
@@ -266,6 +298,8 @@ class Check:
     def window(self) -> pd.DataFrame:
         """The recent predictions the spec's ``window:`` names."""
         spec = self.monitor.spec.window
+        if not self.monitor.log_dir.is_dir():
+            self.result.no_log = self.monitor.log_dir
         window = load_window(self.monitor.log_dir, spec.last, spec.since)
         self.result.rows = len(window)
         self.metrics["window_rows"] = len(window)
@@ -334,6 +368,32 @@ class Check:
             f"threshold {bar:g} on {perf.labels} labeled predictions",
         )
 
+    def labels(self, window: pd.DataFrame, version: Any, target: str) -> None:
+        """Whether the window's labels are plausible on their face; on the check run."""
+        monitor = self.monitor
+        spec = monitor.spec.performance
+        model = monitor.pipeline_spec.model
+        assert model is not None  # the spec check makes sure
+        labels = window["label"].dropna() if "label" in window else window.iloc[:0, 0]
+        labeled = Labeled(
+            labels,
+            self.result.performance,
+            monitor.greater_is_better,
+            model.type,
+            training_data(version),
+            target,
+        )
+        found = check_labels(labeled, monitor.spec.labels, spec.min_labels if spec else _MIN_LABELS)
+        self.result.labels = found
+        self.metrics.update(found.metrics)
+        self.tracker.log(
+            self.result.run_id,
+            tags={
+                tags.CHECK_LABELS: found.status,
+                tags.CHECK_LABELS_REASON: found.reason[: tags.VALUE_LIMIT],
+            },
+        )
+
     def schedule(self, version: Any) -> Trigger | None:
         """The champion's age, against ``retrain.every``, when the schedule trigger is on."""
         every = self.monitor.spec.retrain.every
@@ -358,7 +418,9 @@ class Check:
             found_tags[tags.CHECK_EVIDENCE] = _evidence(triggers)[: tags.VALUE_LIMIT]
         self.tracker.log(self.result.run_id, metrics=self.metrics, tags=found_tags)
 
-    def retrain(self, window: pd.DataFrame, features: list[str], target: str) -> None:
+    def retrain(
+        self, window: pd.DataFrame, features: list[str], target: str, reference: Path | None
+    ) -> None:
         """Retrain for the triggers that fired; what became of it, on the check run.
 
         A retrain that fails fails the check.
@@ -375,6 +437,7 @@ class Check:
             features=features,
             target=target,
             say=self.say,
+            training_data=reference,
         )
         result.retrain = outcome
         self.tracker.log(
@@ -440,6 +503,8 @@ def _summary(result: CheckResult) -> str:
             parts.append(f"{perf.metric} {perf.value:.4f} on {perf.labels} labels")
         else:
             parts.append(f"{perf.metric}: {perf.reason}")
+    if result.labels is not None and result.labels.status == LabelStatus.SUSPICIOUS:
+        parts.append("labels suspicious")
     lines = [head + (": " + "; ".join(parts) if parts else "")]
     lines.append(f"  → {result.decision} ({result.seconds:.1f} s)")
     if result.retrain is not None and result.retrain.run_id:

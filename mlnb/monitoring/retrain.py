@@ -12,6 +12,11 @@ Design decisions:
   live, the retrain runs the spec inside it, never the working copy.
 - **The evidence travels.** The pipeline run and the model version it
   delivers are tagged with the trigger and its evidence.
+- **Manual promotion is a hold on the gate.** With ``promotion: manual`` the
+  pipeline registers its version without gating it; the gate then runs on
+  the version as usual (its holdout, the champion's, the golden data) and
+  records its decision, but never moves ``champion``: a person does, with
+  ``mlnb promote`` or in the MLflow UI.
 """
 
 from __future__ import annotations
@@ -28,11 +33,15 @@ from typing import TYPE_CHECKING, Any
 from mlnb._files import try_exclusive, write_atomic
 from mlnb.errors import MlnbError, PipelineError
 from mlnb.pipelines.locate import live_spec
+from mlnb.pipelines.signals import signals_deferred
 from mlnb.predictions.window import labeled_table
 from mlnb.specs.monitor import Monitor, fill_placeholders, format_duration
+from mlnb.tags import ModelDecision
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from mlnb.models.registry import Decision, Registration
 
 
 class RetrainStatus(StrEnum):
@@ -40,6 +49,7 @@ class RetrainStatus(StrEnum):
 
     PROMOTED = "promoted"  # the gate made the new version champion
     REJECTED = "rejected"  # the gate kept the champion
+    PASSED = "passed"  # the gate passed the new version; promotion is manual
     FAILED = "failed"  # the pipeline failed, or delivered no model
     SKIPPED = "skipped"  # none started: another is running, the cooldown, no labels
 
@@ -85,6 +95,7 @@ def retrain(
     features: list[str],
     target: str,
     say: Callable[[str], None],
+    training_data: Path | None = None,
 ) -> RetrainResult:
     """Retrain the monitor's model with the window's labeled rows, unless one may not start.
 
@@ -99,6 +110,7 @@ def retrain(
         features: the model's input columns.
         target: the label column the pipeline trains on.
         say: receives a line per thing worth telling a person.
+        training_data: the champion's training data (``${monitor.training_data}``).
     """
     spec = monitor.spec
     with retrain_lock(state, spec.model) as holder:
@@ -123,7 +135,12 @@ def retrain(
         ledger_entry = {"started": time.time(), "check_run": check_run, "monitor": monitor.name}
         write_atomic(ledger, json.dumps(ledger_entry))
         params = fill_placeholders(
-            spec.retrain.params, {"monitor.labeled_data": str(labeled), "monitor.trigger": trigger}
+            spec.retrain.params,
+            {
+                "monitor.labeled_data": str(labeled),
+                "monitor.training_data": str(training_data or ""),
+                "monitor.trigger": trigger,
+            },
         )
         say(f"retraining {spec.model}: {evidence}")
         return _run(monitor, uri, params, trigger, evidence, say)
@@ -169,32 +186,62 @@ def _run(
     from mlnb.pipelines.runner import run_pipeline
 
     path, which = pipeline_spec(monitor)
-    say(f"retraining with {which}")
+    manual = monitor.spec.promotion == "manual"
+    say(f"retraining with {which}" + (" (promotion is manual)" if manual else ""))
     try:
         outcome = run_pipeline(
             path,
             profile=monitor.spec.retrain.profile,
             overrides=params,
             tracking_uri=uri,
+            promote=not manual,
             trigger=trigger,
             reason=evidence,
         )
+        registration = outcome.registration
+        decision = outcome.decision
+        if manual and registration is not None:
+            decision = _gate_held(uri, registration, outcome.run_id, outcome.experiment_id)
     except PipelineError as exc:
         return RetrainResult(RetrainStatus.FAILED, str(exc), exc.run_id, pipeline=which)
     except MlnbError as exc:
         return RetrainResult(RetrainStatus.FAILED, str(exc), pipeline=which)
-    decision, registration = outcome.decision, outcome.registration
     if decision is None or registration is None:
         return RetrainResult(
             RetrainStatus.FAILED, "the pipeline delivered no model", outcome.run_id, pipeline=which
         )
     return RetrainResult(
-        RetrainStatus.PROMOTED if decision.promoted else RetrainStatus.REJECTED,
-        decision.reason,
-        outcome.run_id,
-        registration.version,
-        which,
+        _status(decision.outcome), decision.reason, outcome.run_id, registration.version, which
     )
+
+
+def _gate_held(uri: str, registration: Registration, run_id: str, experiment_id: str) -> Decision:
+    """Gate a registered version without moving ``champion`` (manual promotion).
+
+    Interrupts wait until the decision is recorded, as they do in a pipeline's delivery.
+
+    Raises:
+        RegistryError: the gate cannot run.
+    """
+    from mlnb.models.registry import Registry
+
+    with signals_deferred():
+        return Registry(uri).gate(
+            registration.name,
+            registration.version,
+            parent_run_id=run_id,
+            experiment_id=experiment_id,
+            hold=True,
+        )
+
+
+def _status(outcome: ModelDecision) -> RetrainStatus:
+    """How a retrain ended, from what the gate made of its version."""
+    if outcome == ModelDecision.PROMOTED:
+        return RetrainStatus.PROMOTED
+    if outcome == ModelDecision.PASSED:
+        return RetrainStatus.PASSED
+    return RetrainStatus.REJECTED
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class CheckLine:
     drift: str
     decision: str
     metrics: dict[str, float] = field(default_factory=dict)
+    labels: str = "-"  # plausible, suspicious, untested (LabelStatus), or - when not looked at
 
 
 @dataclass
@@ -58,6 +59,8 @@ class ModelStatus:
     champion_score: float | None = None
     champion_trigger: str | None = None
     champion_reason: str | None = None
+    challenger_decision: str | None = None  # what the gate made of it (ModelDecision)
+    challenger_reason: str | None = None
     served_version: str | None = None
     served_at: str | None = None
     checks: list[CheckLine] = field(default_factory=list)
@@ -102,6 +105,10 @@ def _champion(reg: registry.Registry, name: str) -> ModelStatus:
     status = ModelStatus(
         name, reg.alias(name, registry.CHAMPION), reg.alias(name, registry.CHALLENGER)
     )
+    if status.challenger is not None and status.challenger != status.champion:
+        challenger_tags = reg.version(name, status.challenger).tags
+        status.challenger_decision = challenger_tags.get(tags.GATE_DECISION)
+        status.challenger_reason = challenger_tags.get(tags.GATE_REASON)
     if status.champion is None:
         return status
     found_tags = reg.version(name, status.champion).tags
@@ -141,6 +148,7 @@ def _checks(client: Any, experiments: list[str], name: str, count: int) -> list[
     for run in _search(client, experiments, where, count):
         found_tags = run.data.tags
         keep = ("labels", "window_rows", "drift.features_drifted", "drift.p_value_min")
+        kept = ("live.", "labels.")
         lines.append(
             CheckLine(
                 run.info.run_id,
@@ -149,7 +157,8 @@ def _checks(client: Any, experiments: list[str], name: str, count: int) -> list[
                 found_tags.get(tags.MODEL_VERSION, ""),
                 found_tags.get(tags.DRIFT_STATUS, "-"),
                 found_tags.get(tags.CHECK_DECISION, run.info.status.lower()),
-                {k: v for k, v in run.data.metrics.items() if k in keep or k.startswith("live.")},
+                {k: v for k, v in run.data.metrics.items() if k in keep or k.startswith(kept)},
+                found_tags.get(tags.CHECK_LABELS, "-"),
             )
         )
     return lines

@@ -20,10 +20,23 @@ once with file, line and key path; relative paths start at the project root.
       every: 30d                   # the schedule trigger: a champion older than this
     triggers: [drift, performance, schedule]
     cooldown: 1h
+    labels: {below_constant: 0.2, max_shift: 0.2}   # when labels look suspicious
+    promotion: auto                # or manual: the gate decides, a person moves champion
 
 The retraining run's parameters may use ``${monitor.labeled_data}`` (the
 path of a CSV of the window's predictions that have labels: the input
-columns and the pipeline's target column) and ``${monitor.trigger}``.
+columns and the pipeline's target column), ``${monitor.training_data}`` (the
+champion's training data, empty when its version records none) and
+``${monitor.trigger}``.
+
+Labels are the next model's training data, so a check looks at them before
+it retrains (``labels:``): they are *suspicious*, and no retrain starts, when
+the live metric is worse than a constant predictor's on the same labels by
+more than ``below_constant`` (absolute for scores; a fraction of the
+constant's error for errors), or when their distribution is farther than
+``max_shift`` from the champion's training data (total variation distance
+between the class shares; the Kolmogorov-Smirnov statistic for a regressor).
+``null`` turns a test off.
 """
 
 from __future__ import annotations
@@ -68,7 +81,9 @@ LIVE_METRICS = {
 DRIFT_INPUTS = ("reference_path", "current_path")
 #: what the monitor passes when the drift notebook declares it
 DRIFT_OPTIONAL = ("features", "target")
-PLACEHOLDERS = ("monitor.labeled_data", "monitor.trigger")
+PLACEHOLDERS = ("monitor.labeled_data", "monitor.training_data", "monitor.trigger")
+#: who moves ``champion`` after a retrain: the gate, or a person (``mlnb promote``, the MLflow UI)
+Promotion = Literal["auto", "manual"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
@@ -195,6 +210,13 @@ class RetrainSpec(_Model):
     )
 
 
+class LabelsSpec(_Model):
+    """When a window's labels are suspicious on their face (``None`` turns a test off)."""
+
+    below_constant: float | None = Field(default=0.2, ge=0)
+    max_shift: float | None = Field(default=0.2, gt=0, le=1)
+
+
 class MonitorSpec(_Model):
     """A whole monitor file as written in YAML."""
 
@@ -210,6 +232,8 @@ class MonitorSpec(_Model):
     triggers: list[TriggerName]
     cooldown: Duration = 0.0
     log_dir: str = ".mlnb/predictions"
+    labels: LabelsSpec = Field(default_factory=LabelsSpec)
+    promotion: Promotion = "auto"
 
     _cooldown = field_validator("cooldown", mode="before")(
         lambda v: 0.0 if v in (0, "0") else parse_duration(v)
@@ -222,6 +246,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "drift": DriftSpec,
     "performance": PerformanceSpec,
     "retrain": RetrainSpec,
+    "labels": LabelsSpec,
 }
 
 

@@ -34,10 +34,10 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from mlnb import notebook as nbmod
 from mlnb.errors import NotebookError, Problem, SpecError, suggest
@@ -93,8 +93,30 @@ METRICS: dict[ModelType, dict[str, bool]] = {
 }
 
 
+#: the table formats the gate reads (holdout and golden data)
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class GoldenSpec(BaseModel):
+    """A curated table every challenger is also scored on, and the least it must score there.
+
+    ``floor`` maps metrics of ``mlflow.models.evaluate`` to their bar (the
+    least for a metric where greater is better, the most for one where it is not).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    floor: dict[str, float] = Field(default_factory=dict)
+
+
 class ModelSpec(BaseModel):
-    """What a pipeline delivers, and the gate that promotes it."""
+    """What a pipeline delivers, and the gate that promotes it.
+
+    ``tolerance`` is how much worse (in the metric's units) than the champion a
+    challenger may score on evidence that is not its own holdout data: the
+    champion's holdout, and the ``golden`` data.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,6 +131,8 @@ class ModelSpec(BaseModel):
     greater_is_better: bool | None = None
     threshold: float | None = None
     min_improvement: float = Field(default=0.0, ge=0)
+    tolerance: float = Field(default=0.02, ge=0)
+    golden: GoldenSpec | None = None
 
 
 class PipelineSpec(BaseModel):
@@ -129,6 +153,23 @@ class PipelineSpec(BaseModel):
         if not value:
             raise ValueError("a pipeline needs at least one stage")
         return value
+
+
+_PIPELINE_NAME: TypeAdapter[str] = TypeAdapter(Annotated[str, PipelineSpec.model_fields["name"]])
+
+
+def is_pipeline_name(name: str) -> bool:
+    """Whether ``name`` is what a pipeline spec's ``name`` key accepts.
+
+    The rule is :class:`PipelineSpec`'s own field, so a name valid here is
+    valid in a spec and the other way round: letters, digits, ``_``, ``.`` and
+    ``-``, starting with a letter or digit (never a path of several parts).
+    """
+    try:
+        _PIPELINE_NAME.validate_python(name)
+    except ValidationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -314,6 +355,8 @@ def read_spec(path: Path) -> tuple[PipelineSpec, Lines]:
     def owner(loc: KeyPath) -> type[BaseModel]:
         if len(loc) >= 3 and loc[0] == "stages":
             return StageSpec
+        if len(loc) >= 3 and loc[0] == "model" and loc[1] == "golden":
+            return GoldenSpec
         if len(loc) >= 2 and loc[0] == "model":
             return ModelSpec
         return PipelineSpec
@@ -377,7 +420,7 @@ def load_pipeline(
         stages=tuple(check.stage(name, chosen, upstream[name]) for name in order),
         profile=profile,
         overrides=check.overrides,
-        spec=spec,
+        spec=_with_golden_resolved(spec, check.root),
     )
 
 
@@ -646,6 +689,8 @@ class _Validation:
         """The ``model:`` section, when there is one: its stage, outputs and metric exist."""
         if self.spec.model is not None:
             _check_model(self.spec, self.spec.model, self.collect)
+            if self.spec.model.golden is not None:
+                _check_golden(self.spec.model, self.spec.model.golden, self.root, self.collect)
 
     def stage_kernels(self, kernels: Collection[str] | None) -> None:
         """Each stage's kernel (its own, or its notebook's) is one of ``kernels``."""
@@ -752,6 +797,46 @@ def _check_model(spec: PipelineSpec, model: ModelSpec, collect: Collector) -> No
             f"'{model.metric}' is not a metric mlflow.evaluate computes for a {model.type}"
             f"{suggest(model.metric, known)} (for a metric of your own, set greater_is_better)",
         )
+
+
+def _check_golden(model: ModelSpec, golden: GoldenSpec, root: Path, collect: Collector) -> None:
+    """The golden data is a table in the project, and each floor names a metric the gate has."""
+    path = _in_root(golden.path, root)
+    if path.suffix not in TABLE_SUFFIXES:
+        collect.add(
+            ["model", "golden", "path"],
+            f"'{golden.path}' is not a table the gate reads ({', '.join(TABLE_SUFFIXES)})",
+        )
+    elif not path.is_file():
+        collect.add(
+            ["model", "golden", "path"],
+            f"no such file '{golden.path}' (looked for {path}; relative paths start at the "
+            "project root); the golden data is a curated table with the target column",
+        )
+    known = METRICS[model.type]
+    for metric in golden.floor:
+        custom = metric == model.metric and model.greater_is_better is not None
+        if metric not in known and not custom:
+            collect.add(
+                ["model", "golden", "floor", metric],
+                f"'{metric}' is not a metric mlflow.evaluate computes for a {model.type}"
+                f"{suggest(metric, known)}",
+            )
+
+
+def _in_root(value: str, root: Path) -> Path:
+    """A path of the spec: relative ones start at the project root."""
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _with_golden_resolved(spec: PipelineSpec, root: Path) -> PipelineSpec:
+    """The spec with its golden data's path absolute, as the gate reads it from anywhere."""
+    model = spec.model
+    if model is None or model.golden is None:
+        return spec
+    golden = model.golden.model_copy(update={"path": str(_in_root(model.golden.path, root))})
+    return spec.model_copy(update={"model": model.model_copy(update={"golden": golden})})
 
 
 def _whole_reference(value: str) -> Reference | None:

@@ -315,8 +315,9 @@ def test_gate_that_cannot_evaluate_fails_its_run(project, models: Models) -> Non
     with pytest.raises(RegistryError) as info:
         reg.gate("m", "1", config(), holdout)
 
-    assert str(info.value).startswith("the gate could not evaluate m v1: "), str(info.value)
-    assert "mean_radius" in str(info.value)
+    message = str(info.value)
+    assert message.startswith(f"the gate could not evaluate m v1 on {holdout}: "), message
+    assert "mean_radius" in message and "\n" not in message
     [gate_run] = gate_runs(reg)
     assert gate_run.info.status == "FAILED"
     [evaluation] = reg.client.search_runs(

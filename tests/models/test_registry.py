@@ -227,6 +227,9 @@ def test_example_registers_gates_and_promotes(project) -> None:
         "target": "target",
         "threshold": 0.9,
         "min_improvement": 0.0,
+        "tolerance": 0.05,
+        "golden": None,
+        "floor": {},
     }
     assert (
         found_tags[tags.GATE_DECISION] == "promoted"

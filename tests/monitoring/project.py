@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import psutil
 import yaml
 
 from mlnb.predictions import log as predlog
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port, wait_for_ping
 
 MODEL = "cancer"
 SEED = 1  # the order of the data set's rows; with it the retrained v2 beats v1 clearly on drift
@@ -51,10 +52,18 @@ def environment() -> dict[str, str]:
     return env
 
 
+#: the retrained forest: the ci profile's five stumps cannot learn old and shifted rows at once
+RETRAIN_FOREST = {"n_estimators": 10, "max_depth": 4}
+
+
 def monitor_spec(**changes: Any) -> dict[str, Any]:
-    """The example monitor spec, retraining with ``--profile ci``; ``None`` drops a key."""
+    """The example monitor spec, retraining with ``--profile ci`` (a forest a little larger).
+
+    ``None`` drops a key.
+    """
     spec = yaml.safe_load((REPO / "pipelines" / "monitor.yaml").read_text())
     spec["retrain"]["profile"] = "ci"
+    spec["retrain"]["params"].update(RETRAIN_FOREST)
     for key, value in changes.items():
         if value is None:
             spec.pop(key, None)
@@ -209,6 +218,57 @@ class Example:
                     log.write_feedback(request_id, truth, ms)
         finally:
             log.close()
+
+
+def split(rows: pd.DataFrame) -> dict[str, Any]:
+    """A scoring request in MLflow's ``dataframe_split`` format."""
+    return {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+
+
+class Server:
+    """``mlnb serve cancer`` on 127.0.0.1, in the project folder (its log goes there)."""
+
+    def __init__(self, project: Example) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc, self.output = project.start(
+            "serve", MODEL, "--port", str(self.port), "--poll-seconds", "0.5", name="serve"
+        )
+        try:
+            wait_for_ping(self.proc, self.url, self.log, timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def stop(self) -> int:
+        return stop(self.proc)
+
+    def predict(self, rows: pd.DataFrame) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/invocations", json=split(rows), timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-model-version"] == response.json()["model_version"]
+        return response.json()
+
+    def traffic(self, rows: pd.DataFrame, labels: pd.Series) -> tuple[float, set[str]]:
+        """Predict every row in batches and send the true labels; accuracy and versions seen."""
+        right, versions = 0, set()
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            for start in range(0, len(rows), BATCH):
+                batch = rows.iloc[start : start + BATCH]
+                truth = [int(v) for v in labels.iloc[start : start + BATCH]]
+                answer = http.post("/invocations", json=split(batch))
+                assert answer.status_code == 200, answer.text
+                found = answer.json()
+                versions.add(str(found["model_version"]))
+                right += sum(int(p) == t for p, t in zip(found["predictions"], truth, strict=True))
+                sent = http.post(
+                    "/feedback", json={"request_id": found["request_id"], "labels": truth}
+                )
+                assert sent.status_code == 200, sent.text
+        return right / len(rows), versions
 
 
 def copy_of(trained: Example, root: Path) -> Example:

@@ -19,6 +19,7 @@ import pytest
 
 from mlnb.errors import ExitCode
 from mlnb.monitoring.check import CheckResult, Trigger, TriggerKind
+from mlnb.monitoring.labels import LabelCheck, LabelStatus
 from mlnb.monitoring.retrain import RetrainResult, RetrainStatus
 from mlnb.monitoring.runner import MonitorRunner
 from mlnb.specs.monitor import TRIGGERS, load_monitor
@@ -106,6 +107,11 @@ def test_the_trigger_kinds_are_the_spec_s() -> None:
     [
         (RetrainStatus.PROMOTED, ExitCode.PROMOTED, "retrained (performance): v2 promoted"),
         (RetrainStatus.REJECTED, ExitCode.REJECTED, "retrained (performance): v2 not promoted"),
+        (
+            RetrainStatus.PASSED,
+            ExitCode.REJECTED,
+            "retrained (performance): v2 passed the gate; promotion is manual",
+        ),
         (RetrainStatus.SKIPPED, ExitCode.SKIPPED, "performance fired; retrain skipped: why"),
         (RetrainStatus.FAILED, ExitCode.FAILED, "performance fired; retrain failed: why"),
     ],
@@ -121,3 +127,27 @@ def test_a_retrain_decides_the_exit_code_and_the_decision(
     )
     assert result.exit_code == code
     assert result.decision == decision
+
+
+@pytest.mark.parametrize("fired", [True, False], ids=["trigger-fired", "no-trigger"])
+def test_suspicious_labels_hold_the_retrain_and_say_why(fired: bool) -> None:
+    triggers = [Trigger(TriggerKind.PERFORMANCE, "performance: accuracy 0.02")] if fired else []
+    result = CheckResult(
+        "m",
+        champion="1",
+        triggers=triggers,
+        labels=LabelCheck(LabelStatus.SUSPICIOUS, "far worse than a constant"),
+    )
+
+    assert result.suspicious
+    assert result.exit_code == (ExitCode.SKIPPED if fired else ExitCode.OK)
+    held = "; performance fired, no retrain" if fired else ""
+    assert result.decision == f"suspicious labels{held}: far worse than a constant"
+
+
+def test_a_missing_log_folder_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "nowhere"
+    result = CheckResult("m", champion="1", no_log=folder)
+
+    assert result.exit_code == ExitCode.OK
+    assert result.decision.startswith(f"no prediction log: the folder {folder} does not exist")

@@ -92,7 +92,12 @@ def test_the_example_loads(example: Path) -> None:
     assert (spec.window.last, spec.window.since) == (300, None)
     assert spec.cooldown == 3600
     assert spec.retrain.every == 30 * 86400
-    assert spec.retrain.params == {"data_path": "${monitor.labeled_data}"}
+    assert spec.retrain.params == {
+        "data_path": "${monitor.labeled_data}",
+        "base_path": "${monitor.training_data}",
+    }
+    assert (spec.labels.below_constant, spec.labels.max_shift) == (0.2, 0.2)
+    assert spec.promotion == "auto"
     assert spec.performance is not None
     assert (spec.performance.metric, spec.performance.threshold) == ("accuracy", 0.9)
     assert spec.performance.min_labels == 100
@@ -321,7 +326,7 @@ BAD = [
         "data_path:",
         "retrain.params.data_path",
         "unknown placeholder ${monitor.labelled_data}; did you mean 'monitor.labeled_data'?; "
-        "known: ${monitor.labeled_data}, ${monitor.trigger}",
+        "known: ${monitor.labeled_data}, ${monitor.training_data}, ${monitor.trigger}",
     ),
 ]
 
@@ -454,3 +459,54 @@ def test_mlnb_check_checks_monitor_specs(example: Path) -> None:
     ]
     assert "1 problem found" in broken.stderr
     assert [p.file for p in check_paths([example])] == [str(path)]
+
+
+def test_label_tests_and_manual_promotion(example: Path) -> None:
+    text = edited(
+        ("  below_constant: 0.2", "  below_constant: null"),
+        ("promotion: auto", "promotion: manual"),
+    )
+    monitor = load_monitor(write(example, text, "manual.yaml"))
+    assert monitor.spec.labels.below_constant is None and monitor.spec.labels.max_shift == 0.2
+    assert monitor.spec.promotion == "manual"
+    bare = EXAMPLE[: EXAMPLE.index("\nlabels:") + 1]  # without the section: the defaults
+    defaults = load_monitor(write(example, bare, "bare.yaml")).spec
+    assert (defaults.labels.below_constant, defaults.labels.max_shift) == (0.2, 0.2)
+    assert defaults.promotion == "auto"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        pytest.param(
+            "promotion: auto",
+            "promotion: by-hand",
+            "promotion",
+            "Input should be 'auto' or 'manual'",
+            id="promotion",
+        ),
+        pytest.param(
+            "  max_shift: 0.2",
+            "  max_shift: 1.5",
+            "labels.max_shift",
+            "Input should be less than or equal to 1",
+            id="shift-above-one",
+        ),
+        pytest.param(
+            "  below_constant: 0.2",
+            "  below_constnt: 0.2",
+            "labels.below_constnt",
+            "unknown key 'below_constnt'; did you mean 'below_constant'?",
+            id="near-key",
+        ),
+    ],
+)
+def test_label_and_promotion_mistakes(
+    example: Path, old: str, new: str, key: str, message: str
+) -> None:
+    text = edited((old, new))
+    with pytest.raises(SpecError) as info:
+        load_monitor(write(example, text))
+    [problem] = info.value.problems
+    assert problem.location == f"line {line_of(text, new.strip())}: {key}"
+    assert problem.message.startswith(message), problem.message

@@ -1107,3 +1107,88 @@ def test_output_reference_names_the_stage_output(value: str, stage: str, output:
 def test_output_reference_refuses_anything_but_one_reference(value: str) -> None:
     with pytest.raises(ValueError, match="is not a reference of the form"):
         output_reference(value)
+
+
+# -- the golden data of the model section ------------------------------------------------
+
+GOLDEN_STAGES = """\
+name: p
+stages:
+  a:
+    notebook: notebooks/add_one.ipynb
+    outputs: {out_path: out.csv}
+model:
+  name: m
+  stage: a
+  holdout: ${a.outputs.out_path}
+  target: y
+  metric: accuracy_score
+"""
+
+
+def test_golden_data_loads_with_its_path_resolved_and_tolerance(project) -> None:
+    (project.root / "data").mkdir()
+    (project.root / "data" / "golden.csv").write_text("x,y\n1,0\n")
+    text = (
+        GOLDEN_STAGES
+        + "  tolerance: 0.05\n  golden: {path: data/golden.csv, floor: {f1_score: 0.8}}\n"
+    )
+
+    model = load_pipeline(project.spec(text)).spec.model
+
+    assert model is not None and model.golden is not None
+    assert model.golden.path == str(project.root / "data" / "golden.csv")
+    assert model.golden.floor == {"f1_score": 0.8}
+    assert model.tolerance == 0.05
+    default = load_pipeline(project.spec(GOLDEN_STAGES, "d.yaml")).spec.model
+    assert default is not None and (default.tolerance, default.golden) == (0.02, None)
+
+
+@pytest.mark.parametrize(
+    ("golden", "location", "message"),
+    [
+        pytest.param(
+            "{path: data/nope.csv}",
+            "line 12: model.golden.path",
+            "no such file 'data/nope.csv' (looked for ",
+            id="missing",
+        ),
+        pytest.param(
+            "{path: golden.txt}",
+            "line 12: model.golden.path",
+            "'golden.txt' is not a table the gate reads (.csv, .parquet, .pq)",
+            id="not-a-table",
+        ),
+        pytest.param(
+            "{path: golden.csv, floor: {acuracy_score: 0.9}}",
+            "line 12: model.golden.floor.acuracy_score",
+            "'acuracy_score' is not a metric mlflow.evaluate computes for a classifier; "
+            "did you mean 'accuracy_score'?",
+            id="floor-metric",
+        ),
+        pytest.param(
+            "{pth: golden.csv}",
+            "line 12: model.golden.pth",
+            "unknown key 'pth'; did you mean 'path'?",
+            id="near-key",
+        ),
+    ],
+)
+def test_golden_data_mistakes(project, golden: str, location: str, message: str) -> None:
+    (project.root / "golden.csv").write_text("x,y\n1,0\n")
+    path = project.spec(GOLDEN_STAGES + f"  golden: {golden}\n")
+
+    problems = problems_of(path)
+
+    problem = at(problems, location)
+    assert problem.message.startswith(message), problem.message
+    assert problem.file == str(path)
+
+
+def test_a_negative_tolerance_is_refused(project) -> None:
+    path = project.spec(GOLDEN_STAGES + "  tolerance: -0.1\n")
+
+    problem = only(problems_of(path))
+
+    assert problem.location == "line 12: model.tolerance"
+    assert problem.message.startswith("Input should be greater than or equal to 0")
