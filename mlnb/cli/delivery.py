@@ -95,12 +95,38 @@ def build(pipeline: str, out: Path | None, label: str | None, image: bool) -> No
 @click.option("--list", "listing", is_flag=True, help="List deployments, the live one marked.")
 @click.option("--rollback", metavar="PIPELINE", help="Make the previous version live again.")
 @click.option("--to", "to_version", metavar="VERSION", help="With --rollback: this version.")
+@click.option(
+    "--max-members",
+    type=click.IntRange(min=1),
+    help="Refuse a bundle of more members (files and folders) [default: 10000].",
+)
+@click.option(
+    "--max-member-mib",
+    type=click.IntRange(min=1),
+    help="Refuse a bundle with a member larger than this, unpacked, in MiB [default: 256].",
+)
+@click.option(
+    "--max-total-mib",
+    type=click.IntRange(min=1),
+    help="Refuse a bundle larger than this, unpacked, in MiB [default: 1024].",
+)
 @verbose
 def deploy(
-    bundle: Path | None, listing: bool, rollback: str | None, to_version: str | None
+    bundle: Path | None,
+    listing: bool,
+    rollback: str | None,
+    to_version: str | None,
+    max_members: int | None,
+    max_member_mib: int | None,
+    max_total_mib: int | None,
 ) -> None:
-    """Make BUNDLE the live version of its pipeline: what mlnb monitor retrains with."""
+    """Make BUNDLE the live version of its pipeline: what mlnb monitor retrains with.
+
+    The bundle is checked against its manifest as it streams, every member's
+    header against the limits before it is read; nothing is written when it is refused.
+    """
     from mlnb.delivery import deploy as deployments
+    from mlnb.delivery.bundle import Limits, MiB
     from mlnb.store import tracking_uri
 
     root = Path.cwd()
@@ -117,7 +143,13 @@ def deploy(
     if rollback and not bundle and not listing:
         done = deployments.rollback(root, uri, rollback, to_version)
     elif bundle is not None and not (listing or rollback):
-        done = deployments.deploy(bundle, root, uri)
+        given = {
+            "members": max_members,
+            "member_size": max_member_mib and max_member_mib * MiB,
+            "total_size": max_total_mib and max_total_mib * MiB,
+        }
+        limits = Limits(**{key: value for key, value in given.items() if value is not None})
+        done = deployments.deploy(bundle, root, uri, limits)
     else:
         raise UsageError("give a BUNDLE, --list or --rollback PIPELINE")
     verb = "rolled back to" if done.action == deployments.DeployAction.ROLLBACK else "deployed"

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from hashlib import sha256
 from importlib import metadata
 from pathlib import Path
@@ -21,9 +22,12 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from mlnb import __version__
+from mlnb.delivery.bundle import BundleError, Manifest, MiB, extract, name_problem, verify
 from mlnb.delivery.bundle import build as build_bundle
+from mlnb.specs.pipeline import PipelineSpec
 from tests.delivery.helpers import (
     DIST_INFO,
     TINY_FILES,
@@ -231,3 +235,79 @@ def test_mlnb_installed_from_the_wheel_builds_the_same_bundle(
     there = tiny / "there" / here.path.name
     assert bundle_members(there)[f"vendor/{WHEEL}"] == vendored
     assert there.read_bytes() == here.path.read_bytes()
+
+
+# -- verifying a bundle ------------------------------------------------------------------
+
+
+def test_verify_hashes_members_as_they_stream(tiny: Path) -> None:
+    (tiny / "data" / "in.txt").write_bytes(bytes(32 * MiB))
+    built = build_bundle(tiny / "pipelines" / "tiny.yaml", version="1.0.0")
+
+    tracemalloc.start()
+    try:
+        manifest = verify(built.path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert manifest == built.manifest
+    assert manifest.files["data/in.txt"] == sha256(bytes(32 * MiB)).hexdigest()
+    assert peak < 8 * MiB, f"verifying a 32 MiB member took {peak / MiB:.1f} MiB"
+
+
+def test_extract_refuses_a_bundle_that_changed_since_it_was_verified(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    verified = verify(bundles["1.0.0"])
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+
+    with pytest.raises(BundleError) as caught:
+        extract(bundles["2.0.0"], verified, folder)
+
+    assert str(caught.value) == (
+        f"{bundles['2.0.0']} changed while it was being deployed; deploy it again"
+    )
+    extract(bundles["1.0.0"], verified, folder / "again")
+    assert Manifest.of_folder(folder / "again") == verified
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"[" * 100_000, "manifest.json is not a bundle manifest (Invalid JSON: recursion limit"),
+        (b"{not json", "manifest.json is not a bundle manifest (Invalid JSON"),
+        (b'{"format": 1}', "manifest.json key 'name': Field required"),
+    ],
+    ids=["deeply-nested", "not-json", "missing-key"],
+)
+def test_a_manifest_that_is_not_one_is_a_one_line_error(raw: bytes, reason: str) -> None:
+    with pytest.raises(BundleError) as caught:
+        Manifest.from_json(raw, "b.tar.gz")
+
+    assert str(caught.value).startswith(f"b.tar.gz: {reason}"), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_version_ending_in_a_newline_is_refused(tiny: Path) -> None:
+    with pytest.raises(BundleError) as caught:
+        build_bundle(tiny / "pipelines" / "tiny.yaml", version="1.0\n")
+
+    assert str(caught.value).startswith("'1.0\\n' is not a bundle version")
+    assert not (tiny / "dist").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny", "a.b-c_d", "9lives", "../x", "/abs", "a/b", ".hidden", "-x", "", "a\n", "é"]
+)
+def test_a_bundle_name_follows_the_rule_of_pipeline_names(name: str) -> None:
+    spec = {"name": name, "stages": {"a": {"notebook": "a.ipynb"}}}
+    try:
+        PipelineSpec.model_validate(spec)
+    except ValidationError:
+        valid_in_a_spec = False
+    else:
+        valid_in_a_spec = True
+
+    assert (name_problem(name) is None) == valid_in_a_spec

@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mlnb.delivery.bundle import Limits, MiB
 from mlnb.delivery.bundle import build as build_bundle
 from mlnb.delivery.deploy import EXPERIMENT
 from mlnb.monitoring.runner import MonitorRunner
@@ -193,7 +194,15 @@ def test_a_tampered_bundle_is_refused(
     client = store(tiny)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment.tags["mlnb.live.tiny"] == "1.0.0"
-    assert len(client.search_runs([experiment.experiment_id])) == 1
+    # the attempt is recorded, FAILED with the reason; the listing shows what was deployed
+    runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+    assert [(r.info.status, r.data.tags["mlnb.deployment.bundle"]) for r in runs] == [
+        ("FAILED", "tiny-2.0.0-tampered.tar.gz"),
+        ("FINISHED", "tiny-1.0.0.tar.gz"),
+    ]
+    assert runs[0].data.tags["mlnb.error"].startswith(f"{tampered}: {reason}")
+    result = invoke(tiny, monkeypatch, "deploy", "--list")
+    assert listing(result.output) == [(True, "tiny", "1.0.0", "deploy")]
 
 
 def test_monitor_retrains_with_the_deployed_version_not_the_working_copy(
@@ -239,3 +248,81 @@ def test_monitor_retrains_with_the_deployed_version_not_the_working_copy(
     assert retrains_with()[1] == "deployed tiny 2.0.0"
     assert invoke(tiny, monkeypatch, "deploy", "--rollback", "tiny").exit_code == 0
     assert retrains_with()[1] == "deployed tiny 1.0.0"
+
+
+def test_a_deploy_that_fails_after_its_run_started_ends_it_failed(
+    tiny: Path, bundles: dict[str, Path], monkeypatch
+) -> None:
+    assert invoke(tiny, monkeypatch, "deploy", str(bundles["1.0.0"])).exit_code == 0
+    spec = tiny / "pipelines" / "tiny.yaml"
+    spec.write_text(spec.read_text().replace("ci: {x: 10}", "ci: {x: 40}"))
+    other = build_bundle(spec, tiny / "other", version="1.0.0").path  # 1.0.0, other contents
+    folder = tiny.resolve() / ".mlnb" / "deployments" / "tiny"
+
+    result = invoke(tiny, monkeypatch, "deploy", str(other))
+
+    assert result.exit_code == 1
+    reason = (
+        f"version 1.0.0 of 'tiny' is deployed already with other contents ({folder / '1.0.0'}); "
+        "build with another --version, or remove that folder"
+    )
+    assert f"error: {reason}" in result.output
+    # the pointer cannot be replaced: the bundle is unpacked and the run ends FAILED
+    (folder / "LIVE").unlink()
+    (folder / "LIVE").mkdir()
+    result = invoke(tiny, monkeypatch, "deploy", str(bundles["2.0.0"]))
+
+    assert result.exit_code == 1
+    assert f"error: cannot make tiny 2.0.0 live: cannot write {folder / 'LIVE'}: " in result.output
+    assert "Traceback" not in result.output
+    client = store(tiny)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+    assert [(r.info.status, r.info.run_name) for r in runs] == [
+        ("FAILED", "tiny 2.0.0"),
+        ("FAILED", "tiny 1.0.0"),
+        ("FINISHED", "tiny 1.0.0"),
+    ]
+    assert runs[1].data.tags["mlnb.error"] == reason
+    assert runs[0].data.tags["mlnb.error"].startswith("cannot make tiny 2.0.0 live")
+    assert (folder / "LIVE").is_dir() and not list((folder / "LIVE").iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["1.0.0", "2.0.0", "LIVE"]
+
+
+def test_limits_are_options_for_bundles_that_need_more(tiny: Path, monkeypatch) -> None:
+    (tiny / "data" / "in.txt").write_bytes(bytes(3 * MiB))
+    bundle = build_bundle(tiny / "pipelines" / "tiny.yaml", version="1.0.0").path
+
+    result = invoke(tiny, monkeypatch, "deploy", str(bundle), "--max-member-mib", "2")
+
+    assert result.exit_code == 1
+    assert (
+        f"error: {bundle}: member 'data/in.txt' unpacks to 3 MiB, more than the 2 MiB a member "
+        "may; if the bundle is genuine, deploy it with --max-member-mib 3"
+    ) in result.output
+    assert not (tiny / ".mlnb" / "deployments" / "tiny").exists()
+    result = invoke(tiny, monkeypatch, "deploy", str(bundle), "--max-total-mib", "1")
+    assert result.exit_code == 1
+    assert (
+        f"error: {bundle}: the members up to member 'data/in.txt' unpack to 3 MiB, more than "
+        "the 1 MiB a bundle may; if the bundle is genuine, deploy it with a higher --max-total-mib"
+    ) in result.output
+    result = invoke(tiny, monkeypatch, "deploy", str(bundle), "--max-members", "3")
+    assert result.exit_code == 1
+    assert "more than 3 members (at member " in result.output
+
+    result = invoke(tiny, monkeypatch, "deploy", str(bundle), "--max-member-mib", "3")
+
+    assert result.exit_code == 0, result.output
+    assert live(tiny) == "1.0.0\n"
+
+
+def test_the_help_states_the_default_limits(tiny: Path, monkeypatch) -> None:
+    result = invoke(tiny, monkeypatch, "deploy", "--help")
+
+    text = " ".join(result.output.split())
+    limits = Limits()
+    assert "--max-members INTEGER RANGE Refuse a bundle of more members" in text
+    assert f"(files and folders) [default: {limits.members}]" in text
+    assert f"in MiB [default: {limits.member_size // MiB}]" in text
+    assert f"in MiB [default: {limits.total_size // MiB}]" in text
