@@ -4,7 +4,12 @@ without importing MLflow.
 The embedded default is a SQLite file in the project, ``<root>/mlflow.db``,
 with artifacts beside it in ``<root>/mlartifacts`` (any SQLite store keeps its
 artifacts beside its file); ``MLFLOW_TRACKING_URI``
-points mlnb and the stage kernels at another store. Kept apart from
+points mlnb and the stage kernels at another store. A server's user info
+(``http://user:secret@host``) never travels in a URI that MLflow could print:
+:func:`client_env` moves it into MLflow's ``MLFLOW_TRACKING_USERNAME`` and
+``MLFLOW_TRACKING_PASSWORD`` for kernels and children, :func:`use_credentials`
+does the same for this process, and :func:`redacted` and :func:`redacted_text`
+make a URI, or any text naming one, fit to print. Kept apart from
 :mod:`mlnb.tracking` so that a run can start its kernels before it pays for
 importing MLflow.
 """
@@ -12,9 +17,19 @@ importing MLflow.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 DB_FILE = "mlflow.db"
+#: schemes whose user info MLflow's REST client can take from its environment instead
+HTTP_SCHEMES = ("http", "https")
+#: MLflow's environment variables for the store and a server's credentials
+URI_VAR = "MLFLOW_TRACKING_URI"
+USERNAME_VAR = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
+#: the user info of any URI in a text: after ``scheme://``, up to the last ``@`` of the authority
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@]*(?:@[^\s/?#@]*)*@")
 ARTIFACT_DIR = "mlartifacts"
 STATE_DIR = ".mlnb"
 
@@ -40,3 +55,66 @@ def default_artifact_location(uri: str) -> str | None:
         database = Path(uri.removeprefix("sqlite:///"))
         return (database.parent / ARTIFACT_DIR).resolve().as_uri()
     return None
+
+
+def redacted(uri: str) -> str:
+    """``uri`` fit to print, log or answer: its user info (name, password, token) is ``***``.
+
+    ``http://user:secret@host:5000`` → ``http://***@host:5000``; a URI without
+    user info is returned as it is.
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def redacted_text(text: str) -> str:
+    """``text`` with the user info of every URI in it replaced by ``***``.
+
+    For messages that may quote a URI (an MLflow or HTTP error naming the URL
+    it failed on): ``cannot reach http://user:secret@host/api`` →
+    ``cannot reach http://***@host/api``.
+    """
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def without_userinfo(uri: str) -> str:
+    """``uri`` without its user info: ``http://user:secret@host:5000`` → ``http://host:5000``."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def client_env(uri: str) -> dict[str, str]:
+    """The environment that points an MLflow client at ``uri`` with no secret in the URI.
+
+    For an HTTP(S) server with user info, ``MLFLOW_TRACKING_URI`` is the URI
+    without it and ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+    carry the name and password, percent-decoded (MLflow sends them as HTTP
+    Basic auth). Any other URI is returned as it is: a database URI's
+    password is its driver's to read.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in HTTP_SCHEMES or parts.username is None:
+        return {URI_VAR: uri}
+    return {
+        URI_VAR: without_userinfo(uri),
+        USERNAME_VAR: unquote(parts.username),
+        PASSWORD_VAR: unquote(parts.password or ""),
+    }
+
+
+def use_credentials(uri: str) -> str:
+    """Give this process's MLflow clients the credentials in ``uri``; the URI to use instead.
+
+    The name and password of :func:`client_env` are exported into
+    ``os.environ``, which MLflow's REST client reads on every request (and
+    every child process inherits), so the URI handed to MLflow, which it
+    prints in links and errors, carries no secret. One process talks to one
+    store: the last URI given wins.
+    """
+    env = client_env(uri)
+    os.environ.update({k: v for k, v in env.items() if k != URI_VAR})
+    return env[URI_VAR]

@@ -5,7 +5,10 @@ Only :class:`mlflow.tracking.MlflowClient` is used (never the fluent
 ``mlflow.start_run`` state), so parallel stages in threads cannot mix up each
 other's active run. The store defaults to an embedded SQLite file in the
 project with artifacts beside it; ``MLFLOW_TRACKING_URI`` points mlnb (and the
-notebooks' kernels) at a shared server instead. Processes that open one SQLite
+notebooks' kernels) at a shared server instead; a server's user info goes to
+MLflow as ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+(:func:`mlnb.store.use_credentials`), so no link, message or artifact that
+MLflow or mlnb writes names it. Processes that open one SQLite
 store take turns (a file lock beside it), so MLflow's first-use schema set-up
 runs once however many runs start together.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import subprocess
 import threading
 import time
@@ -37,10 +41,19 @@ from mlflow.utils.mlflow_tags import (
 from mlnb import tags
 from mlnb._files import exclusive
 from mlnb.errors import TrackingError
-from mlnb.store import default_artifact_location, tracking_uri
+from mlnb.store import (
+    client_env,
+    default_artifact_location,
+    redacted,
+    redacted_text,
+    tracking_uri,
+    use_credentials,
+)
 from mlnb.tags import EndState, RunState
 
 PARAM_LIMIT = 6000
+#: what ``mlflow ui`` reads its ``--backend-store-uri`` from
+BACKEND_STORE_VAR = "MLFLOW_BACKEND_STORE_URI"
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -139,9 +152,9 @@ def _store_errors(
         except TrackingError:
             raise
         except (MlflowException, OSError) as exc:
-            text = getattr(exc, "message", None) or str(exc)
+            text = redacted_text(getattr(exc, "message", None) or str(exc))
             action = method.__name__.strip("_").replace("_", " ")
-            raise TrackingError(f"MLflow store {self.uri}: {action} failed: {text}") from exc
+            raise TrackingError(f"MLflow store {self.shown}: {action} failed: {text}") from exc
 
     return wrapper
 
@@ -151,21 +164,30 @@ class Tracker:
 
     Args:
         root: the project root (for the default store location).
-        uri: a tracking URI; defaults to :func:`tracking_uri`.
+        uri: a tracking URI; defaults to :func:`tracking_uri`. A server's user
+            info is given to MLflow by :func:`mlnb.store.use_credentials`, and
+            :attr:`uri` is the URI without it.
     """
 
     def __init__(self, root: Path, uri: str | None = None) -> None:
         self.root = root
-        self.uri = uri or tracking_uri(root)
+        given = uri or tracking_uri(root)
+        self.uri = use_credentials(given)
+        #: the store as messages name it: ``http://***@host`` when credentials came with it
+        self.shown = redacted(given)
         try:
             with _store_lock(self.uri):
                 _create_store(self.uri)
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)  # creates the schema, once
         except MlflowException as exc:
-            raise TrackingError(f"cannot open the MLflow store {self.uri}: {exc.message}") from exc
+            raise TrackingError(
+                f"cannot open the MLflow store {self.shown}: {redacted_text(exc.message)}"
+            ) from exc
         except Exception as exc:  # SQLAlchemy or alembic errors of a broken store
-            raise TrackingError(f"cannot open the MLflow store {self.uri}: {exc}") from exc
+            raise TrackingError(
+                f"cannot open the MLflow store {self.shown}: {redacted_text(str(exc))}"
+            ) from exc
 
     def experiment_id(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it on first use."""
@@ -173,7 +195,7 @@ class Tracker:
             return ensure_experiment(self.client, name, self.uri)
         except MlflowException as exc:
             raise TrackingError(
-                f"cannot use experiment '{name}' on {self.uri}: {exc.message}"
+                f"cannot use experiment '{name}' on {self.shown}: {redacted_text(exc.message)}"
             ) from exc
 
     def start_run(
@@ -191,7 +213,7 @@ class Tracker:
             run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)
         except MlflowException as exc:
             raise TrackingError(
-                f"cannot create an MLflow run on {self.uri}: {exc.message}"
+                f"cannot create an MLflow run on {self.shown}: {redacted_text(exc.message)}"
             ) from exc
         return str(run.info.run_id)
 
@@ -233,7 +255,7 @@ class Tracker:
         try:
             return self.client.get_run(run_id)
         except MlflowException as exc:
-            raise TrackingError(f"no run '{run_id}' in the MLflow store {self.uri}") from exc
+            raise TrackingError(f"no run '{run_id}' in the MLflow store {self.shown}") from exc
 
     @_store_errors
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
@@ -246,12 +268,24 @@ class Tracker:
             )
         )
 
+    @_store_errors
+    def running_runs(self, experiment_id: str, filters: Mapping[str, str]) -> list[Run]:
+        """The runs of an experiment still ``RUNNING`` whose tags hold the values of ``filters``."""
+        running: RunState = "RUNNING"
+        where = [f"attributes.status = '{running}'"]
+        where += [f"tags.`{key}` = '{value}'" for key, value in filters.items()]
+        return list(
+            self.client.search_runs(
+                [experiment_id], filter_string=" and ".join(where), max_results=1000
+            )
+        )
+
     def run_url(self, experiment_id: str, run_id: str) -> str:
         """Where a person sees a run: the server's page, or how to open the MLflow UI."""
         fragment = f"#/experiments/{experiment_id}/runs/{run_id}"
         if self.uri.startswith(("http://", "https://")):
             return f"{self.uri.rstrip('/')}/{fragment}"
-        return f"mlflow ui --backend-store-uri {self.uri}, then open {fragment}"
+        return f"mlflow ui --backend-store-uri {self.shown}, then open {fragment}"
 
 
 def lineage_tags(root: Path, spec_path: Path) -> dict[str, str]:
@@ -302,12 +336,14 @@ def run_ui(uri: str, host: str, port: int) -> int:
     import signal
     import sys
 
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    command += ["--host", host, "--port", str(port)]
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
     location = default_artifact_location(uri)
     if location:
         command += ["--default-artifact-root", location]
-    process = subprocess.Popen(command)
+    # the store by the environment, where no other user's `ps` reads a password in it
+    env = {**os.environ, BACKEND_STORE_VAR: uri}
+    env.update({k: v for k, v in client_env(uri).items() if k != "MLFLOW_TRACKING_URI"})
+    process = subprocess.Popen(command, env=env)
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

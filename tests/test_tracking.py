@@ -192,3 +192,47 @@ def test_run_url_says_how_to_see_a_run_of_a_file_store(tracker: Tracker) -> None
     url = tracker.run_url("1", "r")
 
     assert url == f"mlflow ui --backend-store-uri {tracker.uri}, then open #/experiments/1/runs/r"
+
+
+def test_running_runs_are_those_still_running_with_the_tags_asked(tracker: Tracker) -> None:
+    experiment = tracker.experiment_id("running")
+    running = tracker.start_run(experiment, "a", {"mlnb.kind": "pipeline"})
+    ended = tracker.start_run(experiment, "b", {"mlnb.kind": "pipeline"})
+    tracker.finish(ended, "FAILED")
+    other = tracker.start_run(experiment, "c", {"mlnb.kind": "stage"})
+
+    found = tracker.running_runs(experiment, {"mlnb.kind": "pipeline"})
+
+    assert [r.info.run_id for r in found] == [running]
+    assert {r.info.run_id for r in tracker.running_runs(experiment, {})} == {running, other}
+
+
+def test_a_servers_password_is_in_no_message(tmp_path: Path, monkeypatch) -> None:
+    """A server that refuses: the error names the store as ``***@`` and never the password."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = server.server_address[1]
+    try:
+        with pytest.raises(TrackingError) as raised:
+            Tracker(tmp_path, f"http://alice:s3cr3t@127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(raised.value)
+    assert message.startswith(f"cannot open the MLflow store http://***@127.0.0.1:{port}: ")
+    assert "s3cr3t" not in message and "403" in message

@@ -2,7 +2,9 @@
 
 This is presentation only; it turns :mod:`mlnb.pipelines.events` into output. On a
 terminal a live table shows each stage's state, cells done of total and time
-elapsed; off a terminal (CI logs) each event is one timestamped line.
+elapsed; off a terminal (CI logs) each event is one timestamped line. What a
+notebook printed and why a stage failed are shown with the user info of any
+URI in them as ``***`` (:func:`mlnb.store.redacted_text`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mlnb.pipelines.events import (
     StageProgress,
     StageStarted,
 )
+from mlnb.store import redacted_text
 
 SYMBOLS = {
     "pending": "·",
@@ -42,7 +45,7 @@ class PlainReporter:
 
     def _line(self, text: str) -> None:
         with self.lock:
-            self.stream.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+            self.stream.write(f"{time.strftime('%H:%M:%S')} {redacted_text(text)}\n")
             self.stream.flush()
 
     def __call__(self, event: Event) -> None:
@@ -56,7 +59,7 @@ class PlainReporter:
             self._line(f"[{event.stage}] started")
         elif isinstance(event, StageOutput):
             with self.lock:
-                for line in event.text.splitlines():
+                for line in redacted_text(event.text).splitlines():
                     self.stream.write(f"[{event.stage}] {line}\n")
                 self.stream.flush()
         elif isinstance(event, StageFinished):
@@ -148,7 +151,7 @@ class LiveReporter:
                 row["seconds"] = event.seconds if event.status != "skipped" else None
                 row["start"] = None
         if isinstance(event, StageOutput):
-            text = event.text.rstrip("\n")
+            text = redacted_text(event.text).rstrip("\n")
             if text:
                 self.console.print(
                     f"[dim]\\[{event.stage}][/] {text}", highlight=False, markup=True

@@ -8,6 +8,7 @@ import click
 
 from mlnb.cli.main import verbose
 from mlnb.errors import PipelineError
+from mlnb.store import redacted, redacted_text
 
 if TYPE_CHECKING:
     from mlnb.models.gate import Decision
@@ -80,7 +81,7 @@ def run(
             raise
         summary(error.result)
         for failure in error.result.failures:
-            click.secho(f"error: {failure}", fg="red", err=True)
+            click.secho(f"error: {redacted_text(str(failure))}", fg="red", err=True)
         click.echo(
             f"pipeline run {error.result.run_id} {error.result.status} — resume it with: "
             f"mlnb run {pipeline} --resume {error.result.run_id}",
@@ -102,8 +103,8 @@ def summary(result: PipelineResult) -> None:
         f"pipeline '{result.pipeline}' {result.status.lower()} in {result.seconds:.1f} s ({parts})"
     )
     click.echo(f"run id:    {result.run_id}")
-    click.echo(f"store:     {result.tracking_uri}")
-    click.echo(f"see it:    {result.url}")
+    click.echo(f"store:     {redacted(result.tracking_uri)}")
+    click.echo(f"see it:    {redacted_text(result.url)}")
     click.echo(f"workspace: {result.workspace}")
     if result.registration is not None:
         reg = result.registration

@@ -11,7 +11,14 @@ cell (see :mod:`mlnb.engine.execute`).
 
 Every kernel started here is stopped here, by the manager that started it, and
 :meth:`KernelPool.close` stops the rest; a kernel also exits by itself when its
-parent process dies (ipykernel watches ``JPY_PARENT_PID``).
+parent process dies (ipykernel watches ``JPY_PARENT_PID``, or the parent a
+forked kernel is given on its command line), so a ``kill -9`` of mlnb leaves
+no kernel behind.
+
+A kernel learns the MLflow store from ``MLFLOW_TRACKING_URI``; a server's
+user info in it is moved to ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (:func:`mlnb.store.client_env`), so the links
+MLflow prints into a notebook's outputs carry no secret.
 """
 
 from __future__ import annotations
@@ -37,9 +44,19 @@ from jupyter_client.manager import AsyncKernelManager
 
 from mlnb.engine.forkserver import ForkProvisioner, ForkServer
 from mlnb.errors import MlnbError
+from mlnb.store import URI_VAR, client_env
 
 #: IPython keeps history in memory: concurrent kernels must not share a SQLite file.
 KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]
+
+
+def kernel_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with its ``MLFLOW_TRACKING_URI``'s user info in MLflow's credential variables."""
+    found = dict(env)
+    uri = found.get(URI_VAR)
+    if uri:
+        found.update(client_env(uri))
+    return found
 
 
 def installed_kernels() -> frozenset[str]:
@@ -58,7 +75,8 @@ class KernelPool:
     """Start kernels ahead of need; hand each out once; stop them all.
 
     Args:
-        env: environment variables added to every kernel's environment.
+        env: environment variables added to every kernel's environment (a
+            tracking URI's credentials moved out of it, see :func:`kernel_env`).
         cwd: the directory kernels start in.
         log_dir: where each kernel's stderr goes (``kernel-<pid>.log``).
         startup_timeout: seconds a kernel may take to answer.
@@ -77,7 +95,7 @@ class KernelPool:
         fork: bool = True,
         preload: Sequence[str] = (),
     ) -> None:
-        self._env = {**os.environ, **(env or {})}
+        self._env = kernel_env({**os.environ, **(env or {})})
         self._cwd = str(cwd) if cwd else None
         self._log_dir = log_dir
         self._startup_timeout = startup_timeout

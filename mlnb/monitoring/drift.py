@@ -34,6 +34,7 @@ from mlnb.engine.kernels import KernelPool
 from mlnb.errors import MlnbError, StageError
 from mlnb.notebook import imported_modules
 from mlnb.predictions.window import feature_table
+from mlnb.store import client_env
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -204,7 +205,7 @@ def _execute(
     notebook, spec = monitor.drift_notebook, monitor.spec.drift
     assert notebook is not None and spec is not None
     env = {
-        "MLFLOW_TRACKING_URI": tracker.uri,
+        **client_env(tracker.uri),  # a server's credentials as MLflow's variables, not in the URI
         "MLFLOW_RUN_ID": run_id,
         "MLFLOW_EXPERIMENT_ID": experiment,
         "MLNB_MONITOR": monitor.name,

@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from mlnb.engine.kernels import installed_kernels
+from mlnb.errors import SpecError
 from mlnb.specs import monitor as monitor_specs
 from mlnb.specs import pipeline as specs
+from mlnb.specs.document import read_yaml
 from mlnb.specs.monitor import Monitor
 from mlnb.specs.pipeline import Pipeline
 from mlnb.store import state_dir
@@ -78,8 +78,8 @@ def spec_path(value: str | Path, root: Path | None = None) -> Path:
 def spec_kind(path: Path) -> SpecKind | None:
     """``pipeline`` or ``monitor`` for an mlnb spec file, ``None`` for other YAML."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path, "pipeline spec")
+    except SpecError:
         return "pipeline"  # let the spec reader report it
     if not isinstance(data, dict):
         # a list or a scalar is a broken spec; an empty file is not one
@@ -105,8 +105,8 @@ def monitors_of(pipeline: Pipeline) -> list[Path]:
     found = []
     for candidate in sorted(pipeline.path.parent.glob("*.y*ml")):
         try:
-            data = yaml.safe_load(candidate.read_text())
-        except (OSError, yaml.YAMLError):
+            data = read_yaml(candidate, "monitor spec")
+        except SpecError:
             continue
         retrain = data.get("retrain") if isinstance(data, dict) else None
         named = retrain.get("pipeline") if isinstance(retrain, dict) else None

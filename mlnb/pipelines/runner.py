@@ -20,6 +20,12 @@ so no step ever handles a run that is not there yet. Each stage attempt is an
 :class:`_Attempt` once its own MLflow run exists. Delivering the model is
 :mod:`mlnb.pipelines.delivery`; it runs with interrupts held
 (:mod:`mlnb.pipelines.signals`).
+
+A run records its owner and holds its workspace's lock until it ends
+(:mod:`mlnb.pipelines.owner`): a new run first ends ``KILLED`` the runs of its
+experiment whose process died, and ``--resume`` refuses a run still running
+elsewhere. Kernels and the MLflow client get a server's credentials as
+MLflow's variables, never in the URI (:func:`mlnb.store.client_env`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from mlnb.pipelines.events import (
     StageStarted,
 )
 from mlnb.pipelines.locate import load_pipeline
+from mlnb.pipelines.owner import Owner, claim, end_orphans, hold
 from mlnb.pipelines.results import PipelineResult, StageResult, StageStatus
 from mlnb.pipelines.signals import signals_deferred
 from mlnb.specs.pipeline import (
@@ -59,6 +66,7 @@ from mlnb.specs.pipeline import (
     project_root,
     substitute,
 )
+from mlnb.store import client_env, redacted, use_credentials
 from mlnb.store import tracking_uri as default_tracking_uri
 from mlnb.tags import EndState
 
@@ -267,7 +275,9 @@ class _Runner:
         self.jobs = jobs
         self.force = force
         self.log_output = log_output
-        self.uri = tracking_uri or default_tracking_uri(root)
+        #: the store as given (its messages say ``***@`` for its user info), and as MLflow gets it
+        self.given = tracking_uri or default_tracking_uri(root)
+        self.uri = use_credentials(self.given)
         self.input_hashes: dict[Path, str] = {}
         self.cache = cachemod.Cache(root)
         self.pool: KernelPool | None = None
@@ -279,11 +289,16 @@ class _Runner:
         self.upload_errors: list[str] = []
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
+        #: the run's lock, held until the run has ended and its kernels are stopped
+        self.owned = contextlib.ExitStack()
 
     def close(self) -> None:
-        self.uploads.shutdown(wait=True)
-        if self.pool is not None:
-            self.pool.close()
+        try:
+            self.uploads.shutdown(wait=True)
+            if self.pool is not None:
+                self.pool.close()
+        finally:
+            self.owned.close()
 
     # -- the parent run: started, or reopened ------------------------------------
 
@@ -293,7 +308,9 @@ class _Runner:
         tracker = self._tracker()
         lineage, spec_sha = _source(self.root, spec_path)
         experiment_id = tracker.experiment_id(pipeline.name)
+        end_orphans(tracker, experiment_id)
         run_id = self._start_parent(tracker, experiment_id, pipeline, lineage, spec_sha)
+        self.owned.enter_context(hold(cachemod.workspace(pipeline.root, run_id)))
         return _Execution(
             tracker,
             pipeline,
@@ -307,15 +324,22 @@ class _Runner:
         )
 
     def reopen(self, run_id: str, spec_path: Path) -> _Execution:
-        """Reopen failed run ``run_id``: its pipeline, and the stages it need not run again."""
+        """Reopen failed run ``run_id``: its pipeline, and the stages it need not run again.
+
+        Raises:
+            PipelineError: the run cannot be resumed, or still runs in another process.
+        """
         tracker = self._tracker()
         lineage, spec_sha = _source(self.root, spec_path)
         run = _resumable(tracker, run_id, spec_path)
+        workspace = Path(run.data.tags.get(tags.WORKSPACE) or cachemod.workspace(self.root, run_id))
+        self.owned.enter_context(claim(tracker, run, workspace))
         found_tags = run.data.tags
         overrides = json.loads(found_tags.get(tags.OVERRIDES) or "{}")
         pipeline = load_pipeline(spec_path, found_tags.get(tags.PROFILE) or None, overrides)
         experiment_id = str(run.info.experiment_id)
         results = _earlier_attempts(tracker, experiment_id, run_id, pipeline)
+        tracker.log(run_id, tags=Owner.this_process().tags())
         tracker.reopen(run_id)
         self._prestart(self._predicted_misses(pipeline, results))
         return _Execution(
@@ -334,7 +358,7 @@ class _Runner:
         """The MLflow store; importing MLflow happens here, after the kernels are on their way."""
         from mlnb.tracking import Tracker
 
-        return Tracker(self.root, self.uri)
+        return Tracker(self.root, self.given)
 
     def _start_parent(
         self,
@@ -353,6 +377,7 @@ class _Runner:
             tags.OVERRIDES: json.dumps(dict(pipeline.overrides), default=str),
             tags.TRIGGER: self.trigger,
             tags.TRIGGER_REASON: self.reason,
+            **Owner.this_process().tags(),
             **lineage,
         }
         run_id = tracker.start_run(experiment_id, pipeline.name, found_tags)
@@ -382,7 +407,7 @@ class _Runner:
                 run.experiment_id,
                 tuple(s.name for s in run.pipeline.stages),
                 str(run.workspace),
-                self.uri,
+                redacted(self.uri),
                 run.url,
                 resumed=run.resumed,
             )
@@ -701,7 +726,7 @@ class _Runner:
 
         stage = attempt.stage
         env = {
-            "MLFLOW_TRACKING_URI": self.uri,
+            **client_env(self.uri),
             "MLFLOW_RUN_ID": attempt.run_id,
             "MLFLOW_EXPERIMENT_ID": run.experiment_id,
             "MLNB_STAGE": stage.name,

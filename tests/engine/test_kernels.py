@@ -158,3 +158,21 @@ def test_kernels_exit_when_the_process_that_started_them_is_killed(fork: bool, t
     except psutil.TimeoutExpired:
         kernel.kill()
         raise AssertionError(f"kernel {pid} outlived its owner") from None
+
+
+def test_kernels_get_a_servers_credentials_as_mlflows_variables(tmp_path) -> None:
+    """The URI a kernel's MLflow prints in its links carries no user info."""
+    uri = "http://alice:s3cr%40t@127.0.0.1:5999"
+    pool = KernelPool(env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    try:
+        km = pool.acquire("python3")
+        code = (
+            "import os\n"
+            "print(os.environ['MLFLOW_TRACKING_URI'], os.environ['MLFLOW_TRACKING_USERNAME'],"
+            " os.environ['MLFLOW_TRACKING_PASSWORD'])\n"
+        )
+        found = _run(km, code).split()
+        pool.release(km)
+    finally:
+        pool.close()
+    assert found == ["http://127.0.0.1:5999", "alice", "s3cr@t"]
