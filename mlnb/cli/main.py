@@ -38,11 +38,19 @@ def fail(message: str, code: ExitCode = ExitCode.FAILED) -> None:
 
 
 class Group(click.Group):
-    """A click group whose commands fail one way: a message and an exit code."""
+    """A click group whose commands fail one way: a message and an exit code.
+
+    An :class:`MlnbError` says what went wrong and exits with its code; any
+    other exception is still one line (an ``OSError`` as its file and reason,
+    anything else by its type and message, with ``--verbose`` to see where);
+    click's own usage errors and exits pass through.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except MlnbError as error:
             if ctx.meta.get(VERBOSE):
                 traceback.print_exception(error)
@@ -50,6 +58,22 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted", fg="red", err=True)
             raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
+        except Exception as error:
+            if ctx.meta.get(VERBOSE):
+                traceback.print_exception(error)
+            fail(unexpected(error))
+
+
+def unexpected(error: Exception) -> str:
+    """One line for an exception mlnb did not raise on purpose."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    said = str(error).strip().splitlines()
+    return (
+        f"unexpected {type(error).__name__}: {said[0] if said else ''}; "
+        "run the command again with --verbose to see where it happened"
+    )
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

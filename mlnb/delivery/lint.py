@@ -16,6 +16,7 @@ from mlnb import notebook as nbmod
 from mlnb.errors import NotebookError, Problem, SpecError
 from mlnb.pipelines.locate import load_monitor, load_pipeline, spec_kind
 
+SPEC_SUFFIXES = (".yaml", ".yml")
 SKIP_DIRS = {
     ".git",
     ".mlnb",
@@ -45,16 +46,18 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
 
     A folder contributes the specs in its ``pipelines/`` folder (or itself, if
     it is one) and every notebook below it, outside hidden and build folders.
+    A path named like a spec is a spec, even when it is a folder (the spec
+    reader says it cannot be read).
     """
     specs: list[Path] = []
     notebooks: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if path.is_dir() and path.suffix not in SPEC_SUFFIXES:
             spec_dir = path if path.name == "pipelines" else path / "pipelines"
             if spec_dir.is_dir():
                 specs += [p for p in sorted(spec_dir.glob("*.y*ml")) if spec_kind(p)]
             notebooks += _walk(path, "*.ipynb")
-        elif path.suffix in (".yaml", ".yml"):
+        elif path.suffix in SPEC_SUFFIXES:
             specs.append(path)
         elif path.suffix == ".ipynb":
             notebooks.append(path)

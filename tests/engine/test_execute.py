@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import nbformat
 import pytest
@@ -62,3 +63,97 @@ def test_a_failing_cell_names_the_cell(pool, tmp_path) -> None:
 
     assert info.value.stage == "fails"
     assert "cell" in str(info.value)
+
+
+def outputs_of(executed) -> list[dict]:
+    nb = nbformat.read(executed, as_version=4)
+    return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_stage_that_prints_a_lot_keeps_its_first_and_last_output(
+    pool, tmp_path, stream: str
+) -> None:
+    executed = tmp_path / "out.ipynb"
+    forwarded: list[str] = []
+
+    execute_stage(
+        "loud",
+        SCENARIOS / "prints_a_lot.ipynb",
+        executed,
+        {"megabytes": 2, "stream": stream, "out_path": str(tmp_path / "done.txt")},
+        pool,
+        on_output=forwarded.append,
+        output_limit=200_000,
+    )
+
+    assert (tmp_path / "done.txt").read_text() == "done"  # the cells after it ran
+    outputs = outputs_of(executed)
+    assert {out["name"] for out in outputs} == {stream}
+    texts = [out["text"] for out in outputs]
+    notes = [t for t in texts if t.startswith("\n[mlnb: ")]
+    assert len(notes) == 1, texts[:3]
+    printed = 2 * 1024 * 1024
+    head = "".join(texts[: texts.index(notes[0])])
+    tail = "".join(texts[texts.index(notes[0]) + 1 :])
+    assert 90_000 < len(head) <= 100_000 and len(tail) == 100_000
+    assert head.startswith("x" * 1023 + "\n") and tail.endswith("x" * 1023 + "\n")
+    dropped = printed - len(head) - len(tail)
+    assert notes[0] == (
+        f"\n[mlnb: {dropped / 1e6:.0f} MB of {stream} dropped; the cell printed 2 MB, more "
+        f"than the 200 KB kept: its first {len(head) / 1e3:.0f} KB above, its last 100 KB below]\n"
+    )
+    # forwarded: what was kept, in the notebook's order, and nothing more
+    assert "".join(forwarded).startswith(head)
+    assert "".join(forwarded).endswith(notes[0] + tail)
+    assert len("".join(forwarded)) < 250_000
+
+
+def test_a_stage_within_the_limit_keeps_all_it_printed(pool, tmp_path) -> None:
+    executed = tmp_path / "out.ipynb"
+    execute_stage(
+        "quiet",
+        SCENARIOS / "prints_a_lot.ipynb",
+        executed,
+        {"megabytes": 0.1, "out_path": str(tmp_path / "done.txt")},
+        pool,
+    )
+    text = "".join(out["text"] for out in outputs_of(executed))
+    assert text == ("x" * 1023 + "\n") * 102
+
+
+def test_output_still_coming_after_the_reply_is_read_not_timed_out(pool, tmp_path) -> None:
+    # the kernel is done in a blink; mlnb reads its 1,200 flushed writes for about 6 s,
+    # past nbclient's four seconds for the output still queued after a cell's reply
+    executed = tmp_path / "out.ipynb"
+    forwarded: list[str] = []
+
+    def slow(text: str) -> None:
+        time.sleep(0.005)
+        forwarded.append(text)
+
+    execute_stage(
+        "flushes",
+        SCENARIOS / "flushes_often.ipynb",
+        executed,
+        {"writes": 1200, "out_path": str(tmp_path / "done.txt")},
+        pool,
+        on_output=slow,
+    )
+
+    assert (tmp_path / "done.txt").read_text() == "done"
+    text = "".join(out["text"] for out in outputs_of(executed))
+    assert text == "".join(f"{i}\n" for i in range(1200))
+    assert "".join(forwarded) == text
+
+
+def test_an_unknown_magic_names_its_usage_error(pool, tmp_path) -> None:
+    with pytest.raises(CellError) as info:
+        execute_stage("magic", SCENARIOS / "unknown_magic.ipynb", tmp_path / "out.ipynb", {}, pool)
+
+    error = info.value
+    assert (error.cell, error.ename) == (2, "UsageError")
+    assert error.evalue == "Line magic function `%nosuchmagic` not found."
+    assert str(error).startswith(
+        "stage 'magic' failed: cell 2 raised UsageError: Line magic function `%nosuchmagic`"
+    )

@@ -9,6 +9,7 @@ reads, places and words problems, not what a pipeline allows.
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,18 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlnb.errors import Problem, SpecError
-from mlnb.specs.document import Collector, KeyPath, Lines, load_yaml, read_document
+from mlnb.specs.document import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_VALUES,
+    Collector,
+    KeyPath,
+    Lines,
+    RefusedError,
+    load_yaml,
+    read_document,
+    read_yaml,
+)
 
 SHAPE = "a document is a YAML mapping with 'name' and 'stages'"
 
@@ -267,3 +279,171 @@ def test_collector_places_problems_in_its_file_or_in_another_source() -> None:
         Problem("doc.yaml", "line 6: stages.train.needs.0", "unknown stage 'prepare'"),
         Problem("command line", "-p C", "no stage declares 'C'"),
     ]
+
+
+# -- what a spec must not be: too large, too deep, a key twice ----------------------------
+
+
+def laughs(levels: int, width: int) -> str:
+    """A "billion laughs" document: each level an anchored list of ``width`` aliases."""
+    rows = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    rows += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(
+        [
+            *rows,
+            "name: bomb",
+            "stages:",
+            f"  a: {{notebook: a.ipynb, params: {{x: *l{levels - 1}}}}}",
+            "",
+        ]
+    )
+
+
+def test_an_alias_bomb_is_refused_at_the_alias_that_crosses_the_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, laughs(9, 9))
+    started = time.perf_counter()
+    problem = only(problems_of(path))
+    assert time.perf_counter() - started < 1.0
+    # l5 holds 9**5 + ... values, the first level beyond MAX_VALUES
+    assert (problem.file, problem.location) == (str(path), "line 6")
+    assert problem.message.startswith(f"holds more than {MAX_VALUES:,} values once its aliases")
+
+
+def test_aliases_within_the_limit_read_as_shared_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        name: demo
+        stages:
+          a: {notebook: a.ipynb, params: &common {C: 1, seed: 7}}
+          b: {notebook: b.ipynb, params: {<<: *common, C: 2}}
+        """,
+    )
+    document, _ = read_document(path, Document, owner, "pipeline spec", SHAPE)
+    assert document.stages["a"].params == {"C": 1, "seed": 7}
+    assert document.stages["b"].params == {"C": 2, "seed": 7}  # a merge key may be overridden
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    problem = only(problems_of(write(tmp_path, "name: demo\nstages: &s {a: *s}\n")))
+    assert (problem.location, problem.message) == (
+        "line 2",
+        "an alias repeats the collection it is in",
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("[" * 10_000 + "]" * 10_000, id="flow-sequences"),
+        pytest.param("{a: " * 10_000 + "}" * 10_000, id="flow-mappings"),
+        pytest.param("[" * 10_000, id="unclosed"),
+    ],
+)
+def test_deep_nesting_is_refused_before_it_is_scanned(tmp_path: Path, value: str) -> None:
+    path = write(
+        tmp_path, f"name: demo\nstages: {{a: {{notebook: a.ipynb, params: {{x: {value}}}}}}}\n"
+    )
+    started = time.perf_counter()
+    problem = only(problems_of(path))
+    assert time.perf_counter() - started < 0.5  # PyYAML's scanner is quadratic in open brackets
+    assert (problem.location, problem.message) == (
+        "line 2",
+        f"nested more than {MAX_DEPTH} levels deep; a spec is shallower",
+    )
+
+
+def test_deep_block_nesting_is_refused_where_it_gets_too_deep(tmp_path: Path) -> None:
+    rows = [f"{'  ' * depth}k{depth}:" for depth in range(200)]
+    path = write(tmp_path, "\n".join(["name: demo", "stages:", *("  " + r for r in rows), ""]))
+    problem = only(problems_of(path))
+    # the document is level 1, the mapping of level n begins on line n + 1
+    assert (problem.location, problem.message) == (
+        "line 66",
+        f"nested more than {MAX_DEPTH} levels deep; a spec is shallower",
+    )
+
+
+def test_nesting_up_to_the_limit_reads() -> None:
+    value = load_yaml("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+    for _ in range(MAX_DEPTH - 1):
+        value = value[0]
+    assert value == []
+
+
+@pytest.mark.parametrize(
+    ("text", "location", "message"),
+    [
+        pytest.param(
+            "name: demo\nstages:\n  a: {notebook: a.ipynb}\n  a: {notebook: b.ipynb}\n",
+            "line 4",
+            "duplicate key 'a' (first at line 3); keep one of them",
+            id="nested",
+        ),
+        pytest.param(
+            "name: demo\nstages: {a: {notebook: a.ipynb}}\nname: other\n",
+            "line 3",
+            "duplicate key 'name' (first at line 1); keep one of them",
+            id="top-level",
+        ),
+        pytest.param(
+            "name: demo\nstages: {a: {notebook: a.ipynb, params: {C: 1, C: 2}}}\n",
+            "line 2",
+            "duplicate key 'C' (first at line 2); keep one of them",
+            id="flow",
+        ),
+    ],
+)
+def test_a_key_written_twice_is_an_error_naming_both_lines(
+    tmp_path: Path, text: str, location: str, message: str
+) -> None:
+    problem = only(problems_of(write(tmp_path, text)))
+    assert (problem.file, problem.location, problem.message) == (
+        str(tmp_path / "doc.yaml"),
+        location,
+        message,
+    )
+
+
+def test_keys_that_differ_in_type_are_not_duplicates() -> None:
+    assert load_yaml("1: int\n'1': text\n") == {1: "int", "1": "text"}
+
+
+def test_a_file_that_is_not_utf8_names_the_line_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "doc.yaml"
+    path.write_bytes(b"name: demo\nstages: {}\n# caf\xe9\n")
+    problem = only(problems_of(path))
+    assert (problem.location, problem.message) == (
+        "line 3",
+        "not UTF-8 text (byte 0xe9); save the monitor spec as UTF-8",
+    )
+
+
+def test_a_file_larger_than_a_spec_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "doc.yaml"
+    path.write_text("name: demo\n" + "#" * MAX_BYTES + "\n")
+    problem = only(problems_of(path))
+    assert problem == Problem(
+        str(path), "", f"larger than the {MAX_BYTES:,} bytes a monitor spec may be; is it one?"
+    )
+
+
+def test_read_yaml_reads_a_spec_file_within_the_limits(tmp_path: Path) -> None:
+    assert read_yaml(write(tmp_path, "a: 1e-3\n"), "pipeline spec") == {"a": 0.001}
+    with pytest.raises(SpecError) as raised:
+        read_yaml(write(tmp_path, laughs(9, 9)), "pipeline spec")
+    assert only(raised.value.problems).location == "line 6"
+
+
+def test_load_yaml_refuses_with_a_yaml_error_marked_at_its_line() -> None:
+    with pytest.raises(RefusedError) as raised:
+        load_yaml("a: 1\nb: 2\na: 3\n")
+    assert raised.value.problem_mark is not None
+    assert raised.value.problem_mark.line + 1 == 3
+
+
+def test_lines_of_a_bomb_place_by_key_path_only() -> None:
+    started = time.perf_counter()
+    lines = Lines(laughs(9, 9))
+    assert time.perf_counter() - started < 1.0
+    assert lines.lines == {}
