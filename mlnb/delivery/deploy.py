@@ -50,6 +50,7 @@ from mlnb._files import write_atomic
 from mlnb.delivery import bundle as bundlemod
 from mlnb.errors import MlnbError, TrackingError
 from mlnb.pipelines.locate import LIVE, deployments_dir
+from mlnb.pipelines.owner import Owner, end_orphans
 from mlnb.pipelines.signals import signals_deferred
 from mlnb.tags import RunState
 
@@ -147,7 +148,9 @@ def _recorded(
 ) -> Iterator[str]:
     """A deployment run around the block: FINISHED when it completes, FAILED with the
     reason when it raises (KILLED on an interrupt); never left running."""
-    run_id = tracker.start_run(experiment, name, {tags.KIND: tags.Kind.DEPLOYMENT, **run_tags})
+    end_orphans(tracker, experiment, tags.Kind.DEPLOYMENT)  # deploys whose process died
+    run_tags = {tags.KIND: tags.Kind.DEPLOYMENT, **Owner.this_process().tags(), **run_tags}
+    run_id = tracker.start_run(experiment, name, run_tags)
     try:
         yield run_id
     except BaseException as exc:

@@ -54,6 +54,7 @@ from mlnb.errors import ExitCode, MlnbError, StageError
 from mlnb.monitoring.drift import DriftResult, DriftStatus, reference_columns, run_drift
 from mlnb.monitoring.labels import LabelCheck, Labeled, LabelStatus, check_labels
 from mlnb.monitoring.retrain import RetrainResult, RetrainStatus, retrain
+from mlnb.pipelines.owner import Owner, end_orphans
 from mlnb.predictions.window import LiveMetric, input_columns, live_metric, load_window
 from mlnb.specs.monitor import Monitor, format_duration
 
@@ -251,6 +252,7 @@ class Check:
         experiment = tracker.experiment_id(monitor.name)
         models = registry.Registry(uri)
         result.champion = models.alias(monitor.spec.model, monitor.spec.alias)
+        end_orphans(tracker, experiment, tags.Kind.CHECK)  # checks of a monitor that died
         result.run_id = tracker.start_run(
             experiment,
             "check",
@@ -259,6 +261,7 @@ class Check:
                 tags.MONITOR: monitor.name,
                 tags.MODEL: monitor.spec.model,
                 tags.MODEL_VERSION: result.champion or "",
+                **Owner.this_process().tags(),
             },
         )
         result.url = tracker.run_url(experiment, result.run_id)

@@ -1,4 +1,4 @@
-"""Who runs a pipeline run, and what becomes of a run whose process died.
+"""Who runs a run, and what becomes of a run whose process died.
 
 A pipeline run records its owner on its MLflow run (host, pid and the
 process's start time: :data:`mlnb.tags.OWNER_HOST`, :data:`~mlnb.tags.OWNER_PID`,
@@ -11,8 +11,11 @@ that can be taken means the owner is gone, whatever process has its pid now.
 reason in :data:`mlnb.tags.ERROR` (``its process (pid N on HOST) died``);
 ``mlnb run`` calls it for the pipeline's experiment before it starts, and
 ``--resume`` for the run it resumes, refusing one whose owner still runs
-(:func:`claim`). Only runs of this host are judged: on a store shared by
-machines, a process elsewhere cannot be seen from here.
+(:func:`claim`). Monitor checks and deployments record their owner too (they
+hold no workspace lock: the owner's pid and start time tell), and the next
+check or deploy ends those its dead predecessors left running. Only runs of
+this host are judged: on a store shared by machines, a process elsewhere
+cannot be seen from here.
 """
 
 from __future__ import annotations
@@ -114,14 +117,19 @@ def hold(workspace: Path) -> Iterator[int | None]:
         yield holder
 
 
-def end_orphans(tracker: Tracker, experiment_id: str) -> list[str]:
-    """End ``KILLED`` the running pipeline runs of this host whose process died; their ids.
+def end_orphans(
+    tracker: Tracker, experiment_id: str, kind: tags.Kind = tags.Kind.PIPELINE
+) -> list[str]:
+    """End ``KILLED`` the running runs of ``kind`` of this host whose process died; their ids.
+
+    Their nested runs still running (a pipeline's stages, a check's drift run)
+    end ``KILLED`` with them.
 
     Raises:
         TrackingError: the store cannot be searched or written.
     """
     found = tracker.running_runs(
-        experiment_id, {tags.KIND: tags.Kind.PIPELINE, tags.OWNER_HOST: socket.gethostname()}
+        experiment_id, {tags.KIND: kind, tags.OWNER_HOST: socket.gethostname()}
     )
     ended = []
     for run in found:
@@ -182,7 +190,7 @@ def claim(tracker: Tracker, run: Run, workspace: Path) -> Iterator[None]:
 
 
 def _end_orphan(tracker: Tracker, run_id: str, owner: Owner) -> bool:
-    """End a run whose owner died ``KILLED``, and its stage runs still running; whether it was.
+    """End a run whose owner died ``KILLED``, and its nested runs still running; whether it was.
 
     Read again under the run's lock: a run that ended meanwhile is left as it ended.
     """
@@ -190,10 +198,10 @@ def _end_orphan(tracker: Tracker, run_id: str, owner: Owner) -> bool:
     if run.info.status != "RUNNING":
         return False
     reason = {tags.ERROR: f"its process ({owner}) died"}
-    for stage in tracker.child_runs(run.info.experiment_id, run_id):
-        if stage.info.status == "RUNNING":
-            tracker.log(stage.info.run_id, tags=reason)
-            tracker.finish(stage.info.run_id, "KILLED")
+    for child in tracker.child_runs(run.info.experiment_id, run_id):
+        if child.info.status == "RUNNING":
+            tracker.log(child.info.run_id, tags=reason)
+            tracker.finish(child.info.run_id, "KILLED")
     tracker.log(run_id, tags=reason)
     tracker.finish(run_id, "KILLED")
     return True

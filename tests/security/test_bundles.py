@@ -16,6 +16,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -459,4 +460,41 @@ def test_sigterm_during_a_deploy_leaves_no_running_run_and_no_scratch(site: Site
     assert site.attempt(bundle).info.status == "FINISHED"
     assert sorted(p.name for p in folder.iterdir()) == ["1", "LIVE"]
     assert (folder / "1" / "data" / "big.bin").stat().st_size == 192 * MiB
+    assert site.live() == "1.0.0\n"
+
+
+def test_a_deploy_killed_for_real_is_ended_killed_by_the_next_deploy(site: Site) -> None:
+    members = {**site.genuine, "data/big.bin": bytes(192 * MiB)}
+    bundle = pack(site.bundle("killed.tar.gz"), with_manifest(members, name="killed", version="1"))
+    folder = site.deployments / "killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlnb", "deploy", str(bundle)],
+        cwd=site.root,
+        env={**env, "DO_NOT_TRACK": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(folder.glob(".1.*")):  # unpacking has begun: its run is RUNNING
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the deploy never began to unpack"
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert site.attempt(bundle).info.status == "RUNNING"  # what kill -9 leaves
+
+    after = with_manifest(site.genuine, name="after", version="1")
+    other = pack(site.bundle("after.tar.gz"), after)
+    deploy(other, site.root, site.uri)
+
+    run = site.attempt(bundle)
+    assert run.info.status == "KILLED"
+    owner = f"pid {proc.pid} on {socket.gethostname()}"
+    assert run.data.tags["mlnb.error"] == f"its process ({owner}) died"
     assert site.live() == "1.0.0\n"

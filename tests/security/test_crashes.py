@@ -275,3 +275,40 @@ def test_kill_9_of_mlnb_monitor_leaves_no_kernel(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         tree.kill_left()
+
+
+def test_a_check_whose_monitor_died_is_ended_killed_by_the_next_check(tmp_path: Path) -> None:
+    """A check run is left RUNNING by a monitor killed mid-check; the next check ends it."""
+    from mlnb.pipelines.owner import Owner
+    from mlnb.tracking import Tracker
+
+    example = untrained(tmp_path / "project")
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        owner = Owner(socket.gethostname(), victim.pid, psutil.Process(victim.pid).create_time())
+        tracker = Tracker(example.root, example.uri)
+        experiment = tracker.experiment_id("cancer-monitor")
+        left = tracker.start_run(
+            experiment, "check", {"mlnb.kind": "monitor-check", **owner.tags()}
+        )
+        drift = tracker.start_run(experiment, "drift", {"mlnb.kind": "drift"}, parent_run_id=left)
+    finally:
+        victim.kill()
+        victim.wait()
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mlnb", "monitor", "pipelines/monitor.yaml", "--once"],
+        cwd=example.root,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=STARTUP,
+    )
+
+    assert "Traceback" not in done.stderr, done.stderr
+    client = example.client
+    for run_id in (left, drift):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", (run_id, done.stdout, done.stderr)
+        assert run.data.tags["mlnb.error"] == f"its process ({owner}) died"
+    assert tracker.running_runs(experiment, {"mlnb.kind": "monitor-check"}) == []
