@@ -39,11 +39,11 @@ def promote(model: str, version: str | None, force: bool, rollback: bool) -> Non
 @verbose
 def ui(host: str, port: int) -> None:
     """Start the MLflow UI on this project's store (stop it with Ctrl-C)."""
-    from mlnb.store import tracking_uri
+    from mlnb.store import redacted, tracking_uri
     from mlnb.tracking import run_ui
 
     uri = tracking_uri(Path.cwd())
-    click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)", err=True)
+    click.echo(f"MLflow UI on http://{host}:{port} for {redacted(uri)} (Ctrl-C stops it)", err=True)
     raise click.exceptions.Exit(run_ui(uri, host, port))
 
 

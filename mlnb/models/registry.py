@@ -44,6 +44,7 @@ from mlnb.models.gate import (
     gate_tags,
     read_holdout,
 )
+from mlnb.store import use_credentials
 from mlnb.tags import ModelDecision
 
 if TYPE_CHECKING:
@@ -88,8 +89,8 @@ class Registry:
     """Registered models on one MLflow store."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.uri = use_credentials(uri)  # MLflow prints the URI it is given: none with a secret
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     # -- registration ------------------------------------------------------------
 
