@@ -310,13 +310,14 @@ class _Runner:
         experiment_id = tracker.experiment_id(pipeline.name)
         end_orphans(tracker, experiment_id)
         run_id = self._start_parent(tracker, experiment_id, pipeline, lineage, spec_sha)
-        self.owned.enter_context(hold(cachemod.workspace(pipeline.root, run_id)))
+        workspace = cachemod.workspace(pipeline.root, run_id)
+        self.owned.enter_context(hold(workspace))
         return _Execution(
             tracker,
             pipeline,
             experiment_id,
             run_id,
-            cachemod.workspace(pipeline.root, run_id),
+            workspace,
             lineage,
             spec_sha,
             {s.name: StageResult(s.name) for s in pipeline.stages},
@@ -347,7 +348,7 @@ class _Runner:
             pipeline,
             experiment_id,
             run_id,
-            cachemod.workspace(pipeline.root, run_id),
+            workspace,  # the folder whose lock was claimed
             lineage,
             spec_sha,
             results,
