@@ -430,10 +430,14 @@ def test_rollback_refuses_names_that_are_paths(
 # -- a deploy stopped from outside ---------------------------------------------------------------
 
 
-def test_sigterm_during_a_deploy_leaves_no_running_run_and_no_scratch(site: Site) -> None:
+def signalled_while_unpacking(site: Site, name: str, sig: int) -> tuple[Path, Path, int, int]:
+    """``mlnb deploy`` of a large bundle ``name``, sent ``sig`` once it has begun to unpack.
+
+    Returns the bundle, its deployment folder, the process's pid and its exit code.
+    """
     members = {**site.genuine, "data/big.bin": bytes(192 * MiB)}
-    bundle = pack(site.bundle("slow.tar.gz"), with_manifest(members, name="slow", version="1"))
-    folder = site.deployments / "slow"
+    bundle = pack(site.bundle(f"{name}.tar.gz"), with_manifest(members, name=name, version="1"))
+    folder = site.deployments / name
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlnb", "deploy", str(bundle)],
@@ -448,15 +452,20 @@ def test_sigterm_during_a_deploy_leaves_no_running_run_and_no_scratch(site: Site
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "the deploy never began to unpack"
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return bundle, folder, proc.pid, proc.returncode
+
+
+def test_sigterm_during_a_deploy_leaves_no_running_run_and_no_scratch(site: Site) -> None:
+    bundle, folder, _, code = signalled_while_unpacking(site, "slow", signal.SIGTERM)
 
     # SIGTERM is held until the deployment's run has ended, then ends the process as it would
-    assert proc.returncode == -signal.SIGTERM
+    assert code == -signal.SIGTERM
     assert site.attempt(bundle).info.status == "FINISHED"
     assert sorted(p.name for p in folder.iterdir()) == ["1", "LIVE"]
     assert (folder / "1" / "data" / "big.bin").stat().st_size == 192 * MiB
@@ -464,29 +473,8 @@ def test_sigterm_during_a_deploy_leaves_no_running_run_and_no_scratch(site: Site
 
 
 def test_a_deploy_killed_for_real_is_ended_killed_by_the_next_deploy(site: Site) -> None:
-    members = {**site.genuine, "data/big.bin": bytes(192 * MiB)}
-    bundle = pack(site.bundle("killed.tar.gz"), with_manifest(members, name="killed", version="1"))
-    folder = site.deployments / "killed"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlnb", "deploy", str(bundle)],
-        cwd=site.root,
-        env={**env, "DO_NOT_TRACK": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not list(folder.glob(".1.*")):  # unpacking has begun: its run is RUNNING
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the deploy never began to unpack"
-            time.sleep(0.02)
-        proc.kill()
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    bundle, _, pid, code = signalled_while_unpacking(site, "killed", signal.SIGKILL)
+    assert code == -signal.SIGKILL
     assert site.attempt(bundle).info.status == "RUNNING"  # what kill -9 leaves
 
     after = with_manifest(site.genuine, name="after", version="1")
@@ -495,6 +483,6 @@ def test_a_deploy_killed_for_real_is_ended_killed_by_the_next_deploy(site: Site)
 
     run = site.attempt(bundle)
     assert run.info.status == "KILLED"
-    owner = f"pid {proc.pid} on {socket.gethostname()}"
+    owner = f"pid {pid} on {socket.gethostname()}"
     assert run.data.tags["mlnb.error"] == f"its process ({owner}) died"
     assert site.live() == "1.0.0\n"
