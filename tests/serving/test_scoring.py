@@ -128,7 +128,7 @@ BODIES = {
 def test_a_signed_sklearn_model_predicts_on_a_matrix(models: Models) -> None:
     served = models.load("numeric")
     assert (served.version, served.flavor) == ("1", "sklearn")
-    assert served.wants_matrix and not served.takes_params
+    assert served.wants_matrix and served.takes_params  # MLflow's pyfunc takes params
     assert served.schema is not None and served.schema.columns == ("x", "n", "y")
     assert served.run_id
     assert Path(served.source).is_dir()  # a file URI became a path
@@ -141,13 +141,14 @@ def test_each_body_predicts_as_the_model(models: Models, body: str) -> None:
     scored = score(served, mime, content)
     expected = models.numeric.predict(chosen[NUMBERS]).tolist()
     assert np.asarray(scored.outputs).tolist() == expected
+    assert json.loads(scored.answer) == {"predictions": expected}
     assert scored.columns == NUMBERS
     assert scored.rows == len(chosen)
     logged = np.asarray(scored.inputs, dtype=float)  # CSV text may round the last digit
     np.testing.assert_allclose(logged, chosen[NUMBERS], rtol=1e-12)
 
 
-def test_a_model_with_a_string_input_predicts_on_the_checked_frame(models: Models) -> None:
+def test_a_model_with_a_string_input_predicts_as_mlflow_enforces_it(models: Models) -> None:
     served, chosen = models.load("mixed"), rows(models)
     assert (served.flavor, served.wants_matrix) == ("sklearn", False)
     scored = score(served, JSON, as_json({"dataframe_records": chosen.to_dict(orient="records")}))
@@ -155,9 +156,20 @@ def test_a_model_with_a_string_input_predicts_on_the_checked_frame(models: Model
     assert scored.columns == ["x", "n", "y", "color"]
     assert scored.inputs[0] == chosen.iloc[0].tolist()  # the log keeps the rows as lists
     records = chosen.to_dict("records")
-    records[1]["color"] = 5
-    with pytest.raises(Reject, match=r"column 'color' \(string\): row 1 has 5 \(int\)"):
+    records[1]["color"] = 5  # MLflow's enforcement passes a number in a string column on
+    with pytest.raises(Reject, match="unknown categories") as refused:  # the encoder refuses it
         score(served, JSON, as_json({"dataframe_records": records}))
+    assert (refused.value.status, refused.value.kind) == (400, "model_error")
+    records[1]["color"] = "red"
+    del records[0]["x"], records[1]["x"], records[3]["x"], records[4]["x"], records[5]["x"]
+    del records[2]["x"]
+    with pytest.raises(Reject) as rejected:  # a column none of the rows has
+        score(served, JSON, as_json({"dataframe_records": records}))
+    assert (rejected.value.status, rejected.value.code) == (400, "INVALID_PARAMETER_VALUE")
+    assert rejected.value.message == (
+        "the input does not fit the model's signature: missing column 'x'; "
+        "the model's signature needs 4 columns"
+    )
 
 
 def test_a_model_without_a_signature_is_parsed_by_mlflow(models: Models) -> None:
@@ -177,11 +189,11 @@ def test_a_model_without_a_signature_is_parsed_by_mlflow(models: Models) -> None
     ("mime", "content", "words"),
     [
         (JSON, b'{"dataframe_split": ', ["malformed JSON"]),
-        (JSON, b"[1, 2]", ["must be an object with one of the keys", "[1,2] (a list)"]),
+        (JSON, b"[1, 2]", ["must be an object with one of the keys", "got [1,2] (a list)"]),
         (JSON, b'{"data": []}', ["exactly one of the keys", "it has 'data'"]),
         (JSON, b'{"instances": [], "inputs": []}', ["it has 'instances', 'inputs'"]),
         (JSON, b"{}", ["it has none"]),
-        (CSV, b"x,n,y\n1.5,2,abc\n", ["column 'y' (double): row 0 has \"abc\""]),
+        (CSV, b"x,n,y\n1.5,2,abc\n", ["cannot read the CSV body: column 'y' (float64): row 0"]),
         (PARQUET, b"not parquet", ["cannot read the body as Parquet"]),
     ],
     ids=["malformed", "a list", "no format", "two formats", "empty object", "bad csv", "parquet"],
