@@ -7,15 +7,53 @@ from pathlib import Path
 import click
 
 from mlnb.cli.main import verbose
+from mlnb.serving import MAX_BODY_BYTES, TIMEOUT_SECONDS
 
 
 @click.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option(
-    "--alias", default="champion", show_default=True, help="The alias to serve and follow."
+    "-m",
+    "--model-uri",
+    help="What to serve, as mlflow models serve takes it: models:/NAME@ALIAS (following the "
+    "alias) or models:/NAME/VERSION (that version only).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--alias", default="champion", show_default=True, help="The alias of MODEL to serve and follow."
+)
+@click.option("-h", "--host", default="127.0.0.1", show_default=True)
+@click.option("-p", "--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "-w",
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    envvar="MLFLOW_MODELS_WORKERS",
+    help="Server processes on the port, each following the alias, one prediction log.",
+)
+@click.option(
+    "-t",
+    "--timeout",
+    default=TIMEOUT_SECONDS,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT",
+    help="Seconds a request may be scored; then 504.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=MAX_BODY_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The largest request body taken; larger: 413.",
+)
+@click.option(
+    "--env-manager",
+    type=click.Choice(["local"]),
+    hidden=True,
+    help="Accepted for mlflow models serve's command lines: mlnb serves in its own environment.",
+)
 @click.option(
     "--tokens",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -42,20 +80,36 @@ from mlnb.cli.main import verbose
 )
 @verbose
 def serve(
-    model: str,
+    model: str | None,
+    model_uri: str | None,
     alias: str,
     host: str,
     port: int,
+    workers: int,
+    timeout: float,
+    max_body_bytes: int,
+    env_manager: str | None,
     tokens: Path | None,
     insecure: bool,
     log_dir: Path | None,
     poll_seconds: float,
 ) -> None:
-    """Serve MODEL's ALIAS version with MLflow's scoring protocol, following the alias."""
+    """Serve MODEL's ALIAS version (or -m MODEL_URI) with MLflow's scoring protocol."""
     from mlnb.serving.server import serve as run_service
 
+    if (model is None) == (model_uri is None):
+        raise click.UsageError(
+            "name the model to serve once: MODEL (with --alias), or -m models:/NAME@ALIAS "
+            "or -m models:/NAME/VERSION"
+        )
+    if model_uri is not None and not model_uri.startswith("models:/"):
+        raise click.BadParameter(
+            f"'{model_uri}' is not a registered model's URI; mlnb serves models:/NAME@ALIAS "
+            "or models:/NAME/VERSION",
+            param_hint="'-m'",
+        )
     run_service(
-        model,
+        model_uri or str(model),
         alias,
         host=host,
         port=port,
@@ -63,6 +117,9 @@ def serve(
         poll_seconds=poll_seconds,
         tokens=tokens,
         insecure=insecure,
+        timeout=timeout,
+        max_body_bytes=max_body_bytes,
+        workers=workers,
     )
 
 

@@ -71,19 +71,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import orjson
+from mlflow.version import VERSION as MLFLOW_VERSION
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mlnb.predictions.log import LogWriteError, new_request_id
 from mlnb.serving.auth import Denied, Holder, Tokens
 from mlnb.serving.auth import Scope as TokenScope
+from mlnb.serving.openapi import describe, swagger_page
 from mlnb.serving.parsing import CSV, JSON, PARQUET, Reject
-from mlnb.serving.scoring import score
+from mlnb.serving.scoring import Scored, score
 from mlnb.serving.state import Service, label_problem
 
 logger = logging.getLogger(__name__)
@@ -360,10 +362,11 @@ class _Handlers:
         request_id = new_request_id(ms)
         fields = {"model_version": served.version, "request_id": request_id}
         limits = service.limits
-        if mime == JSON and len(body) <= INLINE_BYTES:
-            scored = score(served, mime, body, limits, fields)
+        if mime == JSON and len(body) <= INLINE_BYTES and served.wants_matrix:
+            scored = score(served, mime, body, limits, fields)  # microseconds: on the loop
         else:
-            scored = await self.workers.run(score, served, mime, body, limits, fields)
+            work = functools.partial(score, served, mime, body, limits, fields)
+            scored = await self._in_time(work)
         service.observe(served.version, scored.outputs)
         write = functools.partial(
             service.log.write_prediction,
@@ -385,6 +388,24 @@ class _Handlers:
             (b"x-request-id", request_id.encode()),
         ]
         return 200, scored.answer, headers
+
+    async def _in_time(self, work: Callable[[], Scored]) -> Scored:
+        """``work`` on a worker thread; a 504 once the service's timeout has passed.
+
+        The thread runs on (Python cannot stop it) but holds one of the
+        bounded worker slots, so a model that hangs cannot pile up threads.
+        """
+        timeout = self.service.timeout
+        try:
+            return await asyncio.wait_for(self.workers.run(work), timeout)
+        except TimeoutError:
+            raise Reject(
+                f"the request took longer than this service's timeout of {timeout:g} s; send "
+                "fewer rows, or raise --timeout where the service is started",
+                504,
+                "DEADLINE_EXCEEDED",
+                "timeout",
+            ) from None
 
     def _unlogged(self, what: str) -> Reject:
         """The 503 of a request whose record the log could not take."""
@@ -512,10 +533,20 @@ def build_app(
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")  # as mlflow models serve
 
+    async def version(request: Request) -> Response:
+        return Response(MLFLOW_VERSION, media_type="application/json")  # as MLflow: its text
+
+    async def openapi(request: Request) -> Response:
+        served = service.current
+        return _json(describe(service.model, served.version, served.schema))
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(swagger_page(f"mlnb serve: {service.model}"))
+
     async def health(request: Request) -> Response:
         return _json(service.health())
 
-    async def version(request: Request) -> Response:
+    async def details(request: Request) -> Response:
         if tokens is not None:
             authorization = request.headers.get("authorization")
             try:
@@ -552,9 +583,13 @@ def build_app(
             Route("/invocations", invocations, methods=["POST"]),
             Route("/feedback", feedback, methods=["POST"]),
             Route("/ping", ping),
-            Route("/health", health),
+            Route("/health", ping),
             Route("/version", version),
+            Route("/openapi.json", openapi),
+            Route("/docs", docs),
             Route("/metrics", metrics),
+            Route("/mlnb/health", health),
+            Route("/mlnb/version", details),
         ],
         exception_handlers={HTTPException: http_error, Exception: http_error},
         lifespan=lifespan,

@@ -52,13 +52,21 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
 #: what a rejected request is counted as in the metrics
 ErrorKind = Literal[
-    "bad_request", "not_found", "too_large", "media_type", "model_error", "log", "internal"
+    "bad_request",
+    "not_found",
+    "too_large",
+    "media_type",
+    "model_error",
+    "timeout",
+    "log",
+    "internal",
 ]
 _ERROR_KINDS: dict[int, ErrorKind] = {
     400: "bad_request",
     404: "not_found",
     413: "too_large",
     415: "media_type",
+    504: "timeout",
 }
 _NUMBER_KINDS = {"double": np.float64, "float": np.float32, "long": np.int64, "integer": np.int32}
 #: a JSON string, escapes included (skipped when the nesting of a body is measured)

@@ -37,16 +37,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import functools
 import importlib.util
 import ipaddress
+import json
 import logging
 import logging.config
 import os
+import re
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,8 +60,10 @@ from starlette.applications import Starlette
 
 from mlnb.errors import ExitCode, MlnbError, suggest
 from mlnb.predictions.log import PredictionLog, default_log_dir
+from mlnb.serving import MAX_BODY_BYTES, TIMEOUT_SECONDS
 from mlnb.serving.app import READ_SECONDS, build_app
 from mlnb.serving.auth import Tokens, read_tokens
+from mlnb.serving.parsing import DEFAULT_LIMITS, Limits
 from mlnb.serving.scoring import Served, error_text, load_version
 from mlnb.serving.state import Service, redact_in
 from mlnb.store import redacted
@@ -65,7 +71,6 @@ from mlnb.store import tracking_uri as default_tracking_uri
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 10 * 2**20
 MAX_HEAD_BYTES = 64 * 2**10  # a request's line and headers
 MAX_CONCURRENCY = 64  # connections and requests at once; beyond: 503
 KEEP_ALIVE_SECONDS = 5
@@ -77,7 +82,7 @@ class ServeError(MlnbError):
 
     Attributes:
         model: the registered model name.
-        alias: the alias the service follows.
+        alias: the alias the service follows (``None``: a pinned version).
         tracking_uri: the MLflow store asked.
     """
 
@@ -86,7 +91,7 @@ class ServeError(MlnbError):
         message: str,
         *,
         model: str,
-        alias: str,
+        alias: str | None,
         tracking_uri: str,
         exit_code: ExitCode = ExitCode.FAILED,
     ) -> None:
@@ -100,9 +105,62 @@ class ServeError(MlnbError):
 #: makes the :class:`ServeError` of one service start from a message (and an exit code)
 _Fail = Callable[..., ServeError]
 
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
 
-def _resolve(client: MlflowClient, uri: str, model: str, alias: str, fail: _Fail) -> str:
-    """The version ``alias`` names, or a :class:`ServeError` that says what to do."""
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What a service serves: the version an alias names (followed), or one version (pinned).
+
+    Attributes:
+        model: the registered model name.
+        alias: the alias followed, or ``None``.
+        version: the pinned version, or ``None``.
+    """
+
+    model: str
+    alias: str | None = "champion"
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, uri: str) -> ModelTarget:
+        """``models:/NAME@ALIAS`` (followed) or ``models:/NAME/VERSION`` (pinned), as in MLflow.
+
+        Raises:
+            ValueError: any other URI, with the forms that work.
+        """
+        found = _MODEL_URI.match(uri.strip())
+        if found is None:
+            raise ValueError(
+                f"cannot serve '{uri}': mlnb serves registered models, as "
+                "models:/NAME@ALIAS (following the alias) or models:/NAME/VERSION (one version); "
+                "register the model first (a pipeline with a `model` section, or mlflow's "
+                "register_model)"
+            )
+        version = found["version"]
+        if version is not None and not version.isdigit():
+            raise ValueError(
+                f"cannot serve '{uri}': '{version}' is not a version number (MLflow's stages "
+                f"are deprecated); use models:/{found['name']}@ALIAS or models:/{found['name']}/N"
+            )
+        if version is not None:
+            return cls(found["name"], None, version)
+        return cls(found["name"], found["alias"])
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"models:/{self.model}/{self.version}"
+        return f"models:/{self.model}@{self.alias}"
+
+
+def _resolve(client: MlflowClient, uri: str, target: ModelTarget, fail: _Fail) -> str:
+    """The version to load first: the pinned one, or the one the alias names.
+
+    Raises:
+        ServeError: the model is not registered, the version does not exist,
+            or no version has the alias; each says what to do.
+    """
+    model, alias = target.model, target.alias
     shown = redacted(uri)
     try:
         registered = client.get_registered_model(model)
@@ -118,6 +176,9 @@ def _resolve(client: MlflowClient, uri: str, model: str, alias: str, fail: _Fail
         raise fail(f"no registered model '{model}' in the MLflow store {shown}{hint}") from None
     except Exception as exc:  # the store cannot be reached: SQLAlchemy, HTTP errors
         raise fail(f"cannot reach the MLflow store {shown}: {redact_in(str(exc), uri)}") from None
+    if target.version is not None:
+        return _existing(client, model, target.version, fail)
+    assert alias is not None
     aliases = dict(registered.aliases or {})
     if alias not in aliases:
         others = ", ".join(f"@{a} → version {v}" for a, v in sorted(aliases.items()))
@@ -128,9 +189,23 @@ def _resolve(client: MlflowClient, uri: str, model: str, alias: str, fail: _Fail
     return str(aliases[alias])
 
 
+def _existing(client: MlflowClient, model: str, version: str, fail: _Fail) -> str:
+    """``version`` if ``model`` has it, else a :class:`ServeError` naming the versions it has."""
+    try:
+        client.get_model_version(model, version)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise fail(f"cannot look up version {version} of '{model}': {exc.message}") from None
+        found = client.search_model_versions(f"name = '{model}'", max_results=1000)
+        have = sorted((int(v.version) for v in found), reverse=True)[:10]
+        listed = ", ".join(map(str, have)) or "none"
+        raise fail(f"'{model}' has no version {version} (versions: {listed})") from None
+    return version
+
+
 def create_app(
     model: str,
-    alias: str = "champion",
+    alias: str | None = "champion",
     tracking_uri: str | None = None,
     log_dir: Path | None = None,
     poll_seconds: float = 1.0,
@@ -139,14 +214,19 @@ def create_app(
     project: Path | None = None,
     tokens: Tokens | Path | None = None,
     read_seconds: float = READ_SECONDS,
+    version: str | None = None,
+    timeout: float = TIMEOUT_SECONDS,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Starlette:
-    """Load the version ``alias`` names and build the ASGI app that serves it.
+    """Load the version ``alias`` names (or ``version``) and build the ASGI app that serves it.
 
     The app follows the alias once it runs (its lifespan starts the follower
     thread); building it starts nothing.
 
     Args:
-        model: the registered model name.
+        model: the registered model name, or a ``models:/NAME@ALIAS`` or
+            ``models:/NAME/VERSION`` URI (then ``alias`` and ``version`` are
+            taken from it).
         alias: the alias to serve and follow.
         tracking_uri: the MLflow store; default ``MLFLOW_TRACKING_URI``, else
             the project's ``mlflow.db``.
@@ -158,6 +238,9 @@ def create_app(
             need, or the tokens file that lists them; ``None``: every endpoint
             is open.
         read_seconds: how long a request's body may take to arrive (then 408).
+        version: serve this version, pinned: the alias is not followed.
+        timeout: how long a request may be scored (then 504).
+        limits: what one request may hold besides its size.
 
     Returns:
         A Starlette application; ``app.state.service`` is its :class:`Service`.
@@ -169,19 +252,31 @@ def create_app(
     """
     root = Path(project) if project is not None else Path.cwd()
     uri = tracking_uri or default_tracking_uri(root)
-    fail = functools.partial(ServeError, model=model, alias=alias, tracking_uri=uri)
-    _check_settings(uri, poll_seconds, max_body_bytes, read_seconds, fail)
+    target = _target(model, alias, version, uri)
+    fail = functools.partial(ServeError, model=target.model, alias=target.alias, tracking_uri=uri)
+    _check_settings(uri, (poll_seconds, max_body_bytes, read_seconds, timeout), fail)
     accepted = read_tokens(tokens) if isinstance(tokens, str | Path) else tokens
     client = _open_store(uri, fail)
-    first = _load_first(client, uri, model, alias, fail)
+    first = _load_first(client, uri, target, fail)
     directory = Path(log_dir) if log_dir is not None else default_log_dir(root)
     log = _open_log(directory, fail)
-    service = Service(client, uri, model, alias, first, log, poll_seconds, max_body_bytes)
+    service = Service(
+        client,
+        uri,
+        target.model,
+        target.alias,
+        first,
+        log,
+        poll_seconds,
+        max_body_bytes,
+        limits=limits,
+        timeout=timeout,
+    )
     logger.info(
-        "serving version %s of '%s' (alias '%s', %s flavor) from %s; logging predictions to %s; %s",
+        "serving version %s of '%s' (%s, %s flavor) from %s; logging predictions to %s; %s",
         first.version,
-        model,
-        alias,
+        target.model,
+        f"alias '{target.alias}'" if target.alias else "pinned",
         first.flavor,
         redacted(uri),
         directory,
@@ -190,17 +285,27 @@ def create_app(
     return build_app(service, accepted, read_seconds)
 
 
-def _check_settings(
-    uri: str, poll_seconds: float, max_body_bytes: int, read_seconds: float, fail: _Fail
-) -> None:
+def _target(model: str, alias: str | None, version: str | None, uri: str) -> ModelTarget:
+    """What to serve: a ``models:/`` URI parsed, or the model with its alias or pinned version."""
+    if model.startswith("models:/"):
+        try:
+            return ModelTarget.parse(model)
+        except ValueError as exc:
+            raise ServeError(
+                str(exc), model=model, alias=alias, tracking_uri=uri, exit_code=ExitCode.INVALID
+            ) from None
+    return ModelTarget(model, None, version) if version is not None else ModelTarget(model, alias)
+
+
+def _check_settings(uri: str, numbers: tuple[float, ...], fail: _Fail) -> None:
     """An embedded store that exists, and positive settings."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise fail(
             f"no MLflow store at {uri.removeprefix('sqlite:///')}; run `mlnb run` in the project "
             "first, or point MLFLOW_TRACKING_URI at your store"
         )
-    if poll_seconds <= 0 or max_body_bytes <= 0 or read_seconds <= 0:
-        raise fail("poll_seconds, max_body_bytes and read_seconds must be positive")
+    if any(number <= 0 for number in numbers):
+        raise fail("poll_seconds, max_body_bytes, read_seconds and timeout must be positive")
 
 
 def _open_store(uri: str, fail: _Fail) -> MlflowClient:
@@ -212,15 +317,18 @@ def _open_store(uri: str, fail: _Fail) -> MlflowClient:
         ) from None
 
 
-def _load_first(client: MlflowClient, uri: str, model: str, alias: str, fail: _Fail) -> Served:
-    """The version ``alias`` names now, loaded; a :class:`ServeError` if it does not load."""
-    version = _resolve(client, uri, model, alias, fail)
+def _load_first(client: MlflowClient, uri: str, target: ModelTarget, fail: _Fail) -> Served:
+    """The version to serve first, loaded; a :class:`ServeError` if it does not load."""
+    model = target.model
+    version = _resolve(client, uri, target, fail)
     try:
         first = load_version(client, model, version, uri)
     except Exception as exc:
+        named = f"alias '{target.alias}'" if target.alias else "pinned"
+        advice = "move the alias to a version that loads" if target.alias else "serve another"
         raise fail(
-            f"version {version} of '{model}' (alias '{alias}') cannot be loaded: "
-            f"{redact_in(error_text(exc), uri)}; move the alias to a version that loads"
+            f"version {version} of '{model}' ({named}) cannot be loaded: "
+            f"{redact_in(error_text(exc), uri)}; {advice}"
         ) from None
     if first.schema is None:
         logger.warning(
@@ -378,7 +486,7 @@ def _return_on_signals() -> Iterator[None]:
 
 def serve(
     model: str,
-    alias: str = "champion",
+    alias: str | None = "champion",
     host: str = "127.0.0.1",
     port: int = 8080,
     tracking_uri: str | None = None,
@@ -392,12 +500,17 @@ def serve(
     insecure: bool = False,
     read_seconds: float = READ_SECONDS,
     max_concurrency: int = MAX_CONCURRENCY,
+    version: str | None = None,
+    timeout: float = TIMEOUT_SECONDS,
+    limits: Limits = DEFAULT_LIMITS,
+    workers: int = 1,
 ) -> None:
     """Serve a model's aliased version over HTTP until SIGINT or SIGTERM.
 
-    One uvicorn worker (uvloop and httptools when installed), no access log;
-    mlnb's own messages (swaps, load failures) go to the server log on
-    stderr. Returns after a graceful shutdown.
+    uvicorn (uvloop and httptools when installed), no access log; mlnb's own
+    messages (swaps, load failures) go to the server log on stderr. With
+    ``workers`` above 1, that many processes share the listening socket
+    (:mod:`mlnb.serving.workers`). Returns after a graceful shutdown.
 
     Args:
         model: the registered model name.
@@ -416,48 +529,126 @@ def serve(
         read_seconds: how long a request's head, and then its body, may take
             to arrive.
         max_concurrency: connections and requests at once; beyond, 503.
+        version: serve this version, pinned (see :func:`create_app`).
+        timeout: how long a request may be scored (then 504).
+        limits: what one request may hold besides its size.
+        workers: server processes on the socket, each following the alias.
 
     Raises:
         ServeError: as :func:`create_app`, the address is taken, or it is not
             loopback and there are no tokens (exit code 2).
         TokensError: the tokens file cannot be read or has a malformed line.
     """
-    import uvicorn
-
     config_log = _log_config(log_level)
     logging.config.dictConfig(config_log)  # before loading, so its messages show
     uri = tracking_uri or default_tracking_uri(Path(project) if project else Path.cwd())
-    fail = functools.partial(ServeError, model=model, alias=alias, tracking_uri=uri)
+    target = _target(model, alias, version, uri)
+    fail = functools.partial(ServeError, model=target.model, alias=target.alias, tracking_uri=uri)
     _check_exposure(host, tokens, insecure, fail)
     accepted = read_tokens(tokens) if tokens is not None else None  # a bad file fails first
+    if workers < 1:
+        raise fail(f"workers must be at least 1; got {workers}", exit_code=ExitCode.INVALID)
+    settings = Settings(
+        model=target.model,
+        alias=target.alias,
+        version=target.version,
+        tracking_uri=uri,
+        log_dir=str(log_dir) if log_dir is not None else None,
+        project=str(project) if project is not None else None,
+        poll_seconds=poll_seconds,
+        max_body_bytes=max_body_bytes,
+        log_level=log_level,
+        tokens=str(tokens) if tokens is not None else None,
+        read_seconds=read_seconds,
+        max_concurrency=max_concurrency,
+        timeout=timeout,
+        limits=dataclasses.asdict(limits),
+    )
     sock = _listen(host, port, fail)  # a taken port fails before the model loads
     try:
-        app = create_app(
-            model,
-            alias,
-            uri,
-            log_dir,
-            poll_seconds,
-            max_body_bytes,
-            project=project,
-            tokens=accepted,
-            read_seconds=read_seconds,
-        )
-        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-        config = uvicorn.Config(
-            app,
-            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            http=_protocol(http, read_seconds),
-            lifespan="on",
-            access_log=False,
-            log_config=config_log,
-            log_level=log_level,
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            timeout_graceful_shutdown=SHUTDOWN_SECONDS,
-            limit_concurrency=max_concurrency,
-            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        )
-        with _return_on_signals():
-            uvicorn.Server(config).run(sockets=[sock])
+        if workers == 1:
+            serve_on(sock, settings, accepted)
+        else:
+            from mlnb.serving.workers import supervise
+
+            supervise(sock, workers, settings, fail)
     finally:
         sock.close()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one server process needs to serve: :func:`serve`'s arguments, resolved.
+
+    Plain values, so that :mod:`mlnb.serving.workers` hands them to each
+    worker process as JSON.
+    """
+
+    model: str
+    alias: str | None
+    version: str | None
+    tracking_uri: str
+    log_dir: str | None
+    project: str | None
+    poll_seconds: float
+    max_body_bytes: int
+    log_level: str
+    tokens: str | None
+    read_seconds: float
+    max_concurrency: int
+    timeout: float
+    limits: dict[str, int]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        return cls(**json.loads(text))
+
+
+def serve_on(
+    sock: socket.socket,
+    settings: Settings,
+    tokens: Tokens | None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Load the version, then run uvicorn on a listening socket until SIGINT or SIGTERM.
+
+    ``ready`` is called once the version is loaded, before the first request
+    is taken (a worker process tells its supervisor so).
+    """
+    import uvicorn
+
+    app = create_app(
+        settings.model,
+        settings.alias,
+        settings.tracking_uri,
+        Path(settings.log_dir) if settings.log_dir is not None else None,
+        settings.poll_seconds,
+        settings.max_body_bytes,
+        project=Path(settings.project) if settings.project is not None else None,
+        tokens=tokens,
+        read_seconds=settings.read_seconds,
+        version=settings.version,
+        timeout=settings.timeout,
+        limits=Limits(**settings.limits),
+    )
+    if ready is not None:
+        ready()
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    config = uvicorn.Config(
+        app,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http=_protocol(http, settings.read_seconds),
+        lifespan="on",
+        access_log=False,
+        log_config=_log_config(settings.log_level),
+        log_level=settings.log_level,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        limit_concurrency=settings.max_concurrency,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+    )
+    with _return_on_signals():
+        uvicorn.Server(config).run(sockets=[sock])

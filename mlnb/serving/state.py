@@ -150,12 +150,13 @@ class Service:
         client: the MLflow client of the store.
         tracking_uri: that store's URI.
         model: the registered model name.
-        alias: the alias followed.
+        alias: the alias followed; ``None`` for a pinned version (``models:/NAME/VERSION``).
         first: the version loaded at start.
         log: the prediction log.
         poll_seconds: how often the alias is looked up.
         max_body_bytes: the largest request body taken.
         limits: what one request may hold besides its size (columns, rows, nesting).
+        timeout: how long a request may be scored (then 504), in seconds.
     """
 
     def __init__(
@@ -163,12 +164,13 @@ class Service:
         client: MlflowClient,
         tracking_uri: str,
         model: str,
-        alias: str,
+        alias: str | None,
         first: Served,
         log: PredictionLog,
         poll_seconds: float,
         max_body_bytes: int,
         limits: Limits = DEFAULT_LIMITS,
+        timeout: float = 60.0,
     ) -> None:
         self.client, self.uri, self.model, self.alias = client, tracking_uri, model, alias
         self.current = first
@@ -177,7 +179,8 @@ class Service:
         self.poll_seconds = poll_seconds
         self.max_body_bytes = max_body_bytes
         self.limits = limits
-        self.metrics = Metrics(model, alias)
+        self.timeout = timeout
+        self.metrics = Metrics(model, alias or "")
         self.metrics.serving(None, first.version)
         self.load_trouble: Trouble | None = None
         self.alias_trouble: Trouble | None = None
@@ -194,7 +197,9 @@ class Service:
     # the follower thread
 
     def start(self) -> None:
-        """Start following the alias."""
+        """Start following the alias (a pinned version is not followed)."""
+        if self.alias is None:
+            return
         self._stop.clear()
         self._thread = threading.Thread(target=self._follow, name="mlnb-serve-alias", daemon=True)
         self._thread.start()
@@ -233,6 +238,8 @@ class Service:
 
     def _look_up(self) -> str | None:
         """The version the alias names now; ``None`` (and an alias trouble) if the look-up fails."""
+        if self.alias is None:
+            return None
         try:
             target = str(self.client.get_model_version_by_alias(self.model, self.alias).version)
         except Exception as exc:

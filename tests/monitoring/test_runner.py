@@ -355,7 +355,7 @@ def test_drift_retrains_promotes_and_the_service_follows(story: Story) -> None:
     assert story.swap_seconds < SWAP_WITHIN
     answer = story.server.predict(X.iloc[:BATCH] * SHIFT)
     assert answer["model_version"] == "2"
-    assert httpx.get(f"{story.server.url}/version", timeout=10).json()["model_version"] == "2"
+    assert httpx.get(f"{story.server.url}/mlnb/version", timeout=10).json()["model_version"] == "2"
     assert "now serving version 2 of 'cancer'" in story.server.log()
 
 

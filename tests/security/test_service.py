@@ -121,10 +121,15 @@ def test_each_protected_endpoint_needs_a_token_of_its_scope(guarded: Server, sto
     assert httpx.post(f"{guarded.url}/feedback", json=labels).status_code == 401
     assert feedback(guarded, labels).json() == {"accepted": 1}
 
-    for path in ("/ping", "/health", "/metrics"):  # probes and scrapers need no token
+    for path in (
+        "/ping",
+        "/health",
+        "/metrics",
+        "/mlnb/health",
+    ):  # probes and scrapers need no token
         assert guarded.get(path).status_code == 200
-    assert guarded.get("/version").status_code == 401
-    version = httpx.get(f"{guarded.url}/version", headers=auth(FEEDBACK), timeout=30)
+    assert guarded.get("/mlnb/version").status_code == 401
+    version = httpx.get(f"{guarded.url}/mlnb/version", headers=auth(FEEDBACK), timeout=30)
     assert version.json()["model_version"] == "1"
     text = guarded.get("/metrics").text
     assert metric(text, "mlnb_serve_errors_total", endpoint="invocations", kind="unauthenticated")
@@ -318,7 +323,7 @@ def test_an_unwritable_log_answers_503_and_the_service_recovers(
         assert refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
         assert "the prediction is not answered" in refused.json()["message"]
         assert "predictions" not in refused.json()
-        health = guarded.get("/health").json()
+        health = guarded.get("/mlnb/health").json()
         assert health["status"] == "degraded"
         assert "cannot write the prediction log" in health["log_error"]["message"]
         text = guarded.get("/metrics").text
@@ -331,7 +336,7 @@ def test_an_unwritable_log_answers_503_and_the_service_recovers(
         guarded.log_dir.unlink()
     answered = predict(guarded, rows)  # the writer recreates its folder
     assert answered.status_code == 200
-    assert guarded.get("/health").json()["status"] == "ok"
+    assert guarded.get("/mlnb/health").json()["status"] == "ok"
     assert metric(guarded.get("/metrics").text, "mlnb_serve_prediction_log_failing") == 0
     logged = predlog.load_predictions(guarded.log_dir)["request_id"].tolist()
     assert logged == [answered.json()["request_id"]]
@@ -371,7 +376,7 @@ def test_a_malformed_tokens_file_is_refused_naming_file_and_line(tmp_path: Path)
 def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path, port: str) -> None:
     refused = mlnb("--port", port, cwd=tmp_path)
     assert refused.returncode == 2
-    assert "Invalid value for '--port'" in refused.stderr
+    assert "Invalid value for '-p' / '--port'" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 

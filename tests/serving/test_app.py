@@ -46,17 +46,31 @@ def test_a_batch_above_the_inline_limit_is_predicted_whole(server: Server, store
     assert response.json()["predictions"] == store.predict("1", rows)
 
 
-def test_ping_health_version(server: Server) -> None:
-    ping = server.get("/ping")
-    assert ping.status_code == 200
-    health = server.get("/health").json()
+def test_mlflows_endpoints_answer_as_mlflow_and_mlnbs_own_route_has_the_details(
+    server: Server,
+) -> None:
+    import mlflow
+
+    for path in ("/ping", "/health"):  # MLflow's health checks: 200 and a line break
+        answer = server.get(path)
+        assert (answer.status_code, answer.text) == (200, "\n")
+    version = server.get("/version")  # MLflow's text, which ScoringServerClient compares
+    assert (version.status_code, version.text) == (200, mlflow.__version__)
+    described = server.get("/openapi.json").json()
+    assert described["openapi"].startswith("3.")
+    assert {"/ping", "/health", "/version", "/invocations"} <= set(described["paths"])
+    body = described["paths"]["/invocations"]["post"]["requestBody"]["content"]
+    split = body["application/json"]["schema"]["oneOf"][0]["properties"]["dataframe_split"]
+    assert len(split["properties"]["data"]["items"]["prefixItems"]) == 30  # the signature's
+    assert "swagger-ui" in server.get("/docs").text
+    health = server.get("/mlnb/health").json()
     assert health["status"] == "ok"
     assert (health["model"], health["alias"], health["model_version"]) == (
         "cancer",
         "champion",
         "1",
     )
-    version = server.get("/version").json()
+    version = server.get("/mlnb/version").json()
     assert version["model_version"] == "1"
     assert version["flavor"] == "sklearn"
     assert version["mlflow_version"]

@@ -76,7 +76,7 @@ def test_alias_moved_under_load_swaps_without_a_failed_request(
     first_new = min(got for _, got, v in every if v == "2")
     assert first_new - moved_at[0] < 10 * POLL  # a few polls and one load
     assert all(v == "2" for sent, _, v in every if sent > first_new)  # never back to 1
-    health = server.get("/health").json()
+    health = server.get("/mlnb/health").json()
     assert (health["status"], health["model_version"]) == ("ok", "2")
     text = server.get("/metrics").text
     assert metric(text, "mlnb_serve_model_swaps_total") == 1
@@ -92,15 +92,15 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
     broken = store.register_broken("fragile")
     server = start("fragile")
     store.client.set_registered_model_alias("fragile", "champion", broken)
-    wait_for(lambda: server.get("/health").json()["status"] == "degraded")
+    wait_for(lambda: server.get("/mlnb/health").json()["status"] == "degraded")
 
-    health = server.get("/health").json()
+    health = server.get("/mlnb/health").json()
     assert health["model_version"] == "1"
     assert health["alias_version"] == broken
     assert health["load_error"]["version"] == broken
     assert f"version {broken} failed to load" in health["load_error"]["message"]
     assert "Traceback" not in json.dumps(health)
-    assert server.get("/version").json()["load_error"]["version"] == broken
+    assert server.get("/mlnb/version").json()["load_error"]["version"] == broken
     rows = store.X.head(4)
     response = server.predict(FORMATS["dataframe_split"](rows)["json"])
     assert response.status_code == 200
@@ -113,7 +113,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
     assert f"version {broken} of 'fragile' failed to load; still serving version 1" in server.log()
 
     store.client.set_registered_model_alias("fragile", "champion", "1")  # back: healthy again
-    wait_for(lambda: server.get("/health").json()["status"] == "ok")
+    wait_for(lambda: server.get("/mlnb/health").json()["status"] == "ok")
     assert metric(server.get("/metrics").text, "mlnb_serve_model_load_failing") == 0
 
 
