@@ -20,6 +20,7 @@ carries the cell index, exception name and value::
     ├── KernelStartError     a Jupyter kernel does not start (mlnb.engine.kernels)
     ├── RegistryError        a model cannot be registered, gated or promoted (mlnb.models)
     ├── PredictionLogError   the prediction log cannot be read or exported (mlnb.predictions.log)
+    │   ├── RetentionError   a retention setting is invalid (mlnb.predictions.retention)
     │   └── LogWriteError    a record could not be written durably (mlnb.predictions.log)
     ├── ServeError           the prediction service cannot start (mlnb.serving.server)
     ├── TokensError          a service's tokens file cannot be read or has a bad line

@@ -84,9 +84,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mlnb.cli import delivery, models, monitoring, pipelines, serving
+    from mlnb.cli import delivery, models, monitoring, pipelines, predictions, serving
 
-    for module in (pipelines, models, serving, monitoring, delivery):
+    for module in (pipelines, models, serving, predictions, monitoring, delivery):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -29,7 +29,11 @@ Design decisions:
   signatures share a log.
 - **A file per UTC day** (``predictions-2025-01-31.jsonl``,
   ``feedback-2025-01-31.jsonl``): retention is deleting old files, and a
-  monitoring window reads only the days it needs.
+  monitoring window reads only the days it needs. A closed day may be
+  gzipped (``predictions-2025-01-31.jsonl.gz``, beside a ``.jsonl`` a late
+  writer made): every reader here reads both, each record once
+  (:mod:`mlnb.predictions.files`); :mod:`mlnb.predictions.retention` compresses
+  and prunes.
 - **Request ids are UUIDv7.** The time in the id names the day file that holds
   the request, so feedback for a request of last week is checked against one
   file, without an index that grows with the log. Recent requests are looked
@@ -52,7 +56,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import (
@@ -66,6 +70,20 @@ from pydantic import (
 )
 
 from mlnb.errors import MlnbError, Problem
+from mlnb.predictions.files import (
+    DAMAGED,
+    FEEDBACK,
+    PREDICTIONS,
+    Kind,
+    Part,
+    day_start,
+    days,
+    open_day,
+    read_pruned,
+    tail,
+    whole_lines,
+)
+from mlnb.predictions.files import day_of as _day
 from mlnb.store import state_dir
 
 if TYPE_CHECKING:
@@ -73,8 +91,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions"
-FEEDBACK = "feedback"
 INDEX_SIZE = 100_000  # request ids kept in memory for feedback look-ups (~20 MB)
 META_COLUMNS = ("request_id", "row", "time", "model_version")
 #: who sent a row's label (the name of the token that sent the feedback)
@@ -82,11 +98,9 @@ LABELED_BY = "labeled_by"
 DAY_INDEXES = 3  # day files whose request ids are kept in memory for feedback look-ups
 WARNED_SKIPS = 10  # skipped lines named one by one in the warnings of one read
 _DAY_MS = 86_400_000
-_CHUNK = 1 << 22  # bytes read at a time when a day file is scanned
 _DUMP_OPTIONS = (
     orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
 )
-_FILE_NAME = re.compile(r"^(predictions|feedback)-(\d{4}-\d{2}-\d{2})\.jsonl$")
 #: the start of a prediction line as the writer serializes it: its request id and row count
 _HEAD = re.compile(
     rb'\{"request_id":"([^"\\]{1,100})","time":"[^"\\]{0,40}",'
@@ -145,10 +159,6 @@ def request_millis(request_id: str) -> int | None:
     return parsed.int >> 80
 
 
-def _day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
-
-
 def _default(value: Any) -> Any:
     """Serialize what orjson does not know: NumPy scalars, bytes, anything else as text."""
     tolist = getattr(value, "tolist", None)  # NumPy arrays and scalars
@@ -173,7 +183,7 @@ class _DayFile:
     can read.
     """
 
-    def __init__(self, directory: Path, kind: str) -> None:
+    def __init__(self, directory: Path, kind: Kind) -> None:
         self.directory = directory
         self.kind = kind
         self.day = -1
@@ -335,12 +345,14 @@ class PredictionLog:
         return self._index.get(request_id)
 
     def known_requests(self, request_ids: Sequence[str]) -> dict[str, int | None]:
-        """The row count of each request id; ``None`` for an id that was never logged.
+        """The row count of each request id; ``None`` for an id the log does not hold.
 
         Recent ids of this writer come from memory; the others from an index
         of the day files their ids name (the :data:`DAY_INDEXES` days asked
         about last), which reads each file once and then only what was
-        appended to it. Reads the disk: call it off the event loop.
+        appended to it (a closed ``.gz`` once). Reads the disk: call it off
+        the event loop. :meth:`pruned_days` tells which of the ``None`` ids
+        were of a day that retention deleted.
         """
         known: dict[str, int | None] = {rid: self._index.get(rid) for rid in request_ids}
         missing = [rid for rid, rows in known.items() if rows is None]
@@ -351,13 +363,32 @@ class PredictionLog:
 
     def _day_index(self, day: str) -> _DayIndex:
         """The index of one day file, kept among the last :data:`DAY_INDEXES` used."""
-        index = self._days.pop(day, None) or _DayIndex(
-            _day_path(self.directory, day), self._index_size
-        )
+        index = self._days.pop(day, None) or _DayIndex(self.directory, day, self._index_size)
         self._days[day] = index
         if len(self._days) > DAY_INDEXES:
             self._days.popitem(last=False)
         return index
+
+    def pruned_days(self, request_ids: Iterable[str]) -> dict[str, str]:
+        """The UTC day of each request id whose day retention deleted from the log.
+
+        An id's day counts as pruned when it is no later than the newest day
+        of predictions that ``pruned.json`` records
+        (:func:`mlnb.predictions.files.read_pruned`, which also holds the
+        retention that pruned it). Says nothing about whether an id was ever
+        logged: ask about the ids :meth:`known_requests` did not find. Ids
+        that are no UUIDv7 are left out. Reads a small file: call it off the
+        event loop.
+        """
+        newest = read_pruned(self.directory).newest.get(PREDICTIONS)
+        if newest is None:
+            return {}
+        return {
+            request_id: day
+            for day, wanted in _by_day(request_ids).items()
+            if day <= newest
+            for request_id in sorted(wanted)
+        }
 
     def close(self) -> None:
         """Close the open descriptors; later writes reopen them."""
@@ -375,10 +406,6 @@ def _by_day(request_ids: Iterable[str]) -> dict[str, set[str]]:
     return by_day
 
 
-def _day_path(directory: Path, day: str) -> Path:
-    return directory / f"{PREDICTIONS}-{day}.jsonl"
-
-
 def find_requests(directory: Path, request_ids: Iterable[str]) -> dict[str, int | None]:
     """The row count of each request id in a log folder (``None``: not there).
 
@@ -387,22 +414,13 @@ def find_requests(directory: Path, request_ids: Iterable[str]) -> dict[str, int 
     ids = list(request_ids)
     found: dict[str, int | None] = dict.fromkeys(ids)
     for day, wanted in _by_day(ids).items():
-        found.update(_rows_of(_day_path(Path(directory), day), wanted))
+        found.update(_rows_of(Path(directory), day, wanted))
     return found
 
 
 def find_request(directory: Path, request_id: str) -> int | None:
     """The row count of ``request_id`` in a log folder, or ``None`` if it is not there."""
     return find_requests(directory, [request_id])[request_id]
-
-
-def _whole_lines(handle: BinaryIO) -> Iterator[bytes]:
-    """The lines from the handle's position on that end in a newline (without it)."""
-    rest = b""
-    while chunk := handle.read(_CHUNK):
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        yield from lines
 
 
 def _head(line: bytes) -> tuple[str, int] | None:
@@ -422,60 +440,93 @@ def _head(line: bytes) -> tuple[str, int] | None:
     return request_id, rows
 
 
-def _rows_of(path: Path, wanted: set[str]) -> dict[str, int]:
-    """The row counts of the ``wanted`` requests that one day file holds."""
-    found: dict[str, int] = {}
+def _part_lines(part: Part) -> Iterator[bytes]:
+    """The whole lines of one file of a day; a damaged ``.gz`` ends them, with a warning."""
     try:
-        handle = path.open("rb", buffering=0)
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    with handle:
-        for line in _whole_lines(handle):
-            head = _head(line)
-            if head is not None and head[0] in wanted:
-                found[head[0]] = head[1]
+        yield from whole_lines(part.stream)
+    except DAMAGED as exc:
+        logger.warning(
+            "%s: the compressed file is damaged or cut short; the rest of it is unread: %s",
+            part.path,
+            exc,
+        )
+
+
+def _rows_of(directory: Path, day: str, wanted: set[str]) -> dict[str, int]:
+    """The row counts of the ``wanted`` requests that one day's files hold."""
+    found: dict[str, int] = {}
+    with open_day(directory, PREDICTIONS, day) as parts:
+        for part in parts:
+            for line in _part_lines(part):
+                head = _head(line)
+                if head is not None and head[0] in wanted:
+                    found[head[0]] = head[1]
     return found
 
 
-class _DayIndex:
-    """The request ids and row counts of one day file: read once, then only what was appended.
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
-    Holds at most ``limit`` ids; a day file with more is scanned on each look-up instead.
+
+class _DayIndex:
+    """The request ids and row counts of one day: read once, then only what was appended.
+
+    The day's ``.gz`` is closed: it is indexed once, and again only when a
+    compression replaced it. Its ``.jsonl`` is followed by offset. Holds at
+    most ``limit`` ids; a day with more is scanned on each look-up instead.
     """
 
-    def __init__(self, path: Path, limit: int) -> None:
-        self.path, self.limit = path, limit
-        self.offset = 0
+    def __init__(self, directory: Path, day: str, limit: int) -> None:
+        self.directory, self.day, self.limit = directory, day, limit
         self.rows: dict[str, int] | None = {}
+        self.closed: tuple[int, int, int] | None = None  # the .gz indexed
+        self.open: int | None = None  # the inode of the .jsonl indexed ...
+        self.offset = 0  # ... and how far
 
     def look_up(self, wanted: set[str]) -> dict[str, int]:
-        """The row counts of the ``wanted`` requests the day file holds now."""
+        """The row counts of the ``wanted`` requests the day's files hold now."""
         if self.rows is not None:
-            self._catch_up()
+            with open_day(self.directory, PREDICTIONS, self.day) as parts:
+                self._catch_up(parts)
         if self.rows is None:
-            return _rows_of(self.path, wanted)
+            return _rows_of(self.directory, self.day, wanted)
         rows = self.rows
         return {request_id: rows[request_id] for request_id in wanted if request_id in rows}
 
-    def _catch_up(self) -> None:
-        """Index the lines appended since the last look-up."""
-        try:
-            handle = self.path.open("rb", buffering=0)
-        except (FileNotFoundError, NotADirectoryError):
-            self.offset, self.rows = 0, {}
-            return
-        with handle:
-            if os.fstat(handle.fileno()).st_size < self.offset:  # replaced or cut short
-                self.offset, self.rows = 0, {}
-            handle.seek(self.offset)
-            for line in _whole_lines(handle):
+    def _catch_up(self, parts: list[Part]) -> None:
+        """Index what changed since the last look-up: a new ``.gz``, lines added to a ``.jsonl``."""
+        closed = next((part for part in parts if part.closed), None)
+        plain = next((part for part in parts if not part.closed), None)
+        closed_id = _identity(closed.stat) if closed is not None else None
+        if closed_id != self.closed or not self._follows(plain):  # compressed, replaced, cut short
+            self.rows, self.closed, self.open, self.offset = {}, None, None, 0
+        if closed is not None and self.closed is None:
+            for line in _part_lines(closed):
+                self._add(line)
+            self.closed = closed_id
+        if plain is not None:
+            if self.open is None:
+                self.open, self.offset = plain.stat.st_ino, 0
+            plain.stream.seek(self.offset)
+            for line in whole_lines(plain.stream):
                 self.offset += len(line) + 1
-                head = _head(line)
-                if head is None or self.rows is None:
-                    continue
-                self.rows[head[0]] = head[1]
-                if len(self.rows) > self.limit:
-                    self.rows = None  # too many to keep: scan on each look-up
+                self._add(line)
+
+    def _follows(self, plain: Part | None) -> bool:
+        """The ``.jsonl`` is the one indexed so far, grown or not (or there was none)."""
+        if self.open is None:
+            return True
+        if plain is None:
+            return False
+        return plain.stat.st_ino == self.open and plain.stat.st_size >= self.offset
+
+    def _add(self, line: bytes) -> None:
+        head = _head(line)
+        if head is None or self.rows is None:
+            return
+        self.rows[head[0]] = head[1]
+        if len(self.rows) > self.limit:
+            self.rows = None  # too many to keep: scan on each look-up
 
 
 class _Prediction(BaseModel):
@@ -542,42 +593,50 @@ class Skipped:
             logger.warning("skipped %d more records of the prediction log", hidden)
 
 
-def _day_files(directory: Path, kind: str, first: str = "") -> list[tuple[str, Path]]:
-    """The ``(day, path)`` of the day files of one kind, from day ``first`` on, oldest first."""
-    return sorted(
-        (m[2], p)
-        for p in directory.iterdir()
-        if (m := _FILE_NAME.match(p.name)) and m[1] == kind and m[2] >= first
-    )
+def _part_records(part: Part, model: type[BaseModel], skipped: Skipped) -> Iterator[Any]:
+    """The valid records of one file of a day; a torn or malformed line goes to ``skipped``.
 
-
-def _file_records(path: Path, model: type[BaseModel], skipped: Skipped) -> Iterator[Any]:
-    """The valid records of one day file; a torn or malformed line goes to ``skipped``."""
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, 1):
+    A damaged or cut-short ``.gz`` is read up to the damage, which is skipped as its next line.
+    """
+    number = 0
+    try:
+        for number, line in enumerate(part.stream, 1):
             if not line.strip():
                 continue
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                skipped.add(path, number, "not a whole JSON line")
+                skipped.add(part.path, number, "not a whole JSON line")
                 continue
             if not isinstance(record, dict):
-                skipped.add(path, number, "not a JSON object")
+                skipped.add(part.path, number, "not a JSON object")
                 continue
             try:
                 yield model.model_validate(record)
             except ValidationError as exc:
-                skipped.add(path, number, _invalid(exc))
+                skipped.add(part.path, number, _invalid(exc))
+    except DAMAGED as exc:
+        skipped.add(
+            part.path, number + 1, f"the compressed file is damaged or cut short here ({exc})"
+        )
+
+
+def _day_records(
+    directory: Path, model: type[BaseModel], kind: Kind, day: str, skipped: Skipped
+) -> Iterator[Any]:
+    """The valid records of one day: its ``.gz``, then its ``.jsonl``."""
+    with open_day(directory, kind, day) as parts:
+        for part in parts:
+            yield from _part_records(part, model, skipped)
 
 
 def _records(
-    directory: Path, model: type[BaseModel], kind: str, since_ms: int | None, skipped: Skipped
+    directory: Path, model: type[BaseModel], kind: Kind, since_ms: int | None, skipped: Skipped
 ) -> Iterator[Any]:
     """Every valid record of one kind, oldest day first; day files before ``since_ms`` unread."""
     first = _day(since_ms) if since_ms is not None else ""
-    for _, path in _day_files(directory, kind, first):
-        yield from _file_records(path, model, skipped)
+    for day in days(directory, kind, first):
+        yield from _day_records(directory, model, kind, day, skipped)
 
 
 def _output_columns(outputs: list[Any]) -> dict[str, list[Any]]:
@@ -743,34 +802,42 @@ def start_of_last_rows(log_dir: Path, rows: int) -> int | None:
     ``None`` when every day file is needed. Lets a window of the last rows
     read a few day files instead of the whole log.
     """
-    days = _day_files(Path(log_dir), PREDICTIONS)
+    directory = Path(log_dir)
+    held = days(directory, PREDICTIONS)
     skipped, seen = Skipped(), 0
-    for index in range(len(days) - 1, -1, -1):
-        day, path = days[index]
-        seen += sum(len(record.inputs) for record in _file_records(path, _Prediction, skipped))
+    for index in range(len(held) - 1, -1, -1):
+        records = _day_records(directory, _Prediction, PREDICTIONS, held[index], skipped)
+        seen += sum(len(record.inputs) for record in records)
         if seen >= rows:
             if index == 0:
                 return None
-            start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
-            return int(start.timestamp() * 1000)
+            return int(day_start(held[index]).timestamp() * 1000)
     return None
 
 
 def latest_prediction(log_dir: Path) -> tuple[str, str] | None:
     """The model version and time of the newest logged prediction, or ``None``.
 
-    Reads only the tail of the newest day file.
+    Reads only the tail of the newest day that has any: of its ``.jsonl``,
+    else of its ``.gz`` (decompressed to its end, keeping only the tail).
     """
     directory = Path(log_dir)
     if not directory.is_dir():
         return None
-    days = [path for _, path in _day_files(directory, PREDICTIONS) if path.stat().st_size]
-    if not days:
+    for day in reversed(days(directory, PREDICTIONS)):
+        with open_day(directory, PREDICTIONS, day) as parts:
+            if not any(part.stat.st_size for part in parts):
+                continue
+            for part in reversed(parts):
+                found = _latest_in(tail(part).splitlines())
+                if found is not None:
+                    return found
         return None
-    with days[-1].open("rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, size - 65536))
-        lines = handle.read().splitlines()
+    return None
+
+
+def _latest_in(lines: list[bytes]) -> tuple[str, str] | None:
+    """The model version and time of the last valid prediction among ``lines``."""
     for line in reversed(lines):
         try:
             record = orjson.loads(line)
