@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mlnb.cli.main import verbose
+from mlnb.cli.predictions import RETENTION
 from mlnb.serving import MAX_BODY_BYTES, TIMEOUT_SECONDS
+
+if TYPE_CHECKING:
+    from mlnb.predictions.retention import Retention
 
 
 @click.command()
@@ -72,6 +77,12 @@ from mlnb.serving import MAX_BODY_BYTES, TIMEOUT_SECONDS
     help="Prediction log folder [default: .mlnb/predictions].",
 )
 @click.option(
+    "--log-retention",
+    type=RETENTION,
+    help="What the prediction log keeps: an age (30d), a size (2GB) or both (30d,2GB); closed "
+    "days are gzipped, older ones deleted [default: everything].",
+)
+@click.option(
     "--poll-seconds",
     default=1.0,
     show_default=True,
@@ -92,6 +103,7 @@ def serve(
     tokens: Path | None,
     insecure: bool,
     log_dir: Path | None,
+    log_retention: Retention | None,
     poll_seconds: float,
 ) -> None:
     """Serve MODEL's ALIAS version (or -m MODEL_URI) with MLflow's scoring protocol."""
@@ -120,6 +132,7 @@ def serve(
         timeout=timeout,
         max_body_bytes=max_body_bytes,
         workers=workers,
+        log_retention=log_retention,
     )
 
 

@@ -168,7 +168,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _headers(scope: Scope) -> tuple[str | None, str, int | None]:
-    """The media type, its charset and the declared length of a request."""
+    """The media type, its charset and the declared length of a request.
+
+    A media type parameter other than ``charset`` (MLflow 1's ``format=``)
+    is kept in the charset as ``;name``, so that :func:`_media` refuses it
+    as MLflow does.
+    """
     media, charset, length = None, "utf-8", None
     for key, value in scope["headers"]:
         if key == b"content-type":
@@ -178,6 +183,8 @@ def _headers(scope: Scope) -> tuple[str | None, str, int | None]:
                 name, _, val = part.partition("=")
                 if name.strip().lower() == "charset":
                     charset = val.strip().strip('"').lower()
+                elif name.strip():
+                    charset = f";{name.strip()[:100]}"
         elif key == b"content-length":
             try:
                 length = int(value)
@@ -295,6 +302,12 @@ def _media(media: str | None, charset: str, allowed: Sequence[str]) -> str:
         raise Reject(f"the request has no Content-Type; send {_either(allowed)}", 415)
     if media not in allowed:
         raise Reject(f"unsupported Content-Type '{media}'; send {_either(allowed)}", 415)
+    if charset.startswith(";"):
+        raise Reject(
+            f"unrecognized Content-Type parameter '{charset[1:]}'; only charset is taken "
+            "(MLflow 2 and later name the format in the body: dataframe_split, ...)",
+            415,
+        )
     if charset not in ("utf-8", "utf8"):
         raise Reject(f"unsupported charset '{charset}'; send UTF-8", 415)
     return media
@@ -459,6 +472,7 @@ class _Handlers:
                     f"got {_plural(len(labels), 'label')}"
                 )
         if unknown:
+            await self._check_pruned(unknown)
             names = ", ".join(f"'{rid[:64]}'" for rid in unknown[:5])
             more = f" and {len(unknown) - 5:,} more" if len(unknown) > 5 else ""
             raise Reject(
@@ -467,6 +481,25 @@ class _Handlers:
                 404,
                 "RESOURCE_DOES_NOT_EXIST",
             )
+
+    async def _check_pruned(self, unknown: list[str]) -> None:
+        """A 404 that says so when unknown requests were predicted on days retention deleted."""
+        log = self.service.log
+        pruned = await self.workers.run(log.pruned_days, unknown)
+        if not pruned:
+            return
+        from mlnb.predictions.files import read_pruned
+
+        setting = read_pruned(log.directory).retention
+        request_id, day = next(iter(pruned.items()))
+        more = f" (and {len(pruned) - 1:,} more)" if len(pruned) > 1 else ""
+        raise Reject(
+            f"request '{request_id[:64]}'{more} was predicted on {day}; the prediction log no "
+            f"longer holds that day (retention {setting or 'set when it was pruned'}), so its "
+            "labels cannot be joined; send labels within the retention window",
+            404,
+            "RESOURCE_DOES_NOT_EXIST",
+        )
 
     def _check_labels(self, items: list[tuple[str, list[Any]]]) -> None:
         """Each label has the model's output type; a 422 naming request and position if not."""

@@ -362,20 +362,23 @@ def _numbers(values: Any) -> np.ndarray | None:
         matrix = np.asarray(values)
     except (ValueError, TypeError):
         return None
-    return matrix if matrix.dtype.kind in "iuf" and matrix.ndim == 2 and matrix.size else None
+    # unsigned: a whole number beyond int64, which MLflow's cast refuses
+    return matrix if matrix.dtype.kind in "if" and matrix.ndim == 2 and matrix.size else None
 
 
 def _matrix(matrix: np.ndarray | None, schema: InputSchema) -> np.ndarray | None:
     """One column per signature column, as float64 with the values MLflow's cast gives them.
 
     ``None`` where MLflow would convert differently: a fraction in an integer
-    column, an ``integer`` value beyond int32.
+    column, a ``long`` beyond int64, an ``integer`` beyond int32.
     """
     if matrix is None or matrix.shape[1] != len(schema.columns):
         return None
-    if schema.integral and matrix.dtype.kind == "f":
+    if schema.integral:
         part = matrix[:, schema.integral]
-        if not np.array_equal(part, np.round(part)):
+        if matrix.dtype.kind == "f" and not np.array_equal(part, np.round(part)):
+            return None
+        if part.min() < -(2.0**63) or part.max() >= 2.0**63:  # beyond int64: MLflow refuses
             return None
     if schema.int32:
         part = matrix[:, schema.int32]
@@ -389,10 +392,11 @@ def _matrix(matrix: np.ndarray | None, schema: InputSchema) -> np.ndarray | None
 
 
 def _fast(fmt: str, data: Any, schema: InputSchema) -> np.ndarray | None:
-    """The JSON payload as a float64 matrix in signature order, or ``None`` to check it in pandas.
+    """The JSON payload as a float64 matrix in signature order, or ``None`` for MLflow's path.
 
-    Takes rows (lists, in signature order or named by ``columns``), records
-    (objects; extra keys ignored) and objects of columns, all numbers.
+    Takes rows named by ``columns`` (``dataframe_split``), records (objects;
+    extra keys ignored) and objects of columns, all numbers. Rows of values
+    without names are MLflow's to refuse (its schema names no column 0).
     """
     if fmt == "dataframe_split":
         return _fast_split(data, schema) if isinstance(data, dict) else None
@@ -400,17 +404,18 @@ def _fast(fmt: str, data: Any, schema: InputSchema) -> np.ndarray | None:
         return _fast_records(data, schema)
     if fmt == "dataframe_records":
         return None
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        return _matrix(_numbers(data), schema)
     if isinstance(data, dict):
         return _fast_columns(data, schema)
     return None
 
 
 def _fast_split(data: dict[str, Any], schema: InputSchema) -> np.ndarray | None:
-    """``dataframe_split``: rows in signature order, or in the order ``columns`` names them."""
-    matrix, names = _numbers(data.get("data")), data.get("columns")
-    if matrix is None or names is None or names == schema.names:
+    """``dataframe_split``: rows in the order ``columns`` names them, and nothing else."""
+    names = data.get("columns")
+    if names is None or not data.keys() <= {"columns", "data"}:
+        return None  # an index, or fields MLflow refuses: MLflow's path
+    matrix = _numbers(data.get("data"))
+    if matrix is None or names == schema.names:
         return _matrix(matrix, schema)
     if not isinstance(names, list) or len(names) != matrix.shape[1]:
         return None

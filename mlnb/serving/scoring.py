@@ -40,6 +40,7 @@ import inspect
 import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ Flavor = Literal["sklearn", "pyfunc"]
 #: what the model is given: a float64 matrix, or what MLflow's parser made of the body
 Batch = Any
 _DUMP = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: an integer of 19 digits or more: beyond int64 perhaps, which orjson reads as a float
+_BIG_INTEGER = re.compile(rb"(?<![\d.eE])\d{19,}(?![\d.eE])")
 #: the keys of MLflow's unwrapped chat, completions and embeddings payloads
 _LLM_KEYS = ("messages", "prompt", "input")
 
@@ -252,11 +255,10 @@ def score(
     """
     fields = fields or {}
     if mime == JSON:
-        doc = _json_document(body, limits)
-        matrix = _fast_matrix(served, doc, body, limits)
-        if matrix is not None:
+        if served.wants_matrix and (matrix := _fast_matrix(served, body, limits)) is not None:
             return _fast_answer(served, matrix, fields)
-        limits.check_depth(body)
+        doc = _json_document(body, limits)
+        _check_table(served, doc, limits)
         batch, params, unwrapped = _parse_json(served, doc)
     else:
         batch, params, unwrapped = _parse_file(served, mime, body, limits), None, False
@@ -267,16 +269,15 @@ def score(
 
 
 def _json_document(body: bytes, limits: Limits) -> Any:
-    """A JSON body's document, its nesting bounded: orjson, else Python's ``json`` (NaN tokens)."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        fast_error = exc
+    """A JSON body's document as MLflow reads it (Python's ``json``: NaN tokens, big integers).
+
+    Its nesting is bounded first (Python's parser recurses).
+    """
     limits.check_depth(body)
-    try:  # MLflow reads JSON with Python's json, which takes NaN and Infinity
+    try:
         return json.loads(body)
-    except (ValueError, RecursionError):
-        raise Reject(f"malformed JSON: {fast_error}") from None
+    except (ValueError, RecursionError) as exc:
+        raise Reject(f"malformed JSON: {exc}") from None
 
 
 def _format(doc: dict[str, Any]) -> str | None:
@@ -285,17 +286,33 @@ def _format(doc: dict[str, Any]) -> str | None:
     return keys[0] if len(keys) == 1 else None
 
 
-def _fast_matrix(served: Served, doc: Any, body: bytes, limits: Limits) -> np.ndarray | None:
-    """The body as the fast path's matrix, within the limits, or ``None`` for MLflow's path."""
+def _fast_matrix(served: Served, body: bytes, limits: Limits) -> np.ndarray | None:
+    """The body as the fast path's matrix, within the limits, or ``None`` for MLflow's path.
+
+    orjson reads the body; anything it does not read as Python's ``json``
+    would (NaN tokens, integers beyond 64 bits, which orjson makes floats)
+    is left to MLflow's path.
+    """
     schema = served.schema
-    if not isinstance(doc, dict) or (fmt := _format(doc)) is None:
+    if schema is None or b"true" in body or b"false" in body:
+        return None  # NumPy reads a boolean among numbers as 0 or 1
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
-    limits.check(*table_size(fmt, doc[fmt], limits), len(schema.columns) if schema else 0)
-    if not served.wants_matrix or schema is None or "params" in doc:
+    if not isinstance(doc, dict) or (fmt := _format(doc)) is None or "params" in doc:
         return None
-    if b"true" in body or b"false" in body:  # NumPy reads a boolean among numbers as 0 or 1
+    limits.check(*table_size(fmt, doc[fmt], limits), len(schema.columns))
+    if _BIG_INTEGER.search(body):
         return None
     return _fast(fmt, doc[fmt], schema)
+
+
+def _check_table(served: Served, doc: Any, limits: Limits) -> None:
+    """A :class:`Reject` (413) if the table of a JSON document is over a limit."""
+    if isinstance(doc, dict) and (fmt := _format(doc)) is not None:
+        width = len(served.schema.columns) if served.schema is not None else 0
+        limits.check(*table_size(fmt, doc[fmt], limits), width)
 
 
 def _fast_answer(served: Served, matrix: np.ndarray, fields: dict[str, str]) -> Scored:

@@ -52,7 +52,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -68,6 +68,9 @@ from mlnb.serving.scoring import Served, error_text, load_version
 from mlnb.serving.state import Service, redact_in
 from mlnb.store import redacted
 from mlnb.store import tracking_uri as default_tracking_uri
+
+if TYPE_CHECKING:
+    from mlnb.predictions.retention import Retention
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +220,7 @@ def create_app(
     version: str | None = None,
     timeout: float = TIMEOUT_SECONDS,
     limits: Limits = DEFAULT_LIMITS,
+    log_retention: Retention | None = None,
 ) -> Starlette:
     """Load the version ``alias`` names (or ``version``) and build the ASGI app that serves it.
 
@@ -241,6 +245,8 @@ def create_app(
         version: serve this version, pinned: the alias is not followed.
         timeout: how long a request may be scored (then 504).
         limits: what one request may hold besides its size.
+        log_retention: what the prediction log keeps (closed days are
+            compressed, days outside it deleted); ``None``: everything.
 
     Returns:
         A Starlette application; ``app.state.service`` is its :class:`Service`.
@@ -271,6 +277,7 @@ def create_app(
         max_body_bytes,
         limits=limits,
         timeout=timeout,
+        retention=log_retention,
     )
     logger.info(
         "serving version %s of '%s' (%s, %s flavor) from %s; logging predictions to %s; %s",
@@ -504,6 +511,7 @@ def serve(
     timeout: float = TIMEOUT_SECONDS,
     limits: Limits = DEFAULT_LIMITS,
     workers: int = 1,
+    log_retention: Retention | None = None,
 ) -> None:
     """Serve a model's aliased version over HTTP until SIGINT or SIGTERM.
 
@@ -533,6 +541,7 @@ def serve(
         timeout: how long a request may be scored (then 504).
         limits: what one request may hold besides its size.
         workers: server processes on the socket, each following the alias.
+        log_retention: what the prediction log keeps (see :func:`create_app`).
 
     Raises:
         ServeError: as :func:`create_app`, the address is taken, or it is not
@@ -563,6 +572,7 @@ def serve(
         max_concurrency=max_concurrency,
         timeout=timeout,
         limits=dataclasses.asdict(limits),
+        log_retention=log_retention.text if log_retention is not None else None,
     )
     sock = _listen(host, port, fail)  # a taken port fails before the model loads
     try:
@@ -598,6 +608,7 @@ class Settings:
     max_concurrency: int
     timeout: float
     limits: dict[str, int]
+    log_retention: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -605,6 +616,12 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         return cls(**json.loads(text))
+
+
+def _retention(text: str | None) -> Retention | None:
+    from mlnb.predictions.retention import Retention
+
+    return Retention.parse(text) if text is not None else None
 
 
 def serve_on(
@@ -633,6 +650,7 @@ def serve_on(
         version=settings.version,
         timeout=settings.timeout,
         limits=Limits(**settings.limits),
+        log_retention=_retention(settings.log_retention),
     )
     if ready is not None:
         ready()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -40,12 +40,16 @@ from mlnb import __version__
 from mlnb.predictions.log import LogWriteError, PredictionLog
 from mlnb.serving.metrics import Metrics
 from mlnb.serving.parsing import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from mlnb.predictions.retention import Retention
 from mlnb.serving.scoring import Served, error_text, load_version
 from mlnb.store import redacted
 
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 30.0  # a version that failed to load is tried again after this long
+MAINTAIN_SECONDS = 600.0  # how often a service with a retention compresses and prunes its log
 
 #: what ``/health`` says: ``degraded`` while the service has a trouble
 HealthStatus = Literal["ok", "degraded"]
@@ -157,6 +161,10 @@ class Service:
         max_body_bytes: the largest request body taken.
         limits: what one request may hold besides its size (columns, rows, nesting).
         timeout: how long a request may be scored (then 504), in seconds.
+        retention: what the prediction log keeps; ``None``: everything. The
+            service compresses closed days and prunes at start and every
+            :data:`MAINTAIN_SECONDS` (one process at a time, whatever number
+            of servers share the log).
     """
 
     def __init__(
@@ -171,6 +179,7 @@ class Service:
         max_body_bytes: int,
         limits: Limits = DEFAULT_LIMITS,
         timeout: float = 60.0,
+        retention: Retention | None = None,
     ) -> None:
         self.client, self.uri, self.model, self.alias = client, tracking_uri, model, alias
         self.current = first
@@ -180,6 +189,8 @@ class Service:
         self.max_body_bytes = max_body_bytes
         self.limits = limits
         self.timeout = timeout
+        self.retention = retention
+        self._keeper: threading.Thread | None = None
         self.metrics = Metrics(model, alias or "")
         self.metrics.serving(None, first.version)
         self.load_trouble: Trouble | None = None
@@ -197,10 +208,13 @@ class Service:
     # the follower thread
 
     def start(self) -> None:
-        """Start following the alias (a pinned version is not followed)."""
+        """Start following the alias (a pinned version is not followed) and keeping the log."""
+        self._stop.clear()
+        if self.retention is not None:
+            self._keeper = threading.Thread(target=self._keep, name="mlnb-serve-log", daemon=True)
+            self._keeper.start()
         if self.alias is None:
             return
-        self._stop.clear()
         self._thread = threading.Thread(target=self._follow, name="mlnb-serve-alias", daemon=True)
         self._thread.start()
 
@@ -210,6 +224,29 @@ class Service:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._keeper = None  # a daemon: a compression under way does not hold the process
+
+    def _keep(self) -> None:
+        """Compress and prune the prediction log now and every :data:`MAINTAIN_SECONDS`."""
+        from mlnb.predictions.retention import maintain
+
+        retention = self.retention
+        assert retention is not None
+        while True:
+            try:
+                done = maintain(self.log.directory, retention, datetime.now(UTC))
+            except Exception:  # never let upkeep stop the service; the next round tries again
+                logger.exception("cannot keep the prediction log at %s", self.log.directory)
+            else:
+                if done.pruned is not None and done.pruned.deleted:
+                    logger.info(
+                        "prediction log: %d day files past retention %s deleted (%d bytes)",
+                        len(done.pruned.deleted),
+                        retention.text,
+                        done.freed,
+                    )
+            if self._stop.wait(MAINTAIN_SECONDS):
+                return
 
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_seconds):

@@ -29,7 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import free_port, wait_for_ping
 
-SERVE = "import json, sys; from mlnb.serving.server import serve; serve(**json.loads(sys.argv[1]))"
+SERVE = """
+import json, sys
+from mlnb.predictions.retention import Retention
+from mlnb.serving.server import serve
+arguments = json.loads(sys.argv[1])
+retention = arguments.pop("log_retention", None)
+serve(**arguments, log_retention=Retention.parse(retention) if retention else None)
+"""
 POLL = 0.2
 SMALL_LIMIT = 2**20  # the shared server's body limit, so the oversized case stays cheap
 
@@ -189,7 +196,6 @@ FORMATS: dict[str, Callable[[pd.DataFrame], dict[str, Any]]] = {
     "dataframe_split": lambda r: {"json": {"dataframe_split": r.to_dict(orient="split")}},
     "dataframe_records": lambda r: {"json": {"dataframe_records": r.to_dict(orient="records")}},
     "instances": lambda r: {"json": {"instances": r.to_dict(orient="records")}},
-    "instances as rows": lambda r: {"json": {"instances": r.to_numpy().tolist()}},
     "inputs": lambda r: {"json": {"inputs": r.to_dict(orient="list")}},
     "split, columns shuffled, an extra one": lambda r: {
         "json": {

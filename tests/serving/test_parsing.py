@@ -119,24 +119,18 @@ def split(data: Any, columns: Any = None) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("fmt", "data"),
     [
-        ("dataframe_split", split(ROWS)),
         ("dataframe_split", split(ROWS, ["x", "n", "y"])),
         ("dataframe_split", split([[r[2], 99, r[0], r[1]] for r in ROWS], ["y", "id", "x", "n"])),
         ("dataframe_records", [{"n": r[1], "y": r[2], "x": r[0], "other": "z"} for r in ROWS]),
         ("instances", [{"x": r[0], "n": r[1], "y": r[2]} for r in ROWS]),
-        ("instances", ROWS),
-        ("inputs", ROWS),
         ("inputs", {"y": [-0.5, 3.25], "x": [1.5, 0.0], "n": [2, 7]}),
-        ("dataframe_split", split([[1.5, 2.0, -0.5], [0.0, 7.0, 3.25]])),  # a whole float: fine
+        ("dataframe_split", split([[1.5, 2.0, -0.5], [0.0, 7.0, 3.25]], ["x", "n", "y"])),
     ],
     ids=[
-        "split",
         "split, named",
         "split, reordered with an extra column",
         "records, extra key",
         "instances as records",
-        "instances as rows",
-        "inputs as rows",
         "inputs as columns",
         "integer column given as whole floats",
     ],
@@ -152,14 +146,18 @@ def test_the_fast_path_reads_numbers_in_signature_order(fmt: str, data: Any) -> 
 @pytest.mark.parametrize(
     ("fmt", "data"),
     [
-        ("dataframe_split", split([[1.5, 2.5, -0.5]])),  # a fraction in the integer column
-        ("instances", [[1.5, 2.5, -0.5]]),
+        ("dataframe_split", split([[1.5, 2.5, -0.5]], ["x", "n", "y"])),  # a fraction in n
+        ("dataframe_split", split(ROWS)),  # rows without names: MLflow refuses them
+        ("instances", ROWS),
+        ("inputs", ROWS),
+        ("dataframe_split", {**split(ROWS, ["x", "n", "y"]), "index": [0, 1]}),
+        ("dataframe_split", split([[1.5, 2**63, -0.5]], ["x", "n", "y"])),  # beyond int64
         ("dataframe_split", split(ROWS, ["x", "n"])),  # fewer names than values
         ("dataframe_split", split(ROWS, ["x", "x", "y"])),  # a duplicate name
         ("dataframe_split", split(ROWS, ["x", "m", "y"])),  # a column missing
-        ("dataframe_split", split([[1.5, None, -0.5]])),  # a null
-        ("dataframe_split", split([[1.5, "2", -0.5]])),  # a string
-        ("dataframe_split", split([[1.5, 2]])),  # a short row
+        ("dataframe_split", split([[1.5, None, -0.5]], ["x", "n", "y"])),  # a null
+        ("dataframe_split", split([[1.5, "2", -0.5]], ["x", "n", "y"])),  # a string
+        ("dataframe_split", split([[1.5, 2]], ["x", "n", "y"])),  # a short row
         ("dataframe_split", [[1.5, 2, -0.5]]),  # not an object
         ("dataframe_records", ROWS),  # records must be objects
         ("instances", [{"x": 1.5, "y": -0.5}]),  # a key missing
@@ -168,7 +166,11 @@ def test_the_fast_path_reads_numbers_in_signature_order(fmt: str, data: Any) -> 
     ],
     ids=[
         "fraction in an integer column",
-        "fraction, as rows",
+        "split without names",
+        "instances as rows",
+        "inputs as rows",
+        "split with an index",
+        "beyond int64",
         "names short",
         "duplicate names",
         "missing name",

@@ -110,7 +110,6 @@ def parquet(frame: pd.DataFrame) -> bytes:
 BODIES = {
     "split": lambda r: (JSON, as_json({"dataframe_split": r.to_dict(orient="split")})),
     "records": lambda r: (JSON, as_json({"dataframe_records": r.to_dict(orient="records")})),
-    "instances as rows": lambda r: (JSON, as_json({"instances": r[NUMBERS].values.tolist()})),
     "inputs as columns": lambda r: (JSON, as_json({"inputs": r.to_dict(orient="list")})),
     "with a boolean param (pandas path)": lambda r: (
         JSON,
