@@ -3,14 +3,18 @@
 Run with ``.venv/bin/python benchmarks/bench_serve.py``. In one run, on this
 machine, everything on 127.0.0.1:
 
-* a fresh SQLite MLflow store in a temporary folder, and one registered
-  scikit-learn pipeline (StandardScaler + LogisticRegression on the breast
-  cancer data, signature inferred from an input example), alias ``champion``;
-* three servers, each one process started and stopped by PID: ``mlnb serve``
-  (prediction log on, a tokens file: every request carries a bearer token and
-  is checked), ``mlflow models serve -m models:/NAME/1 --env-manager
-  local`` (one worker, its default) and a no-op ASGI app on the same uvicorn
-  stack (uvloop, httptools) that answers without parsing or predicting: the
+* a fresh SQLite MLflow store in a temporary folder with two registered
+  models on the breast cancer data (signatures inferred from an input
+  example): ``cheap``, a StandardScaler + LogisticRegression pipeline whose
+  predict takes a fraction of a millisecond (serving dominates), and
+  ``forest``, the example project's 200-tree random forest, whose predict
+  takes about 20 ms (the model dominates);
+* per model, servers started and stopped by PID: ``mlnb serve -m
+  models:/NAME/1`` with ``--workers 1`` and ``--workers 2`` (prediction log
+  on, a tokens file: every request carries a bearer token and is checked),
+  ``mlflow models serve -m models:/NAME/1 --env-manager local`` with
+  ``--workers 1`` and ``2``, and a no-op ASGI app on the same uvicorn stack
+  (uvloop, httptools) that answers without parsing or predicting: the
   ceiling that the load generator and the machine allow;
 * a load generator in a separate process (so it shares no GIL with a server):
   ``--clients`` threads, each with its own keep-alive ``httpx.Client``, posting
@@ -22,7 +26,10 @@ same machine (a shared one varies by the minute); the best round of each is
 printed, with every round's requests/s beside it. Printed: requests/s, rows/s,
 p50 and p99 latency (ms, as the client sees it), non-200 answers, the server's
 CPU time per request (user + system, its child processes included), and
-mlnb's ratios. MLflow telemetry is switched off, so nothing leaves 127.0.0.1.
+mlnb's ratios at the same worker count; and, for ``mlnb --workers 1``, the
+p99 measured inside the server (the bucket of its own latency histogram that
+holds 99 % of the case's requests). MLflow telemetry is switched off, so
+nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from typing import Any
 
 import httpx
 
-MODEL = "bench-cancer"
+MODELS = ("cheap", "forest")
+SERVERS = ("no-op", "mlnb-w1", "mlnb-w2", "mlflow-w1", "mlflow-w2")
 SIZES = (1, 100)
 TOKEN = "bench-" + "0" * 27  # a predict token of the mlnb server; the others ignore the header
 JSON_HEADERS = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
@@ -71,32 +79,37 @@ def free_port() -> int:
 
 
 def register(store: Path) -> tuple[str, Any]:
-    """Train and register the pipeline in a new SQLite store; return its URI and the data."""
+    """Train and register both models in a new SQLite store; return its URI and the data."""
     import mlflow
     from mlflow import MlflowClient
     from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
+    fitted = {
+        "cheap": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y),
+        "forest": RandomForestClassifier(n_estimators=200, random_state=0).fit(X, y),
+    }
     client = MlflowClient(uri)
     experiment = client.create_experiment("bench", artifact_location=(store / "art").as_uri())
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(experiment_id=experiment):
-            mlflow.sklearn.log_model(
-                model,
-                name="model",
-                input_example=X.head(3),
-                pip_requirements=["scikit-learn"],
-                registered_model_name=MODEL,
-            )
+        for name, model in fitted.items():
+            with mlflow.start_run(experiment_id=experiment):
+                mlflow.sklearn.log_model(
+                    model,
+                    name="model",
+                    input_example=X.head(3),
+                    pip_requirements=["scikit-learn"],
+                    registered_model_name=name,
+                )
+            client.set_registered_model_alias(name, "champion", "1")
     finally:
         mlflow.set_tracking_uri(None)
-    client.set_registered_model_alias(MODEL, "champion", "1")
     return uri, X
 
 
@@ -258,107 +271,164 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(NO_TELEMETRY, MLFLOW_TRACKING_URI=uri)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    serve_mlnb = (
-        "import sys; from mlnb.serving.server import serve; "
-        "serve(sys.argv[1], port=int(sys.argv[2]), tracking_uri=sys.argv[3], log_dir=sys.argv[4], "
-        "tokens=sys.argv[5])"
-    )
     (root / "tokens").write_text(f"predict {TOKEN} bench\n")
-    commands: dict[str, list[Any]] = {
-        "no-op": [sys.executable, "-c", NO_OP, PORT],
-        "mlnb": [
-            sys.executable, "-c", serve_mlnb, MODEL, PORT, uri, root / "predictions",
-            root / "tokens",
-        ],
-        "mlflow": [
-            sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}/1",
-            "--env-manager", "local", "-p", PORT, "-h", "127.0.0.1",
-        ],
-    }  # fmt: skip
-    servers: list[Running] = []
-    rounds: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    try:
-        for name, command in commands.items():
-            servers.append(Running(name, command, env, root))
-        for server in servers:
-            wait_ready(f"{server.url}/ping", server.proc)
-        for n, body in bodies(X).items():
-            for _ in range(args.rounds):
-                for server in servers:  # alternate, so all meet the same machine
-                    url = f"{server.url}/invocations"
-                    check = httpx.post(url, content=body, headers=JSON_HEADERS)
-                    check.raise_for_status()
-                    result = measure(url, body, args, server.proc.pid)
-                    rounds.setdefault((server.name, n), []).append(result)
-                    print(
-                        f"  {server.name:6} {n:3} row(s): {result['rps']:6.0f} req/s",
-                        file=sys.stderr,
-                    )
-        mlnb = next(server for server in servers if server.name == "mlnb")
-        inside = server_side(f"{mlnb.url}/metrics")
-    finally:
-        for server in servers:
-            server.close()
+    rounds: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    inside: dict[tuple[str, int], float] = {}
+    for model in MODELS:
+        measure_model(model, root, uri, env, bodies(X), args, rounds, inside)
     logged = sum(
         1 for path in (root / "predictions").glob("predictions-*.jsonl") for _ in path.open()
     )
-    report(rounds, args)
+    report(rounds, inside, args)
     print(f"\nmlnb logged {logged} predictions in {root / 'predictions'}")
-    print(
-        "mlnb's own latency histogram, every size and round (time inside the server): "
-        + ", ".join(f"{share:.2%} within {limit * 1e3:g} ms" for limit, share in inside)
-    )
 
 
-def server_side(url: str) -> list[tuple[float, float]]:
-    """Shares of /invocations answered within 1, 2, 5 and 10 ms, from mlnb's own histogram."""
+def commands(model: str, root: Path) -> dict[str, list[Any]]:
+    """The servers of one model, by name."""
+    mlnb = [
+        sys.executable,
+        "-m",
+        "mlnb.cli",
+        "serve",
+        "-m",
+        f"models:/{model}/1",
+        "-p",
+        PORT,
+        "--log-dir",
+        root / "predictions",
+        "--tokens",
+        root / "tokens",
+    ]
+    mlflow = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{model}/1",
+        "--env-manager",
+        "local",
+        "-p",
+        PORT,
+        "-h",
+        "127.0.0.1",
+    ]
+    return {
+        "no-op": [sys.executable, "-c", NO_OP, PORT],
+        "mlnb-w1": [*mlnb, "--workers", 1],
+        "mlnb-w2": [*mlnb, "--workers", 2],
+        "mlflow-w1": [*mlflow, "--workers", 1],
+        "mlflow-w2": [*mlflow, "--workers", 2],
+    }  # fmt: skip
+
+
+def measure_model(
+    model: str,
+    root: Path,
+    uri: str,
+    env: dict[str, str],
+    sized: dict[int, bytes],
+    args: argparse.Namespace,
+    rounds: dict[tuple[str, str, int], list[dict[str, Any]]],
+    inside: dict[tuple[str, int], float],
+) -> None:
+    """Start one model's servers, load each in turn, stop them."""
+    servers: list[Running] = []
+    try:
+        for name, command in commands(model, root).items():
+            servers.append(Running(f"{model}-{name}", command, env, root))
+        for server in servers:
+            wait_ready(f"{server.url}/ping", server.proc)
+        for n, body in sized.items():
+            for _ in range(args.rounds):
+                for server in servers:  # alternate, so all meet the same machine
+                    name = server.name.removeprefix(f"{model}-")
+                    url = f"{server.url}/invocations"
+                    check = httpx.post(url, content=body, headers=JSON_HEADERS)
+                    check.raise_for_status()
+                    before = histogram(server.url) if name == "mlnb-w1" else None
+                    result = measure(url, body, args, server.proc.pid)
+                    if before is not None:
+                        inside[(model, n)] = min(
+                            inside.get((model, n), float("inf")),
+                            p99_within(before, histogram(server.url)),
+                        )
+                    rounds.setdefault((model, name, n), []).append(result)
+                    print(
+                        f"  {model:6} {name:9} {n:3} row(s): {result['rps']:6.0f} req/s",
+                        file=sys.stderr,
+                    )
+    finally:
+        for server in servers:
+            server.close()
+
+
+def histogram(url: str) -> dict[float, float]:
+    """mlnb's latency histogram of ``/invocations``: requests answered within each bound (s)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    buckets, total = {}, 0.0
-    for family in text_string_to_metric_families(httpx.get(url).text):
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
         for sample in family.samples:
-            if sample.labels.get("endpoint") != "invocations":
-                continue
-            if sample.name.endswith("_bucket"):
+            if sample.labels.get("endpoint") == "invocations" and sample.name.endswith("_bucket"):
                 buckets[float(sample.labels["le"])] = sample.value
-            elif sample.name.endswith("_count"):
-                total = sample.value
-    return [(limit, buckets[limit] / total) for limit in (0.001, 0.002, 0.005, 0.01)]
+    return buckets
 
 
-def report(rounds: dict[tuple[str, int], list[dict[str, Any]]], args: argparse.Namespace) -> None:
+def p99_within(before: dict[float, float], after: dict[float, float]) -> float:
+    """The smallest histogram bound (ms) holding 99 % of the requests answered in between."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts[float("inf")]
+    for bound, count in counts.items():
+        if total and count >= 0.99 * total:
+            return bound * 1e3
+    return float("inf")
+
+
+def report(
+    rounds: dict[tuple[str, str, int], list[dict[str, Any]]],
+    inside: dict[tuple[str, int], float],
+    args: argparse.Namespace,
+) -> None:
     """Print the best round of each case side by side, and every round's requests/s."""
     best = {key: max(results, key=lambda r: r["rps"]) for key, results in rounds.items()}
     print(
         f"\n{args.clients} clients, {args.seconds:g} s per case after {args.warmup:g} s warm-up, "
-        f"best of {args.rounds} alternating rounds; one server process each; "
-        f"{os.cpu_count()} CPUs shared by servers and load generator\n"
+        f"best of {args.rounds} alternating rounds; "
+        f"{os.cpu_count()} CPUs shared by servers and load generator"
     )
-    head = (
-        f"{'rows':>4} | {'server':6} | {'req/s':>8} | {'rows/s':>9} | {'p50 ms':>7} | "
-        f"{'p99 ms':>7} | {'errors':>6} | {'server CPU ms/req':>17} | every round, req/s"
-    )
-    print(head)
-    print("-" * len(head))
-    for n in SIZES:
-        for name in ("no-op", "mlnb", "mlflow"):
-            result = best[(name, n)]
-            every = ", ".join(f"{r['rps']:.0f}" for r in rounds[(name, n)])
-            print(
-                f"{n:>4} | {name:6} | {result['rps']:8.0f} | {result['rps'] * n:9.0f} | "
-                f"{result['p50_ms']:7.2f} | {result['p99_ms']:7.2f} | {result['errors']:6d} | "
-                f"{result['cpu_ms']:17.3f} | {every}"
-            )
-        mlnb, mlflow = best[("mlnb", n)], best[("mlflow", n)]
-        ratio = mlnb["rps"] / mlflow["rps"]
-        p99 = mlflow["p99_ms"] / mlnb["p99_ms"]
-        cpu = mlflow["cpu_ms"] / mlnb["cpu_ms"]
-        print(
-            f"{n:>4} | ratio  | {ratio:7.1f}x | {ratio:8.1f}x | p99 {p99:.1f}x lower | "
-            f"server CPU per request {cpu:.1f}x lower"
+    for model in MODELS:
+        head = (
+            f"{'rows':>4} | {'server':9} | {'req/s':>8} | {'rows/s':>9} | {'p50 ms':>7} | "
+            f"{'p99 ms':>7} | {'errors':>6} | {'server CPU ms/req':>17} | every round, req/s"
         )
-        ceiling = mlnb["rps"] / best[("no-op", n)]["rps"]
-        print(f"{n:>4} | mlnb reaches {ceiling:.0%} of the no-op server's requests/s")
+        print(f"\nmodel {model}\n{head}\n{'-' * len(head)}")
+        for n in SIZES:
+            for name in SERVERS:
+                result = best[(model, name, n)]
+                every = ", ".join(f"{r['rps']:.0f}" for r in rounds[(model, name, n)])
+                print(
+                    f"{n:>4} | {name:9} | {result['rps']:8.0f} | {result['rps'] * n:9.0f} | "
+                    f"{result['p50_ms']:7.2f} | {result['p99_ms']:7.2f} | {result['errors']:6d} | "
+                    f"{result['cpu_ms']:17.3f} | {every}"
+                )
+            for workers in ("w1", "w2"):
+                mlnb, mlflow = (
+                    best[(model, f"mlnb-{workers}", n)],
+                    best[(model, f"mlflow-{workers}", n)],
+                )
+                ratio = mlnb["rps"] / mlflow["rps"]
+                p99 = mlflow["p99_ms"] / mlnb["p99_ms"]
+                print(
+                    f"{n:>4} | ratio {workers}  | {ratio:7.1f}x | {ratio:8.1f}x | "
+                    f"p99 {p99:.1f}x lower"
+                )
+            ceiling = best[(model, "mlnb-w1", n)]["rps"] / best[(model, "no-op", n)]["rps"]
+            print(
+                f"{n:>4} | mlnb-w1 reaches {ceiling:.0%} of the no-op server's requests/s; "
+                f"its p99 inside the server is within {inside[(model, n)]:g} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -242,3 +242,25 @@ def test_a_wide_or_deep_body_is_refused_for_every_kind_of_model(models: Models, 
     deep = b'{"inputs": {"x": [[[[[[[[[1]]]]]]]]], "n": [1], "y": [1]}}'
     with pytest.raises(Reject, match=r"11 levels of nesting; .*max_json_depth"):
         score(served, JSON, deep, TIGHT)
+
+
+def test_predictions_are_written_as_mlflow_writes_them_or_refused_whole() -> None:
+    from mlnb.serving.scoring import _answer
+
+    fields = {"model_version": "1", "request_id": "r"}
+    as_mlflow = json.loads(_answer(np.array([0.1, np.nan], dtype=np.float32), False, fields))
+    assert as_mlflow["predictions"][0] == float(np.float32(0.1))  # widened, as MLflow's encoder
+    assert np.isnan(as_mlflow["predictions"][1])  # NaN as MLflow writes it, not null
+    assert as_mlflow["model_version"] == "1"
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", None]})
+    assert json.loads(_answer(frame, False, {}))["predictions"] == [
+        {"a": 1, "b": "x"},
+        {"a": 2, "b": None},
+    ]
+    assert json.loads(_answer({"choices": [{"text": "hi"}]}, True, fields)) == {
+        "choices": [{"text": "hi"}]
+    }  # an unwrapped chat answer gets no fields of mlnb's
+    with pytest.raises(Reject) as refused:  # nothing is logged for an answer never made
+        _answer({"bad": object()}, False, fields)
+    assert (refused.value.status, refused.value.code) == (500, "INTERNAL_ERROR")
+    assert "cannot be written as JSON" in refused.value.message
