@@ -106,6 +106,7 @@ def register(store: Path) -> tuple[str, Any]:
                     input_example=X.head(3),
                     pip_requirements=["scikit-learn"],
                     registered_model_name=name,
+                    skops_trusted_types=["sklearn.tree._tree.Tree"],  # as the example's train
                 )
             client.set_registered_model_alias(name, "champion", "1")
     finally:

@@ -410,11 +410,15 @@ def _fast(fmt: str, data: Any, schema: InputSchema) -> np.ndarray | None:
 
 
 def _fast_split(data: dict[str, Any], schema: InputSchema) -> np.ndarray | None:
-    """``dataframe_split``: rows in the order ``columns`` names them, and nothing else."""
-    names = data.get("columns")
-    if names is None or not data.keys() <= {"columns", "data"}:
-        return None  # an index, or fields MLflow refuses: MLflow's path
+    """``dataframe_split``: rows in the order ``columns`` names them, an index of as many."""
+    names, index = data.get("columns"), data.get("index")
+    if names is None or not data.keys() <= {"columns", "data", "index"}:
+        return None  # fields MLflow refuses: MLflow's path
     matrix = _numbers(data.get("data"))
+    if index is not None and (
+        not isinstance(index, list) or matrix is None or len(index) != len(matrix)
+    ):
+        return None  # an index pandas may refuse (or not a list): MLflow's path
     if matrix is None or names == schema.names:
         return _matrix(matrix, schema)
     if not isinstance(names, list) or len(names) != matrix.shape[1]:

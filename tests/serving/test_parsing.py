@@ -120,6 +120,7 @@ def split(data: Any, columns: Any = None) -> dict[str, Any]:
     ("fmt", "data"),
     [
         ("dataframe_split", split(ROWS, ["x", "n", "y"])),
+        ("dataframe_split", {**split(ROWS, ["x", "n", "y"]), "index": [7, 9]}),
         ("dataframe_split", split([[r[2], 99, r[0], r[1]] for r in ROWS], ["y", "id", "x", "n"])),
         ("dataframe_records", [{"n": r[1], "y": r[2], "x": r[0], "other": "z"} for r in ROWS]),
         ("instances", [{"x": r[0], "n": r[1], "y": r[2]} for r in ROWS]),
@@ -128,6 +129,7 @@ def split(data: Any, columns: Any = None) -> dict[str, Any]:
     ],
     ids=[
         "split, named",
+        "split with its index",
         "split, reordered with an extra column",
         "records, extra key",
         "instances as records",
@@ -150,7 +152,7 @@ def test_the_fast_path_reads_numbers_in_signature_order(fmt: str, data: Any) -> 
         ("dataframe_split", split(ROWS)),  # rows without names: MLflow refuses them
         ("instances", ROWS),
         ("inputs", ROWS),
-        ("dataframe_split", {**split(ROWS, ["x", "n", "y"]), "index": [0, 1]}),
+        ("dataframe_split", {**split(ROWS, ["x", "n", "y"]), "index": [0, 1, 2]}),
         ("dataframe_split", split([[1.5, 2**63, -0.5]], ["x", "n", "y"])),  # beyond int64
         ("dataframe_split", split(ROWS, ["x", "n"])),  # fewer names than values
         ("dataframe_split", split(ROWS, ["x", "x", "y"])),  # a duplicate name
@@ -169,7 +171,7 @@ def test_the_fast_path_reads_numbers_in_signature_order(fmt: str, data: Any) -> 
         "split without names",
         "instances as rows",
         "inputs as rows",
-        "split with an index",
+        "split with a longer index",
         "beyond int64",
         "names short",
         "duplicate names",
