@@ -38,11 +38,22 @@ def promote(model: str, version: str | None, force: bool, rollback: bool) -> Non
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @verbose
 def ui(host: str, port: int) -> None:
-    """Start the MLflow UI on this project's store (stop it with Ctrl-C)."""
-    from mlnb.store import redacted, tracking_uri
+    """Start the MLflow UI on this project's store (stop it with Ctrl-C).
+
+    A store that is an `mlflow server` (an http:// or https:// URI) has its
+    own UI: that one is opened instead.
+    """
+    from mlnb.store import HTTP_SCHEMES, redacted, tracking_uri
     from mlnb.tracking import run_ui
 
     uri = tracking_uri(Path.cwd())
+    if uri.split("://", 1)[0].lower() in HTTP_SCHEMES:
+        import webbrowser
+
+        page = redacted(uri).replace("***@", "")  # the browser asks for the credentials
+        click.echo(f"the store is an MLflow server; its UI is at {page}", err=True)
+        webbrowser.open(page)
+        return
     click.echo(f"MLflow UI on http://{host}:{port} for {redacted(uri)} (Ctrl-C stops it)", err=True)
     raise click.exceptions.Exit(run_ui(uri, host, port))
 

@@ -68,3 +68,16 @@ def test_ui_port_out_of_range_is_a_usage_error(project, port: str) -> None:
     assert "Invalid value for '--port'" in done.stderr
     assert "is not in the range 1<=x<=65535" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_ui_on_a_server_store_opens_that_servers_ui(project) -> None:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": "http://someone:secret@127.0.0.1:9/",
+        "BROWSER": "echo OPENED %s",  # what a browser would be given
+    }
+    done = project.mlnb("ui", env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "its UI is at http://127.0.0.1:9/" in done.stderr
+    assert "OPENED http://127.0.0.1:9/" in done.stdout
+    assert "secret" not in done.stdout + done.stderr
