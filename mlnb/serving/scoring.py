@@ -302,7 +302,7 @@ def _fast_matrix(served: Served, body: bytes, limits: Limits) -> np.ndarray | No
         return None
     if not isinstance(doc, dict) or (fmt := _format(doc)) is None or "params" in doc:
         return None
-    limits.check(*table_size(fmt, doc[fmt], limits), len(schema.columns))
+    _check_table(served, doc, limits)
     if _BIG_INTEGER.search(body):
         return None
     return _fast(fmt, doc[fmt], schema)
@@ -319,7 +319,8 @@ def _fast_answer(served: Served, matrix: np.ndarray, fields: dict[str, str]) -> 
     schema = served.schema
     assert schema is not None
     outputs = _predict(served, matrix, None, fast=True)
-    return Scored(_answer(outputs, False, fields), outputs, schema.names, matrix, len(matrix))
+    answer = _answer(outputs, False, fields)
+    return Scored(answer, _loggable(outputs), schema.names, matrix, len(matrix))
 
 
 def _answer(outputs: Any, unwrapped: bool, fields: dict[str, str]) -> bytes:
