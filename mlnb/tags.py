@@ -50,6 +50,7 @@ CACHE_KEY = "mlnb.cache_key"
 CACHED = "mlnb.cached"
 CACHED_FROM = "mlnb.cached_from_run"
 OUTPUTS = "mlnb.outputs"
+WORKER = "mlnb.worker"  # on a stage run executed by a Dask worker: the worker's address
 ERROR = "mlnb.error"
 TRIGGER = "mlnb.trigger"  # why a run (and the model version it delivered) happened
 TRIGGER_REASON = "mlnb.trigger.reason"  # the evidence: "drift: p=0.0003 on 3 of 20 ..."

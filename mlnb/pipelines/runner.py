@@ -2,9 +2,11 @@
 
 The scheduler runs in the calling thread and hands stages to a thread pool of
 ``jobs`` workers; each stage blocks on its own kernel, so threads are enough
-for parallelism (the work happens in the kernels' processes). Kernels are
-pre-started (see :mod:`mlnb.engine.kernels`) for the stages that will execute,
-which are known in advance for all but the stages downstream of a cache miss.
+for parallelism (the work happens in the kernels' processes). Where a notebook
+executes is the executor's business (:mod:`mlnb.pipelines.executors`): by
+default a kernel of this process's pool, pre-started for the stages that will
+execute, which are known in advance for all but the stages downstream of a
+cache miss; with ``--executor dask``, a Dask worker.
 
 MLflow and papermill are imported only once the kernels have started
 starting, so their import time overlaps with kernel start-up. The stage
@@ -43,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 from mlnb import tags
 from mlnb._files import hash_path, link_into
-from mlnb.engine.kernels import KernelPool
 from mlnb.errors import MissingOutputError, MlnbError, PipelineError, StageError
 from mlnb.pipelines import cache as cachemod
 from mlnb.pipelines.delivery import Delivery, Provenance, deliver
@@ -55,6 +56,7 @@ from mlnb.pipelines.events import (
     StageProgress,
     StageStarted,
 )
+from mlnb.pipelines.executors import Executor, LocalExecutor, StageJob
 from mlnb.pipelines.locate import load_pipeline
 from mlnb.pipelines.owner import Owner, claim, end_orphans, hold
 from mlnb.pipelines.results import PipelineResult, StageResult, StageStatus
@@ -92,6 +94,7 @@ def run_pipeline(
     promote: bool = True,
     trigger: str = "manual",
     reason: str = "",
+    executor: Executor | None = None,
 ) -> PipelineResult:
     """Execute a pipeline: every stage with papermill, tracked in MLflow.
 
@@ -112,6 +115,9 @@ def run_pipeline(
             ``performance``), recorded on the run and the model version.
         reason: the evidence behind the trigger (``drift: p=0.0003 on 3 of
             20 features``), recorded beside it.
+        executor: where stage notebooks execute (default: kernels of this
+            process, :class:`~mlnb.pipelines.executors.LocalExecutor`); the
+            run closes it.
 
     Returns:
         The :class:`PipelineResult` of a run whose stages all succeeded.
@@ -140,6 +146,7 @@ def run_pipeline(
         promote=promote,
         trigger=trigger,
         reason=reason,
+        executor=executor,
     )
     try:
         if isinstance(plan, Pipeline):
@@ -266,6 +273,7 @@ class _Runner:
         promote: bool = True,
         trigger: str = "manual",
         reason: str = "",
+        executor: Executor | None = None,
     ) -> None:
         self.root = root
         self.promote = promote
@@ -280,10 +288,9 @@ class _Runner:
         self.uri = use_credentials(self.given)
         self.input_hashes: dict[Path, str] = {}
         self.cache = cachemod.Cache(root)
-        self.pool: KernelPool | None = None
-        #: kernels of the stages expected to execute, in order, and how many were started
-        self.to_execute: list[str] = []
-        self.prestarted = 0
+        self.executor: Executor = executor or LocalExecutor(
+            {"MLFLOW_TRACKING_URI": self.uri}, cwd=root
+        )
         self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlnb-upload")
         self.upload_futures: list[Future[None]] = []
         self.upload_errors: list[str] = []
@@ -295,8 +302,7 @@ class _Runner:
     def close(self) -> None:
         try:
             self.uploads.shutdown(wait=True)
-            if self.pool is not None:
-                self.pool.close()
+            self.executor.close()
         finally:
             self.owned.close()
 
@@ -527,23 +533,12 @@ class _Runner:
         return misses
 
     def _prestart(self, misses: list[Stage]) -> None:
-        self.to_execute = [s.kernel for s in misses]
+        self.executor.plan([s.kernel for s in misses], self.jobs)
         if not misses:
             return
-        pool = self._ensure_pool()
-        for kernel in self.to_execute[: self.jobs]:
-            pool.prestart(kernel)
-        self.prestarted = min(self.jobs, len(self.to_execute))
         from mlnb.tracking import warm_html  # imports MLflow: after the kernels are on their way
 
         self.upload_futures.append(self.uploads.submit(warm_html))
-
-    def _next_kernel(self) -> None:
-        """A stage took a kernel: start the one the next stage will need."""
-        with self.lock:
-            if self.pool is not None and self.prestarted < len(self.to_execute):
-                self.pool.prestart(self.to_execute[self.prestarted])
-                self.prestarted += 1
 
     def _schedule(self, run: _Execution) -> None:
         """Hand each stage to a worker once its inputs are done; none more after a failure."""
@@ -568,8 +563,7 @@ class _Runner:
                             failed = True
             except KeyboardInterrupt:
                 self.cancelled.set()
-                if self.pool is not None:
-                    self.pool.kill_all()
+                self.executor.cancel()
                 wait(list(running))
                 raise
 
@@ -700,8 +694,7 @@ class _Runner:
         )
 
     def _execute_notebook(self, run: _Execution, attempt: _Attempt) -> None:
-        """Execute the stage's notebook on a pooled kernel, then record how it ended."""
-        self._next_kernel()
+        """Execute the stage's notebook with the executor, then record how it ended."""
         run.tracker.log(
             attempt.run_id, params=attempt.params, tags={tags.OUTPUTS: json.dumps(attempt.outputs)}
         )
@@ -723,8 +716,6 @@ class _Runner:
         Raises:
             StageError: the notebook failed, or left a declared output unwritten.
         """
-        from mlnb.engine.execute import execute_stage
-
         stage = attempt.stage
         env = {
             **client_env(self.uri),
@@ -733,20 +724,22 @@ class _Runner:
             "MLNB_STAGE": stage.name,
             "MLNB_WORKSPACE": str(run.workspace),
         }
-        execute_stage(
+        job = StageJob(
             stage.name,
             stage.notebook,
             executed,
             attempt.params,
-            self._ensure_pool(),
-            kernel_name=stage.kernel,
-            env=env,
+            stage.kernel,
+            env,
             timeout=stage.timeout,
             on_cell=lambda done, total: self.emit(StageProgress(stage.name, done, total)),
             on_output=(lambda text: self.emit(StageOutput(stage.name, text)))
             if self.log_output
             else None,
         )
+        worker = self.executor.run(job)
+        if worker is not None:
+            run.tracker.log(attempt.run_id, tags={tags.WORKER: worker})
         for name, path in attempt.outputs.items():
             if not Path(path).exists():
                 raise MissingOutputError(stage.name, name, path, executed)
@@ -784,13 +777,6 @@ class _Runner:
         res.status = StageStatus.SUCCEEDED
         self._upload(run, attempt.run_id, executed, "FINISHED")
         self.emit(StageFinished(attempt.name, StageStatus.SUCCEEDED, res.seconds, attempt.run_id))
-
-    def _ensure_pool(self) -> KernelPool:
-        """The kernel pool; created here when no stage was expected to execute."""
-        with self.lock:
-            if self.pool is None:
-                self.pool = KernelPool(env={"MLFLOW_TRACKING_URI": self.uri}, cwd=self.root)
-            return self.pool
 
     def _upload(self, run: _Execution, run_id: str, executed: Path, state: EndState) -> None:
         """Log the executed notebook and its HTML in the background, then end the run."""
