@@ -27,7 +27,8 @@ def _split(requirement: str) -> tuple[str, str]:
 def test_environment_yml_has_the_bounds_of_pyproject() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = dict(_split(r) for r in project["dependencies"])
-    pins.update(_split(r) for r in project["optional-dependencies"]["lab"])
+    for extra in ("lab", "team"):
+        pins.update(_split(r) for r in project["optional-dependencies"][extra])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     conda: dict[str, str] = {}
     pip: list[str] = []
@@ -41,7 +42,7 @@ def test_environment_yml_has_the_bounds_of_pyproject() -> None:
     assert conda.pop("python") == project["requires-python"].replace(" ", "")
     assert conda.pop("pip") == ""
     assert conda == pins
-    assert '-e ".[dev]"' in pip
+    assert '-e ".[dev,team]"' in pip
 
 
 def test_help_is_fast_and_does_not_import_mlflow() -> None:
