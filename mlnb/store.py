@@ -32,10 +32,20 @@ PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@]*(?:@[^\s/?#@]*)*@")
 ARTIFACT_DIR = "mlartifacts"
 STATE_DIR = ".mlnb"
+#: the setting naming a folder every machine of a team sees (README "Team setup")
+STATE_VAR = "MLNB_STATE_DIR"
 
 
 def state_dir(root: Path) -> Path:
-    """The folder where mlnb keeps a project's workspaces, cache, logs and locks."""
+    """The folder where mlnb keeps what a team shares: workspaces, cache, deployments, logs, locks.
+
+    ``MLNB_STATE_DIR`` when it is set (a folder every machine of the team
+    sees: a network file system, a mounted share), else ``<root>/.mlnb``.
+    What belongs to one machine (kernels, scratch files) never goes here.
+    """
+    shared = os.environ.get(STATE_VAR)
+    if shared:
+        return Path(shared).expanduser().resolve()
     return root / STATE_DIR
 
 
