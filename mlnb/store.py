@@ -49,6 +49,36 @@ def state_dir(root: Path) -> Path:
     return root / STATE_DIR
 
 
+def prediction_log_dir(root: Path) -> Path:
+    """Where ``mlnb serve`` logs predictions unless told: ``predictions/`` in the state folder."""
+    return state_dir(root) / "predictions"
+
+
+def recorded(path: Path | str, root: Path) -> str:
+    """``path`` as mlnb records it in MLflow, so that it means the same on every machine.
+
+    Inside the state folder it is ``$MLNB_STATE_DIR/<relative path>``, inside
+    the project its path relative to the project root; anything else (a file
+    outside both) stays absolute. :func:`located` reads it back.
+    """
+    target = Path(path).absolute()
+    state = state_dir(root).absolute()
+    if target.is_relative_to(state):
+        return f"${STATE_VAR}/{target.relative_to(state).as_posix()}".rstrip("/")
+    if target.is_relative_to(root.absolute()):
+        return target.relative_to(root.absolute()).as_posix() or "."
+    return str(target)
+
+
+def located(text: str, root: Path) -> Path:
+    """The path on this machine of what :func:`recorded` wrote (an absolute path as it is)."""
+    prefix = f"${STATE_VAR}"
+    if text == prefix or text.startswith(prefix + "/"):
+        return state_dir(root) / text[len(prefix) + 1 :]
+    path = Path(text)
+    return path if path.is_absolute() else root / path
+
+
 def tracking_uri(root: Path) -> str:
     """The store mlnb uses: ``MLFLOW_TRACKING_URI``, else ``<root>/mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DB_FILE).resolve()}"

@@ -1,17 +1,21 @@
-"""Workspaces and the stage cache.
+"""Workspaces and the stage cache, both in the state folder a team may share.
 
-Every pipeline run writes into its own workspace, ``.mlnb/runs/<run id>/``
-under the project root, so concurrent runs never overwrite each other: a
+Every pipeline run writes into its own workspace, ``runs/<run id>/`` in the
+state folder (:func:`mlnb.store.state_dir`: ``MLNB_STATE_DIR``, else the
+project's ``.mlnb``), so concurrent runs never overwrite each other: a
 stage's outputs go to ``<workspace>/<stage>/`` and its executed notebook to
 ``<workspace>/<stage>.ipynb``.
 
 A stage's cache key hashes what determines its result: the notebook's
-fingerprint (sources, not outputs), the kernel, the resolved parameters and
-the *contents* of its input files — upstream outputs and project files named
-by a parameter — never their run-specific paths. A hit reuses the outputs by
-hard link (a copy across file systems) into the new workspace, after checking
-that the producer's files are still there and unchanged. Entries are small
-JSON files written atomically, so concurrent runs may share the cache.
+fingerprint (sources, not outputs), the kernel, the resolved parameters, the
+*contents* of its input files — upstream outputs and project files named by a
+parameter — never their run-specific paths, and the MLflow store the producing
+run is in (an entry made against another store names a run this one lacks). A
+hit reuses the outputs by hard link (a copy across file systems) into the new
+workspace, after checking that the producer's files are still there and
+unchanged. Entries are small JSON files written atomically, their outputs
+relative to the state folder, so concurrent runs — on every machine that
+mounts the folder — share the cache.
 """
 
 from __future__ import annotations
@@ -25,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from mlnb._files import hash_path, write_atomic
-from mlnb.store import state_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
-def workspace(root: Path, run_id: str) -> Path:
-    """The workspace of pipeline run ``run_id``."""
-    return state_dir(root) / "runs" / run_id
+def workspace(state: Path, run_id: str) -> Path:
+    """The workspace of pipeline run ``run_id`` in state folder ``state``."""
+    return state / "runs" / run_id
 
 
 def stage_key(
@@ -41,6 +44,7 @@ def stage_key(
     params: Mapping[str, Any],
     inputs: Mapping[str, str],
     outputs: Mapping[str, str],
+    store: str = "",
 ) -> str:
     """The cache key of a stage execution.
 
@@ -50,9 +54,11 @@ def stage_key(
         params: parameters with run-specific paths replaced by content hashes.
         inputs: input name → content hash.
         outputs: output name → relative path.
+        store: the MLflow store the stage runs are recorded in (no user info).
     """
     payload = {
         "v": CACHE_VERSION,
+        "store": store,
         "notebook": fingerprint,
         "kernel": kernel,
         "params": params,
@@ -85,10 +91,11 @@ class CacheEntry:
 
 
 class Cache:
-    """The stage cache of one project."""
+    """The stage cache in state folder ``state``."""
 
-    def __init__(self, root: Path) -> None:
-        self.dir = state_dir(root) / "cache"
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.dir = state / "cache"
 
     def _file(self, key: str) -> Path:
         return self.dir / f"{key}.json"
@@ -97,9 +104,11 @@ class Cache:
         """Return a valid entry for ``key``: its outputs exist and are unchanged."""
         try:
             data = json.loads(self._file(key).read_text())
-            entry = CacheEntry(**{k: data[k] for k in CacheEntry.__dataclass_fields__})
+            fields = {k: data[k] for k in CacheEntry.__dataclass_fields__}
+            fields["outputs"] = {n: str(self.state / p) for n, p in data["outputs"].items()}
+            entry = CacheEntry(**fields)
             stats = data.get("stats", {})
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         for name, location in entry.outputs.items():
             path = Path(location)
@@ -110,11 +119,14 @@ class Cache:
         return entry
 
     def put(self, entry: CacheEntry) -> None:
-        """Record an entry, atomically."""
+        """Record an entry, atomically; its outputs must lie in the state folder."""
         self.dir.mkdir(parents=True, exist_ok=True)
         data = {
             **entry.__dict__,
-            "outputs": dict(entry.outputs),
+            "outputs": {
+                name: Path(p).relative_to(self.state).as_posix()
+                for name, p in entry.outputs.items()
+            },
             "hashes": dict(entry.hashes),
             "stats": {name: _stat(Path(p)) for name, p in entry.outputs.items()},
             "created": time.time(),

@@ -33,6 +33,7 @@ import psutil
 from mlnb import tags
 from mlnb._files import try_exclusive
 from mlnb.errors import PipelineError
+from mlnb.store import located
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -136,10 +137,11 @@ def end_orphans(
         owner = Owner.of(run.data.tags)
         if owner is None or not owner.local or owner.alive():
             continue
-        workspace = Path(run.data.tags.get(tags.WORKSPACE) or "")
+        recorded_workspace = run.data.tags.get(tags.WORKSPACE)
+        workspace = located(recorded_workspace, tracker.root) if recorded_workspace else None
         orphaned: contextlib.AbstractContextManager[bool] = (
             _orphaned(owner, workspace)
-            if workspace.is_dir()
+            if workspace is not None and workspace.is_dir()
             else contextlib.nullcontext(True)  # gone, and its lock with it: the process tells
         )
         with orphaned as dead:

@@ -6,6 +6,7 @@ cache inside whole pipeline runs).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,9 @@ def test_the_key_follows_contents_not_paths(tmp_path: Path) -> None:
     assert key_for(first) != key_for(second)
 
 
-def entry_for(root: Path, key: str = "k" * 64) -> CacheEntry:
-    """An entry whose outputs (a file and a folder) exist in a run's workspace under ``root``."""
-    stage_dir = workspace(root, "run1") / "a"
+def entry_for(state: Path, key: str = "k" * 64) -> CacheEntry:
+    """An entry whose outputs (a file and a folder) exist in a run's workspace under ``state``."""
+    stage_dir = workspace(state, "run1") / "a"
     (stage_dir / "model").mkdir(parents=True)
     (stage_dir / "out.txt").write_text("2")
     (stage_dir / "model" / "weights.bin").write_bytes(b"\x00\x01")
@@ -89,7 +90,24 @@ def test_an_entry_reads_back_as_it_was_put(tmp_path: Path) -> None:
 
     assert cache.get(entry.key) == entry
     assert cache.get("0" * 64) is None
-    assert workspace(tmp_path, "run1") == tmp_path / ".mlnb" / "runs" / "run1"
+    assert workspace(tmp_path, "run1") == tmp_path / "runs" / "run1"
+    stored = json.loads((tmp_path / "cache" / f"{entry.key}.json").read_text())
+    assert stored["outputs"] == {"out_path": "runs/run1/a/out.txt", "model": "runs/run1/a/model"}
+
+
+def test_a_moved_state_folder_keeps_its_entries(tmp_path: Path) -> None:
+    """Entries name outputs relative to the folder: another machine mounts it elsewhere."""
+    Cache(tmp_path / "here").put(entry_for(tmp_path / "here"))
+    (tmp_path / "here").rename(tmp_path / "there")
+
+    found = Cache(tmp_path / "there").get("k" * 64)
+
+    assert found is not None
+    assert found.outputs["model"] == str(tmp_path / "there" / "runs" / "run1" / "a" / "model")
+
+
+def test_the_store_is_part_of_the_key() -> None:
+    assert key_of(store="http://mlflow:5000") != key_of(store="sqlite:////tmp/other.db")
 
 
 @pytest.mark.parametrize(
@@ -131,7 +149,7 @@ def test_an_unreadable_entry_is_a_miss(tmp_path: Path, text: str) -> None:
     cache = Cache(tmp_path)
     entry = entry_for(tmp_path)
     cache.put(entry)
-    entry_file = tmp_path / ".mlnb" / "cache" / f"{entry.key}.json"
+    entry_file = tmp_path / "cache" / f"{entry.key}.json"
     assert entry_file.exists()
 
     entry_file.write_text(text)
