@@ -53,7 +53,7 @@ def predictions() -> None:
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Prediction log folder [default: .mlnb/predictions].",
+    help="Prediction log folder [default: predictions/ in the state folder].",
 )
 @click.option(
     "--dry-run", is_flag=True, help="Say what would be compressed and deleted; do neither."

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path),
-    help="Prediction log folder [default: .mlnb/predictions].",
+    help="Prediction log folder [default: predictions/ in the state folder].",
 )
 @click.option(
     "--log-retention",
@@ -141,7 +141,7 @@ def serve(
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path),
-    help="Prediction log folder [default: .mlnb/predictions].",
+    help="Prediction log folder [default: predictions/ in the state folder].",
 )
 @verbose
 def export_predictions(target: Path, log_dir: Path | None) -> None:

@@ -52,6 +52,7 @@ from mlnb.errors import MlnbError, TrackingError
 from mlnb.pipelines.locate import LIVE, deployments_dir
 from mlnb.pipelines.owner import Owner, end_orphans
 from mlnb.pipelines.signals import signals_deferred
+from mlnb.store import located, recorded
 from mlnb.tags import RunState
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def _describe(tracker: Tracker, run_id: str, manifest: bundlemod.Manifest, targe
             tags.PIPELINE: manifest.name,
             tags.DEPLOYMENT_VERSION: manifest.version,
             tags.DEPLOYMENT_CONTENT: manifest.content_sha256,
-            tags.DEPLOYMENT_PATH: str(target),
+            tags.DEPLOYMENT_PATH: recorded(target, tracker.root),
             tags.GIT_COMMIT: manifest.git_commit or "",
         },
     )
@@ -335,7 +336,7 @@ def history(root: Path, uri: str, pipeline: str | None = None) -> list[Deploymen
             found_tags.get(tags.PIPELINE, ""),
             found_tags.get(tags.DEPLOYMENT_VERSION, ""),
         )
-        path = Path(found_tags.get(tags.DEPLOYMENT_PATH, ""))
+        path = located(found_tags.get(tags.DEPLOYMENT_PATH, ""), root)
         is_live = live.get(name) == version and name not in seen_live
         if is_live:
             seen_live.add(name)

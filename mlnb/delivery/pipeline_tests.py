@@ -5,8 +5,10 @@ Two checks per pipeline, each reported per stage or notebook:
 1. **The pipeline** runs with its ``ci`` profile (small parameters), every
    stage executed (no cache), against a throwaway MLflow store in a
    temporary folder, so the gate and registration run too without touching
-   the project's store. Its workspace is removed afterwards, unless a stage
-   failed: the failure names the executed notebook in it.
+   the project's store, and with a state folder of its own
+   (``.mlnb/test``, on this machine), so its workspaces and cache entries
+   never reach the project's cache. Its workspace is removed afterwards,
+   unless a stage failed: the failure names the executed notebook in it.
 2. **The notebooks run by hand**: nbval (``--nbval-lax``) executes each stage
    notebook (and each drift notebook of a monitor that retrains with the
    pipeline) with its own defaults, in stage order, the way a data scientist
@@ -37,6 +39,7 @@ from mlnb.pipelines.locate import load_monitor, load_pipeline, monitors_of
 from mlnb.pipelines.results import PipelineResult, StageResult, StageStatus
 from mlnb.pipelines.runner import run_pipeline
 from mlnb.specs.pipeline import Pipeline, read_spec
+from mlnb.store import STATE_DIR
 
 CI_PROFILE = "ci"
 NBVAL_SUITE = "notebooks (nbval --nbval-lax)"
@@ -195,10 +198,23 @@ def _notebooks_by_hand(
     return cases, notebooks
 
 
+def test_state(root: Path) -> Path:
+    """The state folder of ``mlnb test``'s runs: ``<root>/.mlnb/test``, on this machine only.
+
+    Its workspaces and cache entries never mix with the project's (nor with a
+    team's shared ``MLNB_STATE_DIR``): a test run's entry would name a
+    workspace that is removed once the test passes.
+    """
+    return root / STATE_DIR / "test"
+
+
 def _run(pipeline: Pipeline, uri: str) -> tuple[PipelineResult | None, MlnbError | None]:
     """Run every stage on the throwaway store: the result (when it ran) and the error, if any."""
     try:
-        return run_pipeline(pipeline, force=True, tracking_uri=uri, trigger="test"), None
+        result = run_pipeline(
+            pipeline, force=True, tracking_uri=uri, trigger="test", state=test_state(pipeline.root)
+        )
+        return result, None
     except PipelineError as exc:
         return exc.result, exc
     except MlnbError as exc:

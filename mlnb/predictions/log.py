@@ -84,7 +84,7 @@ from mlnb.predictions.files import (
     whole_lines,
 )
 from mlnb.predictions.files import day_of as _day
-from mlnb.store import state_dir
+from mlnb.store import prediction_log_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -131,8 +131,8 @@ class LogWriteError(PredictionLogError):
 
 
 def default_log_dir(root: Path) -> Path:
-    """Where a project keeps its prediction log: ``<root>/.mlnb/predictions``."""
-    return state_dir(root) / "predictions"
+    """Where a project keeps its prediction log: ``predictions/`` in its state folder."""
+    return prediction_log_dir(root)
 
 
 def new_request_id(now_ms: int) -> str:

@@ -60,6 +60,7 @@ from mlnb.specs.pipeline import (
     notebook_info,
     project_root,
 )
+from mlnb.store import prediction_log_dir
 
 #: what can make a monitor retrain, as a spec's ``triggers:`` names it
 TriggerName = Literal["drift", "performance", "schedule"]
@@ -231,7 +232,7 @@ class MonitorSpec(_Model):
     retrain: RetrainSpec
     triggers: list[TriggerName]
     cooldown: Duration = 0.0
-    log_dir: str = ".mlnb/predictions"
+    log_dir: str | None = None  # default: the state folder's predictions/
     labels: LabelsSpec = Field(default_factory=LabelsSpec)
     promotion: Promotion = "auto"
 
@@ -265,7 +266,8 @@ class Monitor:
         drift_declares: every parameter the drift notebook's parameters cell declares.
         pipeline: the retraining pipeline spec, absolute.
         pipeline_spec: the retraining pipeline, validated.
-        log_dir: the prediction log folder, absolute.
+        log_dir: the prediction log folder, absolute (default: ``predictions/``
+            in the state folder, where ``mlnb serve`` logs).
         greater_is_better: of the live metric.
     """
 
@@ -337,7 +339,7 @@ def load_monitor(path: Path | str, *, kernels: Collection[str] | None = None) ->
         drift_declares=drift.declares,
         pipeline=pipeline_path.resolve(),
         pipeline_spec=pipeline_spec,
-        log_dir=_in_project(spec.log_dir, root),
+        log_dir=_in_project(spec.log_dir, root) if spec.log_dir else prediction_log_dir(root),
         greater_is_better=greater,
     )
 

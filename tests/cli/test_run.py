@@ -133,7 +133,7 @@ def assert_finished_apart(project, runs: list[tuple[int, str, str]]) -> None:
         assert (workspace / "b" / "out.txt").read_text() == "3"
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        assert run.data.tags["mlnb.workspace"] == str(workspace.resolve())
+        assert run.data.tags["mlnb.workspace"] == f"$MLNB_STATE_DIR/runs/{run_id}"
         stages = client.search_runs(
             [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
         )

@@ -17,6 +17,7 @@ from mlnb.delivery.deploy import EXPERIMENT
 from mlnb.monitoring.runner import MonitorRunner
 from mlnb.specs.monitor import load_monitor
 from mlnb.specs.pipeline import load_pipeline
+from mlnb.store import located
 from tests.delivery.helpers import (
     bundle_members,
     invoke,
@@ -58,7 +59,8 @@ def test_deploy_unpacks_beside_the_working_copy_and_records_it(
     assert tags["mlnb.deployment.action"] == "deploy"
     assert tags["mlnb.deployment.content_sha256"] == manifest_of(bundles["1.0.0"])["content_sha256"]
     assert tags["mlnb.deployment.bundle"] == "tiny-1.0.0.tar.gz"
-    assert Path(tags["mlnb.deployment.path"]).resolve() == folder
+    assert tags["mlnb.deployment.path"] == "$MLNB_STATE_DIR/deployments/tiny/1.0.0"
+    assert located(tags["mlnb.deployment.path"], tiny) == folder
     model = client.get_registered_model("tiny")
     assert model.tags["mlnb.deployment"] == "tiny 1.0.0"
 

@@ -114,10 +114,10 @@ def test_mlnb_test_leaves_the_project_store_alone_after_a_failure(failing: Outco
     assert not (failing.root / "mlflow.db").exists()
     assert not (failing.root / "mlartifacts").exists()
     # the passing pipeline's workspace is gone; the failed run's stays, named in the failure
-    runs = failing.root / ".mlnb" / "runs"
+    runs = failing.root / ".mlnb" / "test" / "runs"
     left = [p.name for p in runs.iterdir()] if runs.exists() else []
     assert len(left) == 1, left
-    assert f"/.mlnb/runs/{left[0]}/boom.ipynb" in failing.done.stderr
+    assert f"/.mlnb/test/runs/{left[0]}/boom.ipynb" in failing.done.stderr
     assert not failing.left, failing.left
 
 
@@ -166,8 +166,9 @@ def test_mlnb_test_uses_a_throwaway_store_and_removes_the_workspace(
     root = scaffolded.root
     assert not (root / "mlflow.db").exists()
     assert not (root / "mlartifacts").exists()
-    runs = root / ".mlnb" / "runs"
-    assert not runs.exists() or not any(runs.iterdir())
+    for folder in (".mlnb/runs", ".mlnb/test/runs", ".mlnb/cache"):
+        # the project's cache holds no entry naming a removed test workspace
+        assert not (root / folder).exists() or not any((root / folder).iterdir()), folder
     assert not scaffolded.test.left, scaffolded.test.left
 
 

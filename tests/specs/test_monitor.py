@@ -109,7 +109,7 @@ def test_the_example_loads(example: Path) -> None:
     assert monitor.pipeline == root / "pipelines" / "cancer.yaml"
     assert monitor.pipeline_spec.model is not None
     assert monitor.pipeline_spec.model.name == "cancer"
-    assert monitor.log_dir == root / ".mlnb" / "predictions"
+    assert monitor.log_dir == root / ".mlnb" / "predictions"  # the state folder's
     assert monitor.greater_is_better is True
 
 
