@@ -68,7 +68,15 @@ from mlnb.specs.pipeline import (
     project_root,
     substitute,
 )
-from mlnb.store import client_env, redacted, use_credentials
+from mlnb.store import (
+    client_env,
+    located,
+    recorded,
+    redacted,
+    state_dir,
+    use_credentials,
+    without_userinfo,
+)
 from mlnb.store import tracking_uri as default_tracking_uri
 from mlnb.tags import EndState
 
@@ -95,6 +103,7 @@ def run_pipeline(
     trigger: str = "manual",
     reason: str = "",
     executor: Executor | None = None,
+    state: Path | None = None,
 ) -> PipelineResult:
     """Execute a pipeline: every stage with papermill, tracked in MLflow.
 
@@ -118,6 +127,8 @@ def run_pipeline(
         executor: where stage notebooks execute (default: kernels of this
             process, :class:`~mlnb.pipelines.executors.LocalExecutor`); the
             run closes it.
+        state: the state folder for the run's workspace and the cache
+            (default :func:`mlnb.store.state_dir` of the project).
 
     Returns:
         The :class:`PipelineResult` of a run whose stages all succeeded.
@@ -147,6 +158,7 @@ def run_pipeline(
         trigger=trigger,
         reason=reason,
         executor=executor,
+        state=state,
     )
     try:
         if isinstance(plan, Pipeline):
@@ -274,8 +286,10 @@ class _Runner:
         trigger: str = "manual",
         reason: str = "",
         executor: Executor | None = None,
+        state: Path | None = None,
     ) -> None:
         self.root = root
+        self.state = state or state_dir(root)
         self.promote = promote
         self.trigger = trigger
         self.reason = reason
@@ -287,7 +301,7 @@ class _Runner:
         self.given = tracking_uri or default_tracking_uri(root)
         self.uri = use_credentials(self.given)
         self.input_hashes: dict[Path, str] = {}
-        self.cache = cachemod.Cache(root)
+        self.cache = cachemod.Cache(self.state)
         self.executor: Executor = executor or LocalExecutor(
             {"MLFLOW_TRACKING_URI": self.uri}, cwd=root
         )
@@ -316,7 +330,7 @@ class _Runner:
         experiment_id = tracker.experiment_id(pipeline.name)
         end_orphans(tracker, experiment_id)
         run_id = self._start_parent(tracker, experiment_id, pipeline, lineage, spec_sha)
-        workspace = cachemod.workspace(pipeline.root, run_id)
+        workspace = cachemod.workspace(self.state, run_id)
         self.owned.enter_context(hold(workspace))
         return _Execution(
             tracker,
@@ -338,14 +352,19 @@ class _Runner:
         """
         tracker = self._tracker()
         lineage, spec_sha = _source(self.root, spec_path)
-        run = _resumable(tracker, run_id, spec_path)
-        workspace = Path(run.data.tags.get(tags.WORKSPACE) or cachemod.workspace(self.root, run_id))
+        run = _resumable(tracker, run_id, spec_path, self.root)
+        recorded_workspace = run.data.tags.get(tags.WORKSPACE)
+        workspace = (
+            located(recorded_workspace, self.root)
+            if recorded_workspace
+            else cachemod.workspace(self.state, run_id)
+        )
         self.owned.enter_context(claim(tracker, run, workspace))
         found_tags = run.data.tags
         overrides = json.loads(found_tags.get(tags.OVERRIDES) or "{}")
         pipeline = load_pipeline(spec_path, found_tags.get(tags.PROFILE) or None, overrides)
         experiment_id = str(run.info.experiment_id)
-        results = _earlier_attempts(tracker, experiment_id, run_id, pipeline)
+        results = _earlier_attempts(tracker, experiment_id, run_id, pipeline, self.root)
         tracker.log(run_id, tags=Owner.this_process().tags())
         tracker.reopen(run_id)
         self._prestart(self._predicted_misses(pipeline, results))
@@ -378,7 +397,7 @@ class _Runner:
         found_tags = {
             tags.KIND: tags.Kind.PIPELINE,
             tags.PIPELINE: pipeline.name,
-            tags.SPEC: str(pipeline.path),
+            tags.SPEC: recorded(pipeline.path, self.root),
             tags.SPEC_SHA: spec_sha,
             tags.PROFILE: pipeline.profile or "",
             tags.OVERRIDES: json.dumps(dict(pipeline.overrides), default=str),
@@ -391,7 +410,7 @@ class _Runner:
         tracker.log(
             run_id,
             params=_pipeline_params(pipeline),
-            tags={tags.WORKSPACE: str(cachemod.workspace(pipeline.root, run_id))},
+            tags={tags.WORKSPACE: recorded(cachemod.workspace(self.state, run_id), self.root)},
         )
         tracker.log_artifact(run_id, pipeline.path, "spec")
         return run_id
@@ -594,7 +613,12 @@ class _Runner:
             if path is not None:
                 inputs[name] = self._input_hash(path)
         return cachemod.stage_key(
-            stage.info.fingerprint, stage.kernel, params, inputs, stage.outputs
+            stage.info.fingerprint,
+            stage.kernel,
+            params,
+            inputs,
+            stage.outputs,
+            store=without_userinfo(self.uri),
         )
 
     def _input_hash(self, path: Path) -> str:
@@ -614,10 +638,19 @@ class _Runner:
         params = substitute(dict(stage.params), outputs_of)
         for name, value in params.items():
             path = project_path(value, self.root)
-            if path is not None:
-                params[name] = str(path.resolve())
+            if path is not None:  # a project file: where the executor's kernel finds it
+                params[name] = self.executor.input_path(path, self._input_hash(path))
         params.update(outputs)
         return params
+
+    def _recorded(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` as MLflow records them: paths relative to the project or state folder."""
+        found = {}
+        for name, value in values.items():
+            if isinstance(value, str) and Path(value).is_absolute():
+                value = recorded(value, self.root)
+            found[name] = value
+        return found
 
     def _run_stage(self, run: _Execution, stage: Stage) -> None:
         """Run one stage; whatever goes wrong ends as a failed stage, never a crash."""
@@ -658,7 +691,7 @@ class _Runner:
             tags.KIND: tags.Kind.STAGE,
             tags.PIPELINE: run.pipeline.name,
             tags.STAGE: stage.name,
-            tags.NOTEBOOK: str(stage.notebook),
+            tags.NOTEBOOK: recorded(stage.notebook, self.root),
             tags.FINGERPRINT: stage.info.fingerprint,
             tags.CACHE_KEY: key,
             tags.CACHED: str(cached).lower(),
@@ -679,8 +712,11 @@ class _Runner:
         res.status = StageStatus.CACHED
         run.tracker.log(
             attempt.run_id,
-            params=attempt.params,
-            tags={tags.CACHED_FROM: hit.run_id, tags.OUTPUTS: json.dumps(attempt.outputs)},
+            params=self._recorded(attempt.params),
+            tags={
+                tags.CACHED_FROM: hit.run_id,
+                tags.OUTPUTS: json.dumps(self._recorded(attempt.outputs)),
+            },
         )
         run.tracker.finish(attempt.run_id, "FINISHED")
         self.emit(
@@ -696,7 +732,9 @@ class _Runner:
     def _execute_notebook(self, run: _Execution, attempt: _Attempt) -> None:
         """Execute the stage's notebook with the executor, then record how it ended."""
         run.tracker.log(
-            attempt.run_id, params=attempt.params, tags={tags.OUTPUTS: json.dumps(attempt.outputs)}
+            attempt.run_id,
+            params=self._recorded(attempt.params),
+            tags={tags.OUTPUTS: json.dumps(self._recorded(attempt.outputs))},
         )
         for path in attempt.outputs.values():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -732,6 +770,7 @@ class _Runner:
             stage.kernel,
             env,
             timeout=stage.timeout,
+            resources=stage.resources,
             on_cell=lambda done, total: self.emit(StageProgress(stage.name, done, total)),
             on_output=(lambda text: self.emit(StageOutput(stage.name, text)))
             if self.log_output
@@ -808,7 +847,7 @@ def _source(root: Path, spec_path: Path) -> tuple[dict[str, str], str]:
     ).hexdigest()
 
 
-def _resumable(tracker: Tracker, run_id: str, spec_path: Path) -> Run:
+def _resumable(tracker: Tracker, run_id: str, spec_path: Path, root: Path) -> Run:
     """The MLflow run ``run_id``, when it is a pipeline run of ``spec_path`` that did not finish.
 
     Raises:
@@ -829,7 +868,7 @@ def _resumable(tracker: Tracker, run_id: str, spec_path: Path) -> Run:
             "resume; start a new run with 'mlnb run'",
             run_id=run_id,
         )
-    if Path(found_tags.get(tags.SPEC, "")) != spec_path.resolve():
+    if located(found_tags.get(tags.SPEC, ""), root).resolve() != spec_path.resolve():
         raise PipelineError(
             f"run '{run_id}' ran {found_tags.get(tags.SPEC)}, not "
             f"{spec_path.resolve()}; resume it with that spec",
@@ -839,7 +878,7 @@ def _resumable(tracker: Tracker, run_id: str, spec_path: Path) -> Run:
 
 
 def _earlier_attempts(
-    tracker: Tracker, experiment_id: str, run_id: str, pipeline: Pipeline
+    tracker: Tracker, experiment_id: str, run_id: str, pipeline: Pipeline, root: Path
 ) -> dict[str, StageResult]:
     """Each stage's result as the run left it: reused when its latest attempt succeeded."""
     results = {s.name: StageResult(s.name) for s in pipeline.stages}
@@ -849,13 +888,14 @@ def _earlier_attempts(
     for child in children:  # the latest attempt of each stage wins
         name = child.data.tags.get(tags.STAGE)
         if name in results:
-            results[name] = _attempt_result(name, child)
+            results[name] = _attempt_result(name, child, root)
     return results
 
 
-def _attempt_result(name: str, child: Run) -> StageResult:
+def _attempt_result(name: str, child: Run, root: Path) -> StageResult:
     """A stage's earlier attempt: reused if it finished and its outputs are still there."""
-    outputs = json.loads(child.data.tags.get(tags.OUTPUTS) or "{}")
+    recorded_outputs = json.loads(child.data.tags.get(tags.OUTPUTS) or "{}")
+    outputs = {k: str(located(v, root)) for k, v in recorded_outputs.items()}
     ok = child.info.status == "FINISHED" and all(Path(p).exists() for p in outputs.values())
     return StageResult(
         name,

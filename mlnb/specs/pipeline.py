@@ -45,6 +45,8 @@ from mlnb.specs.document import Collector, KeyPath, Lines, load_yaml, read_docum
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+#: a resource a stage needs, as ``dask worker --resources NAME=N`` names it
+RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 COMMAND_LINE = "command line"
 
 
@@ -60,6 +62,22 @@ class StageSpec(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     kernel: str | None = None
     cache: bool = True
+    #: abstract resources the stage needs on a Dask worker (``{GPU: 1}``)
+    resources: dict[str, Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_names(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name in value if not RESOURCE_NAME.match(name)]
+        if bad:
+            raise ValueError(
+                f"resource name '{bad[0]}' is not one a Dask worker can offer: use letters, "
+                "digits, '_', '.' and '-', starting with a letter (e.g. GPU), as in "
+                "'dask worker --resources GPU=1'"
+            )
+        return value
 
 
 #: what a pipeline's model is, for ``mlflow.models.evaluate``
@@ -195,6 +213,8 @@ class Stage:
         kernel: the Jupyter kernel name.
         cache: whether an unchanged stage may be reused from the cache.
         info: what was read from the notebook.
+        resources: abstract resources the stage needs (``{"GPU": 1.0}``), which
+            only a Dask worker offering them may run it with; empty for none.
     """
 
     name: str
@@ -206,6 +226,7 @@ class Stage:
     kernel: str
     cache: bool
     info: nbmod.NotebookInfo
+    resources: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -736,6 +757,7 @@ class _Validation:
             kernel=stage.kernel or info.kernel_name,
             cache=stage.cache,
             info=info,
+            resources=dict(stage.resources),
         )
 
 
