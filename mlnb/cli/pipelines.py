@@ -40,6 +40,19 @@ if TYPE_CHECKING:
 @click.option(
     "--no-promote", is_flag=True, help="Register the model as challenger without running the gate."
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="Where stage notebooks execute: kernels of this process, or Dask workers.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    envvar="MLNB_SCHEDULER",
+    help="The Dask scheduler for --executor dask (tcp://HOST:PORT) [env: MLNB_SCHEDULER].",
+)
 @verbose
 def run(
     pipeline: str,
@@ -50,6 +63,8 @@ def run(
     resume: str | None,
     log_output: bool,
     no_promote: bool,
+    executor: str,
+    scheduler: str | None,
 ) -> None:
     """Execute PIPELINE (a spec file, or a name in pipelines/), tracked in MLflow.
 
@@ -62,10 +77,18 @@ def run(
     from mlnb.specs.pipeline import parse_assignments
 
     overrides = parse_assignments(params)
+    path = spec_path(pipeline)
+    stages = None
+    if executor == "dask":
+        from mlnb.pipelines.executors import dask_executor
+        from mlnb.specs.pipeline import project_root
+        from mlnb.store import state_dir
+
+        stages = dask_executor(scheduler, state_dir(project_root(path)))
     show = reporter()
     try:
         result = run_pipeline(
-            spec_path(pipeline),
+            path,
             profile=profile,
             overrides=overrides,
             force=force,
@@ -74,6 +97,7 @@ def run(
             log_output=log_output,
             on_event=show,
             promote=not no_promote,
+            executor=stages,
         )
     except PipelineError as error:
         show.close()
@@ -90,6 +114,8 @@ def run(
         raise click.exceptions.Exit(error.exit_code) from None
     finally:
         show.close()
+        if stages is not None:  # the run closed it, unless it never started
+            stages.close()
     summary(result)
 
 

@@ -151,3 +151,30 @@ class LocalExecutor:
             if self._pool is not None and self._started < len(self._planned):
                 self._pool.prestart(self._planned[self._started])
                 self._started += 1
+
+
+def dask_executor(scheduler: str | None, state: Path) -> Executor:
+    """The :class:`~mlnb.pipelines.dask.DaskExecutor` for ``scheduler`` (else ``MLNB_SCHEDULER``).
+
+    Raises:
+        MlnbError: no scheduler is named, Dask distributed is not installed
+            (the ``team`` extra), or the scheduler cannot be reached.
+    """
+    import os
+
+    from mlnb.errors import MlnbError
+
+    address = scheduler or os.environ.get("MLNB_SCHEDULER", "").strip()
+    if not address:
+        raise MlnbError(
+            "--executor dask needs the scheduler's address: pass --scheduler tcp://HOST:PORT "
+            "or set MLNB_SCHEDULER"
+        )
+    try:
+        from mlnb.pipelines.dask import DaskExecutor
+    except ImportError as exc:
+        raise MlnbError(
+            f"--executor dask needs Dask distributed, which is not installed ({exc}); "
+            "install it with: pip install 'mlnb[team]'"
+        ) from exc
+    return DaskExecutor(address, state)
