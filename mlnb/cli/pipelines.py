@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 @click.option("--resume", metavar="RUN_ID", help="Continue a failed run in place.")
 @click.option("--log-output", is_flag=True, help="Stream what the notebooks print.")
 @click.option(
-    "--no-promote", is_flag=True, help="Register the model as challenger without running the gate."
+    "--no-promote",
+    is_flag=True,
+    help="Register the model version, but move no alias and run no gate.",
 )
 @click.option(
     "--executor",
@@ -69,7 +71,8 @@ def run(
     """Execute PIPELINE (a spec file, or a name in pipelines/), tracked in MLflow.
 
     With a model section, the model becomes a new registered version
-    (alias challenger) and the gate decides whether it becomes champion.
+    (alias challenger) and the gate decides whether it becomes champion;
+    its holdout and training data are stored with it in the store.
     """
     from mlnb.cli.console import reporter
     from mlnb.pipelines.locate import spec_path
@@ -135,7 +138,8 @@ def summary(result: PipelineResult) -> None:
     if result.registration is not None:
         reg = result.registration
         how = "registered" if reg.created else "unchanged"
-        click.echo(f"model:     {reg.name} version {reg.version} ({how}; alias challenger)")
+        alias = "alias challenger" if result.decision is not None else "no alias moved"
+        click.echo(f"model:     {reg.name} version {reg.version} ({how}; {alias})")
     if result.decision is not None:
         decision(result.decision)
 

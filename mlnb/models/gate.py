@@ -114,9 +114,18 @@ class GateConfig:
             raise ValueError("; ".join(problems)) from None
 
 
-def gate_tags(config: GateConfig, holdout: Path) -> dict[str, str]:
-    """Version tags that let the gate run again later."""
-    return {tags.GATE_CONFIG: json.dumps(asdict(config)), tags.HOLDOUT: str(holdout)}
+def gate_tags(config: GateConfig, holdout: Path | str, digest: str = "") -> dict[str, str]:
+    """Version tags that let the gate run again later, anywhere.
+
+    Args:
+        config: the gate's settings.
+        holdout: the holdout's artifact URI in the store (or a local path).
+        digest: the holdout's content hash (names its download folder).
+    """
+    found = {tags.GATE_CONFIG: json.dumps(asdict(config)), tags.HOLDOUT: str(holdout)}
+    if digest:
+        found[tags.HOLDOUT_SHA] = digest
+    return found
 
 
 @dataclass(frozen=True)

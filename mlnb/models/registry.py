@@ -20,12 +20,14 @@ trigger). The registered model keeps the history of ``champion`` in a tag, so
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -34,6 +36,7 @@ from mlnb._files import hash_path
 from mlnb.errors import suggest
 from mlnb.models import RegistryError
 from mlnb.models._fluent import process_store
+from mlnb.models.data import local_data
 from mlnb.models.evidence import Evidence
 from mlnb.models.gate import (
     GATE_EXPERIMENT,
@@ -44,7 +47,7 @@ from mlnb.models.gate import (
     gate_tags,
     read_holdout,
 )
-from mlnb.store import use_credentials
+from mlnb.store import state_dir, use_credentials
 from mlnb.tags import ModelDecision
 
 if TYPE_CHECKING:
@@ -67,6 +70,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 #: how many earlier champions a registered model remembers for --rollback
 HISTORY_LIMIT = 50
+#: seconds a gate waits for another machine's gate of the same model
+GATE_LOCK_TIMEOUT = 600
+#: times a gate decides again when the champion moved (by hand) while it scored
+GATE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,11 @@ class Registration:
 class Registry:
     """Registered models on one MLflow store."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, state: Path | None = None) -> None:
         self.uri = use_credentials(uri)  # MLflow prints the URI it is given: none with a secret
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        #: the state folder: downloaded data, the gate's lock (shared by a team)
+        self.state = state or state_dir(Path.cwd())
 
     # -- registration ------------------------------------------------------------
 
@@ -101,11 +110,14 @@ class Registry:
         experiment_id: str,
         artifact: str = "model",
         tags: Mapping[str, str] | None = None,
+        *,
+        alias: bool = True,
     ) -> Registration:
         """Register the model that run ``run_id`` logged as ``artifact``; alias it challenger.
 
         A version of ``name`` already created from that run (by the notebook,
-        or by an earlier pipeline run whose stage is now cached) is reused.
+        or by an earlier pipeline run whose stage is now cached) is reused,
+        its tags as they were. With ``alias`` false no alias moves.
 
         Raises:
             RegistryError: the run logged no model called ``artifact``.
@@ -114,7 +126,8 @@ class Registry:
             existing = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
             if existing:
                 version = str(max(int(v.version) for v in existing))
-                self.client.set_registered_model_alias(name, CHALLENGER, version)
+                if alias:
+                    self.client.set_registered_model_alias(name, CHALLENGER, version)
                 return Registration(name, version, created=False)
             models = [
                 m
@@ -140,7 +153,8 @@ class Registry:
                     model_id=model.model_id,
                 )
             version = str(created.version)
-            self.client.set_registered_model_alias(name, CHALLENGER, version)
+            if alias:
+                self.client.set_registered_model_alias(name, CHALLENGER, version)
             return Registration(name, version, created=True)
         except MlflowException as exc:
             raise RegistryError(
@@ -310,28 +324,62 @@ class Registry:
         found_tags = self.version(name, version).tags
         if config is None:
             config = _recorded_config(name, version, found_tags)
-        path = _holdout_path(name, version, holdout, found_tags)
+        path = self._holdout_path(name, version, holdout, found_tags)
         data = read_holdout(path, config.target)
-        champion = self.alias(name, CHAMPION)
-        if champion == version:
-            return already_champion(name, version, config.metric)
-        evidence = [*self._champion_holdout(name, champion, config, path), *_golden(config)]
-        decision = Gate(self.client, self.uri).decide(
-            name,
-            version,
-            champion,
-            config,
-            data,
-            parent_run_id=parent_run_id,
-            experiment_id=experiment_id,
-            evidence=evidence,
-            hold=hold,
-            source=path,
-        )
-        self.tag_version(name, version, decision.version_tags())
-        if decision.promoted:
-            self._move_champion(name, version, self.alias(name, CHAMPION))
+        with self._gate_lock(name):  # one gate per model at a time, on every machine
+            for _ in range(GATE_ATTEMPTS):
+                champion = self.alias(name, CHAMPION)
+                if champion == version:
+                    return already_champion(name, version, config.metric)
+                evidence = [*self._champion_holdout(name, champion, config, path), *_golden(config)]
+                decision = Gate(self.client, self.uri).decide(
+                    name,
+                    version,
+                    champion,
+                    config,
+                    data,
+                    parent_run_id=parent_run_id,
+                    experiment_id=experiment_id,
+                    evidence=evidence,
+                    hold=hold,
+                    source=path,
+                )
+                if self.alias(name, CHAMPION) == champion:  # still the one it was compared with
+                    break
+            self.tag_version(name, version, decision.version_tags())
+            if decision.promoted:
+                self._move_champion(name, version, champion)
         return decision
+
+    def _gate_lock(self, name: str) -> contextlib.AbstractContextManager[object]:
+        """The lock that makes a gate see the champion as it is when the alias moves.
+
+        It lives in the state folder, so every machine sharing it (and the
+        store) waits its turn; a gate takes seconds, so waiting is bounded.
+        """
+        folder = self.state / "models"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a state folder this machine cannot write: no cross-machine lock
+            return contextlib.nullcontext()
+        return FileLock(str(folder / f"{name}.gate.lock"), timeout=GATE_LOCK_TIMEOUT)
+
+    def data(self, value: str, digest: str | None) -> Path:
+        """A local copy of data a version records (a path, or an artifact in the store)."""
+        return local_data(value, digest, self.uri, self.state)
+
+    def _holdout_path(
+        self, name: str, version: str, holdout: Path | None, found_tags: Mapping[str, str]
+    ) -> Path:
+        """The holdout file given, else the one the version records; it must still exist."""
+        if holdout is None and tags.HOLDOUT in found_tags:
+            holdout = self.data(found_tags[tags.HOLDOUT], found_tags.get(tags.HOLDOUT_SHA))
+        if holdout is None or not holdout.exists():
+            raise RegistryError(
+                f"the holdout data of {name} version {version} is gone "
+                f"({holdout}); re-run the pipeline, or promote by hand with --force"
+            )
+        return holdout
 
     def _champion_holdout(
         self, name: str, champion: str | None, config: GateConfig, own: Path
@@ -344,12 +392,16 @@ class Registry:
         """
         if champion is None:
             return []
-        recorded = self.version(name, champion).tags.get(tags.HOLDOUT)
+        found = self.version(name, champion).tags
+        recorded = found.get(tags.HOLDOUT)
         if not recorded:
             return []
-        path = Path(recorded)
         label = f"champion v{champion}'s holdout"
         kind = tags.Evidence.CHAMPION_HOLDOUT
+        try:
+            path = self.data(recorded, found.get(tags.HOLDOUT_SHA))
+        except RegistryError as exc:
+            return [Evidence(kind, label, Path(recorded), None, exc.message)]
         if not path.is_file():
             return [Evidence(kind, label, path, None, f"{path} is gone")]
         if _same_file(path, own):
@@ -398,16 +450,3 @@ def _same_file(one: Path, other: Path) -> bool:
     except OSError:
         return False
 
-
-def _holdout_path(
-    name: str, version: str, holdout: Path | None, found_tags: Mapping[str, str]
-) -> Path:
-    """The holdout file given, else the one the version records; it must still exist."""
-    if holdout is None and tags.HOLDOUT in found_tags:
-        holdout = Path(found_tags[tags.HOLDOUT])
-    if holdout is None or not holdout.exists():
-        raise RegistryError(
-            f"the holdout data of {name} version {version} is gone "
-            f"({holdout}); re-run the pipeline, or promote by hand with --force"
-        )
-    return holdout

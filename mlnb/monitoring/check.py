@@ -57,6 +57,7 @@ from mlnb.monitoring.retrain import RetrainResult, RetrainStatus, retrain
 from mlnb.pipelines.owner import Owner, end_orphans
 from mlnb.predictions.window import LiveMetric, input_columns, live_metric, load_window
 from mlnb.specs.monitor import Monitor, format_duration
+from mlnb.store import state_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -250,7 +251,7 @@ class Check:
 
         tracker = tracking.Tracker(monitor.root, uri)
         experiment = tracker.experiment_id(monitor.name)
-        models = registry.Registry(uri)
+        models = registry.Registry(uri, state_dir(monitor.root))
         result.champion = models.alias(monitor.spec.model, monitor.spec.alias)
         end_orphans(tracker, experiment, tags.Kind.CHECK)  # checks of a monitor that died
         result.run_id = tracker.start_run(
@@ -276,7 +277,7 @@ class Check:
             return
         version = self.registry.version(self.monitor.spec.model, champion)
         target = model_target(self.monitor)
-        features = model_features(training_data(version), window, target)
+        features = model_features(training_data(version, self.registry), window, target)
         fired = [
             self.drift(window, version, features, target),
             self.performance(window),
@@ -286,7 +287,7 @@ class Check:
         self.result.triggers = [trigger for trigger in fired if trigger is not None]
         self.log_triggers()
         if self.result.triggers and not self.result.suspicious:
-            self.retrain(window, features, target, training_data(version))
+            self.retrain(window, features, target, training_data(version, self.registry))
 
     def finish(self, status: tags.EndState) -> None:
         """End the check run with its decision and duration; a store failing now is let be."""
@@ -328,7 +329,7 @@ class Check:
             parent_run=result.run_id,
             run_tags={tags.MONITOR: monitor.name},
             champion=result.champion,
-            reference=training_data(version),
+            reference=training_data(version, self.registry),
             window=window,
             features=features,
             target=target,
@@ -383,7 +384,7 @@ class Check:
             self.result.performance,
             monitor.greater_is_better,
             model.type,
-            training_data(version),
+            training_data(version, self.registry),
             target,
         )
         found = check_labels(labeled, monitor.spec.labels, spec.min_labels if spec else _MIN_LABELS)
@@ -464,10 +465,17 @@ def model_target(monitor: Monitor) -> str:
     return model.target
 
 
-def training_data(version: Any) -> Path | None:
-    """The champion's training data, from its lineage tag; ``None`` without lineage."""
+def training_data(version: Any, models: Registry) -> Path | None:
+    """The champion's training data, from its lineage tag; ``None`` without lineage.
+
+    A version records it as an artifact in the store: it is downloaded once to
+    the state folder. A path recorded by an older version is used as it is.
+
+    Raises:
+        RegistryError: the artifact cannot be downloaded.
+    """
     value = version.tags.get(tags.TRAINING_DATA)
-    return Path(value) if value else None
+    return models.data(value, version.tags.get(tags.TRAINING_DATA_SHA)) if value else None
 
 
 def model_features(reference: Path | None, window: pd.DataFrame, target: str) -> list[str]:

@@ -223,10 +223,12 @@ def _gate_held(uri: str, registration: Registration, run_id: str, experiment_id:
     Raises:
         RegistryError: the gate cannot run.
     """
-    from mlnb.models.registry import Registry
+    from mlnb.models.registry import CHALLENGER, Registry
 
     with signals_deferred():
-        return Registry(uri).gate(
+        held = Registry(uri)
+        held.client.set_registered_model_alias(registration.name, CHALLENGER, registration.version)
+        return held.gate(
             registration.name,
             registration.version,
             parent_run_id=run_id,

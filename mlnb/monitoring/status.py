@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlnb import tags
 from mlnb.models import registry
 from mlnb.predictions.log import default_log_dir, latest_prediction
-from mlnb.store import tracking_uri
+from mlnb.store import state_dir, tracking_uri
 from mlnb.tracking import Tracker
 
 
@@ -79,7 +79,7 @@ def gather(root: Path, models: list[str], checks: int = 3) -> list[ModelStatus]:
     """
     uri = tracking_uri(root)
     tracker = Tracker(root, uri)
-    reg = registry.Registry(uri)
+    reg = registry.Registry(uri, state_dir(root))
     client = tracker.client
     if models:
         for name in models:

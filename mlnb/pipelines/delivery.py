@@ -75,6 +75,7 @@ def deliver(
     provenance: Provenance,
     *,
     promote: bool = True,
+    state: Path | None = None,
 ) -> Delivery:
     """Register the model a run's stages produced, then (with ``promote``) gate it.
 
@@ -83,7 +84,9 @@ def deliver(
         model: the spec's ``model:`` section.
         results: every stage's result; all of them succeeded.
         provenance: the run the model comes from.
-        promote: run the gate after registering.
+        promote: alias the version ``challenger`` and run the gate on it;
+            without, the version is registered and no alias moves.
+        state: the state folder (downloads, the gate's lock).
 
     Raises:
         RegistryError: the stage logged no such model, or registering or gating failed.
@@ -93,8 +96,8 @@ def deliver(
     config = GateConfig.from_spec(model)
     ref = holdout_reference(model)
     holdout = Path(results[ref.stage].outputs[ref.output])
-    registry = Registry(uri)
-    registration = _register(registry, model, results, provenance, config, holdout)
+    registry = Registry(uri, state)
+    registration = _register(registry, model, results, provenance, config, holdout, promote)
     if not promote:
         return Delivery(registration, None)
     decision = registry.gate(
@@ -115,40 +118,38 @@ def _register(
     provenance: Provenance,
     config: GateConfig,
     holdout: Path,
+    alias: bool,
 ) -> Registration:
-    """The registered version of the stage's model: new with its lineage, or noted as reused."""
+    """The registered version of the stage's model: new with its lineage, or reused as it is.
+
+    The holdout and the training data go to the store as artifacts of the
+    version's run first, so whoever gates or checks the version later finds
+    them. A version that exists already (a cached re-run) keeps what it records.
+    """
+    from mlnb.models.data import store_data
     from mlnb.models.registry import gate_tags
 
     source_run = _source_run(model, results)
+    holdout_uri, holdout_sha = store_data(registry.client, source_run, holdout)
     lineage = {
         tags.PIPELINE_RUN: provenance.pipeline_run,
         tags.SOURCE_RUN: source_run,
         tags.TRIGGER: provenance.trigger,
         tags.TRIGGER_REASON: provenance.reason,
         tags.SPEC_SHA: provenance.spec_sha,
-        **gate_tags(config, holdout),
+        **gate_tags(config, holdout_uri, holdout_sha),
         **_data_tags(results),
     }
     if model.training_data is not None:
         data = output_reference(model.training_data)
-        lineage[tags.TRAINING_DATA] = results[data.stage].outputs[data.output]
+        training = Path(results[data.stage].outputs[data.output])
+        uri, digest = store_data(registry.client, source_run, training)
+        lineage[tags.TRAINING_DATA], lineage[tags.TRAINING_DATA_SHA] = uri, digest
     if provenance.git_commit:
         lineage[tags.GIT_COMMIT] = provenance.git_commit
-    registration = registry.register(
-        model.name, source_run, provenance.experiment_id, model.artifact, lineage
+    return registry.register(
+        model.name, source_run, provenance.experiment_id, model.artifact, lineage, alias=alias
     )
-    if not registration.created:  # the version exists: keep its lineage, note this run
-        registry.tag_version(
-            model.name,
-            registration.version,
-            {
-                tags.PIPELINE_RUN: provenance.pipeline_run,
-                tags.TRIGGER: provenance.trigger,
-                tags.TRIGGER_REASON: provenance.reason,
-                **gate_tags(config, holdout),
-            },
-        )
-    return registration
 
 
 def _source_run(model: ModelSpec, results: Mapping[str, StageResult]) -> str:

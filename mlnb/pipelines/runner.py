@@ -517,7 +517,9 @@ class _Runner:
             self.trigger,
             self.reason,
         )
-        return deliver(self.uri, model, run.results, provenance, promote=self.promote)
+        return deliver(
+            self.uri, model, run.results, provenance, promote=self.promote, state=self.state
+        )
 
     def _close_parent(
         self, run: _Execution, state: EndState, found_tags: Mapping[str, str]

@@ -218,8 +218,13 @@ def test_example_registers_gates_and_promotes(project) -> None:
     assert found_tags[tags.SPEC_SHA] == hashlib.sha256(spec.read_bytes()).hexdigest()
     prepare = first.stage("prepare")
     assert found_tags[f"{tags.DATA_PREFIX}prepare.train_path"] == prepare.hashes["train_path"]
-    assert found_tags[tags.HOLDOUT] == prepare.outputs["test_path"]
-    assert Path(found_tags[tags.HOLDOUT]).is_absolute()
+    # the holdout lives in the store, on the version's run, named by its content
+    digest = prepare.hashes["test_path"]
+    source = first.stage("train").run_id
+    assert found_tags[tags.HOLDOUT_SHA] == digest
+    assert found_tags[tags.HOLDOUT] == f"runs:/{source}/mlnb/data/{digest}/test.csv"
+    stored = [a.path for a in reg.client.list_artifacts(source, f"mlnb/data/{digest}")]
+    assert stored == [f"mlnb/data/{digest}/test.csv"]
     assert json.loads(found_tags[tags.GATE_CONFIG]) == {
         "metric": "accuracy_score",
         "greater_is_better": True,
@@ -250,9 +255,8 @@ def test_example_registers_gates_and_promotes(project) -> None:
     assert not second.decision.promoted and second.decision.champion == "1"
     assert second.decision.reason == "v1 is already the champion"
     assert reg._versions("cancer") == ["1"]
-    found_tags = reg.client.get_model_version("cancer", "1").tags
-    assert found_tags[tags.PIPELINE_RUN] == second.run_id  # the latest run that delivered it
-    assert found_tags[tags.SOURCE_RUN] == first.stage("train").run_id  # lineage kept
+    # a cached re-run rewrites nothing the version records: not its run, nor its holdout
+    assert reg.client.get_model_version("cancer", "1").tags == found_tags
 
     # a worse model from the command line: version 2, rejected by the gate
     worse = project.mlnb(
@@ -290,13 +294,14 @@ def test_example_registers_gates_and_promotes(project) -> None:
     assert "registered: cancer" in missing.stderr
     assert "Traceback" not in missing.stderr
 
-    # --no-promote: a new version becomes challenger, the champion stays
+    # --no-promote: a new version, and no alias moves
+    before = reg.alias("cancer", CHALLENGER)
     quiet = project.mlnb("run", "pipelines/cancer.yaml", "--no-promote", "-p", "n_estimators=4")
 
     assert quiet.returncode == 0, quiet.stderr
-    assert "model:     cancer version 3 (registered; alias challenger)" in quiet.stdout
+    assert "model:     cancer version 3 (registered; no alias moved)" in quiet.stdout
     assert "gate:" not in quiet.stdout
-    assert reg.alias("cancer", CHAMPION) == "1" and reg.alias("cancer", CHALLENGER) == "3"
+    assert reg.alias("cancer", CHAMPION) == "1" and reg.alias("cancer", CHALLENGER) == before
     assert tags.GATE_DECISION not in reg.client.get_model_version("cancer", "3").tags
 
 
