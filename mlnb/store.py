@@ -158,3 +158,20 @@ def use_credentials(uri: str) -> str:
     env = client_env(uri)
     os.environ.update({k: v for k, v in env.items() if k != URI_VAR})
     return env[URI_VAR]
+
+
+#: how long an MLflow client keeps trying a server that does not answer, unless the
+#: user set these: MLflow's own defaults (7 retries, backoff factor 2, 120 s per
+#: request) let a command wait minutes for a server that is down
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def bound_http_waits() -> None:
+    """Give this process (and the kernels it starts) :data:`HTTP_DEFAULTS` where unset."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)

@@ -81,6 +81,9 @@ def unexpected(error: Exception) -> str:
 @verbose
 def main() -> None:
     """CI/CD and continuous training for ML pipelines whose stages are notebooks."""
+    from mlnb.store import bound_http_waits
+
+    bound_http_waits()  # a store that is down is an error within seconds, not minutes
 
 
 def _register() -> None:
