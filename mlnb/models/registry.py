@@ -449,4 +449,3 @@ def _same_file(one: Path, other: Path) -> bool:
         return one.resolve() == other.resolve() or hash_path(one) == hash_path(other)
     except OSError:
         return False
-
