@@ -339,9 +339,18 @@ def test_drift_retrains_promotes_and_the_service_follows(story: Story) -> None:
     assert "beats champion v1" in version["mlnb.gate.reason"]
     assert version["mlnb.pipeline_run_id"] == tags["mlnb.monitor.retrain_run_id"]
     # v2 learnt from v1's training rows and the window's labeled (shifted) rows: 3/4 of both
-    training = pd.read_csv(version["mlnb.training_data"])
-    assert Path(version["mlnb.training_data"]).is_relative_to(project.root / ".mlnb" / "runs")
-    v1_rows = len(pd.read_csv(project.tags("1")["mlnb.training_data"]))
+    # (each version's training data is an artifact of its run in the store)
+    from mlnb.models.registry import Registry
+
+    stored = Registry(project.uri, project.root / ".mlnb")
+    assert version["mlnb.training_data"].startswith("runs:/")
+    training = pd.read_csv(
+        stored.data(version["mlnb.training_data"], version["mlnb.training_data.sha256"])
+    )
+    v1 = project.tags("1")
+    v1_rows = len(
+        pd.read_csv(stored.data(v1["mlnb.training_data"], v1["mlnb.training_data.sha256"]))
+    )
     assert len(training) == int((v1_rows + 300) * 0.75)
     X, _ = dataset()
     shifted = training["mean_radius"] > X["mean_radius"].max()  # only ×1.5 reaches there
