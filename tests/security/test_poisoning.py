@@ -106,7 +106,11 @@ def poison(project: Example, servers: list[Server]) -> Poisoned:
     forced = project.once(project.write_monitor(forced_spec), timeout=600)
     time.sleep(1.0)
     served.append(served_version(server, probe))
-    holdout = pd.read_csv(project.tags("1")["mlnb.holdout"])
+    from mlnb.models.registry import Registry
+
+    v1 = project.tags("1")  # its holdout is an artifact of its run, read back from the store
+    stored = Registry(project.uri, project.root / ".mlnb")
+    holdout = pd.read_csv(stored.data(v1["mlnb.holdout"], v1["mlnb.holdout.sha256"]))
     return Poisoned(project, server, check, forced, served, accuracy_on(server, holdout))
 
 
