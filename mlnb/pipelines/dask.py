@@ -174,9 +174,7 @@ class DaskExecutor:
                 return outcome
             except FutureTimeout:
                 pass
-            except CancelledError as exc:
-                raise StageError(job.stage, self._lost(exc)) from None
-            except Exception as exc:
+            except Exception as exc:  # a lost worker or scheduler, a dropped task
                 raise StageError(job.stage, self._lost(exc)) from None
             now = time.monotonic()
             if self._cancelled.is_set():
