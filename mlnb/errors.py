@@ -40,6 +40,7 @@ exit code the command line uses, once.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -164,7 +165,12 @@ class CellError(StageError):
         self.ename = ename
         self.evalue = evalue
         self.traceback = list(traceback or [])
-        super().__init__(stage, f"cell {cell} raised {ename}: {evalue}", notebook)
+        said = f"cell {cell} raised {ename}: {evalue}"
+        missing = re.fullmatch(r"No module named '([\w.]+)'", evalue)
+        fix = (
+            missing_store_module(missing[1]) if ename == "ModuleNotFoundError" and missing else None
+        )
+        super().__init__(stage, f"{said}; {fix}" if fix else said, notebook)
 
 
 class KernelDiedError(StageError):
@@ -240,6 +246,37 @@ class PipelineError(MlnbError):
 
 class TrackingError(MlnbError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+#: the client library MLflow imports for artifacts written straight to an object store, by
+#: the module a missing one is imported as: (the store, what installs it)
+STORE_MODULES = {
+    "boto3": ("S3 (s3://)", "boto3"),
+    "botocore": ("S3 (s3://)", "boto3"),
+    "google.cloud": ("Google Cloud Storage (gs://)", "google-cloud-storage"),
+    "google.cloud.storage": ("Google Cloud Storage (gs://)", "google-cloud-storage"),
+    "azure": ("Azure Blob Storage (wasbs://)", "azure-storage-blob azure-identity"),
+    "azure.storage": ("Azure Blob Storage (wasbs://)", "azure-storage-blob azure-identity"),
+    "azure.storage.blob": ("Azure Blob Storage (wasbs://)", "azure-storage-blob azure-identity"),
+}
+
+
+def missing_store_module(module: str | None) -> str | None:
+    """How to fix an object store's client library that is not installed; None if not one.
+
+    A store whose server runs without ``--serve-artifacts`` hands its clients
+    the object store's URI, and MLflow imports the store's library only when
+    the first artifact is written: that is where its absence shows.
+    """
+    if module not in STORE_MODULES:
+        return None
+    store, package = STORE_MODULES[module]
+    hint = "pip install 'mlnb[team]'" if package == "boto3" else f"pip install {package}"
+    return (
+        f"the store keeps artifacts on {store}, and writing them needs {package.split()[0]}, "
+        f"which is not installed: {hint}, or run the server with --serve-artifacts so that "
+        "clients write through it"
+    )
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:

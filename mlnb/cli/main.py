@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from mlnb import __version__
-from mlnb.errors import ExitCode, MlnbError
+from mlnb.errors import ExitCode, MlnbError, missing_store_module
 
 VERBOSE = "mlnb.verbose"
 
@@ -66,6 +66,8 @@ class Group(click.Group):
 
 def unexpected(error: Exception) -> str:
     """One line for an exception mlnb did not raise on purpose."""
+    if isinstance(error, ModuleNotFoundError) and (fix := missing_store_module(error.name)):
+        return fix
     if isinstance(error, OSError) and error.strerror:
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}{error.strerror}"
