@@ -150,6 +150,11 @@ class Example:
             )
         return proc, output
 
+    @property
+    def log_dir(self) -> Path:
+        """Where the project's ``mlnb serve`` logs predictions."""
+        return predlog.default_log_dir(self.root)
+
     def write_monitor(self, spec: dict[str, Any]) -> str:
         path = self.root / "pipelines" / f"{spec['name']}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -202,7 +207,7 @@ class Example:
         version: str = "1",
     ) -> None:
         """Append predictions (and labels) to the project's log as ``mlnb serve`` would."""
-        log = predlog.PredictionLog(predlog.default_log_dir(self.root))
+        log = predlog.PredictionLog(self.log_dir)
         try:
             for start in range(0, len(rows), BATCH):
                 ms = int(time.time() * 1000)
