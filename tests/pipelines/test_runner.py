@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -406,6 +408,47 @@ def test_resume_continues_the_failed_run(project) -> None:
 
     with pytest.raises(PipelineError, match="nothing to resume"):
         run_pipeline(spec, resume=run_id)
+
+
+def test_a_teammate_resumes_a_failed_run_from_another_folder(
+    project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared-state"  # MLNB_STATE_DIR, mounted on both machines
+    monkeypatch.setenv("MLNB_STATE_DIR", str(shared))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.store)
+    flaky = project.root / "notebooks" / "flaky.ipynb"
+    nb = nbformat.read(project.root / "notebooks" / "fails_in_cell_2.ipynb", as_version=4)
+    nbformat.write(nb, flaky)
+    text_of_spec = """
+        name: p
+        stages:
+          a:
+            notebook: notebooks/add_one.ipynb
+            outputs: {out_path: out.txt}
+          b:
+            notebook: notebooks/flaky.ipynb
+            needs: [a]
+        """
+    error = failed_run(project.spec(text_of_spec))
+    assert Path(error.result.stage("a").notebook).is_relative_to(shared)  # type: ignore[attr-defined]
+
+    # B has the project from version control, with the fix; nothing of A's folder
+    other = tmp_path / "member-b"
+    shutil.copytree(project.root / "notebooks", other / "notebooks")
+    (other / "pipelines").mkdir()
+    (other / "pipelines" / "p.yaml").write_text(textwrap.dedent(text_of_spec))
+    nb.cells[1].source = 'print("fixed")'
+    nbformat.write(nb, other / "notebooks" / "flaky.ipynb")
+    for left in project.root.iterdir():  # A's machine keeps only the store's file
+        if left.name != "mlflow.db":
+            shutil.rmtree(left) if left.is_dir() else left.unlink()
+
+    result = run_pipeline(other / "pipelines" / "p.yaml", resume=error.run_id)
+
+    assert result.status == "FINISHED"
+    assert statuses(result) == {"a": "reused", "b": "succeeded"}
+    assert text(result.stage("a").outputs["out_path"]) == "2"  # A's output, from the shared folder
+    assert not (other / ".mlnb").exists()
 
 
 @pytest.mark.parametrize(
