@@ -206,7 +206,11 @@ class DaskExecutor:
         """A stage whose resources no worker offers would wait forever: say so now."""
         if not job.resources:
             return
-        workers = self._client.scheduler_info().get("workers", {}).values()
+        try:  # distributed >= 2025.1 lists only the first five workers unless asked for all
+            info = self._client.scheduler_info(n_workers=-1)
+        except TypeError:  # older: always all of them
+            info = self._client.scheduler_info()
+        workers = info.get("workers", {}).values()
         for name, amount in job.resources.items():
             if not any(w.get("resources", {}).get(name, 0) >= amount for w in workers):
                 raise StageError(
