@@ -64,6 +64,21 @@ class Project:
         )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``), each test file runs whole in one worker process.
+
+    A file's module fixtures (a trained project, a cluster, a service) are then
+    made once, as in a serial run; the team tests' files share one group, so
+    PostgreSQL, S3 and ``mlflow server`` start once.
+    """
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        path = item.path.relative_to(Path(__file__).parent)
+        group = path.parts[0] if path.parts[0] == "team" else path.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No MLFLOW_* variable from outside; work in a temporary folder."""

@@ -118,8 +118,9 @@ def run_pipeline(
         log_output: report what notebooks print, as :class:`StageOutput`.
         on_event: receives progress events.
         tracking_uri: an MLflow store other than the project's default.
-        promote: with a ``model:`` section, run the gate after registering
-            the model (it always becomes ``challenger``).
+        promote: with a ``model:`` section, alias the registered version
+            ``challenger`` and run the gate; ``False`` registers it and
+            moves no alias.
         trigger: why this run happens (``manual``, ``schedule``, ``drift``,
             ``performance``), recorded on the run and the model version.
         reason: the evidence behind the trigger (``drift: p=0.0003 on 3 of
