@@ -280,6 +280,7 @@ def test_ping_answers_while_huge_requests_are_parsed(guarded: Server, store: Sto
     for post in posts:
         post.start()
     pings: list[float] = []
+    began = time.perf_counter()
     while any(post.is_alive() for post in posts):
         started = time.perf_counter()
         assert guarded.get("/ping").status_code == 200
@@ -289,8 +290,12 @@ def test_ping_answers_while_huge_requests_are_parsed(guarded: Server, store: Sto
     for post in posts:
         post.join()
     assert len(results) == 3
+    window = time.perf_counter() - began
     assert len(pings) >= 3, pings
-    assert max(pings) < 1.0, f"/ping took {max(pings):.2f} s while a request was parsed"
+    # a loop blocked by a parse answers one ping only after it: in about the whole window
+    assert max(pings) < window / 3, (
+        f"/ping took {max(pings):.2f} s while requests were parsed for {window:.2f} s"
+    )
 
 
 def test_sigterm_during_a_long_parse_ends_the_process_within_seconds(
