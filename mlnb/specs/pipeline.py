@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from mlnb import notebook as nbmod
 from mlnb.errors import NotebookError, Problem, SpecError, suggest
 from mlnb.specs.document import Collector, KeyPath, Lines, load_yaml, read_document
+from mlnb.specs.sweep import Dimension, SearchSpec, SweepSpec
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -164,6 +165,7 @@ class PipelineSpec(BaseModel):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     stages: dict[str, StageSpec]
     model: ModelSpec | None = None
+    sweep: SweepSpec | None = None
 
     @field_validator("stages")
     @classmethod
@@ -380,6 +382,12 @@ def read_spec(path: Path) -> tuple[PipelineSpec, Lines]:
             return GoldenSpec
         if len(loc) >= 2 and loc[0] == "model":
             return ModelSpec
+        if len(loc) >= 5 and loc[:3] == ("sweep", "search", "space"):
+            return Dimension
+        if len(loc) >= 3 and loc[:2] == ("sweep", "search"):
+            return SearchSpec
+        if len(loc) >= 2 and loc[0] == "sweep":
+            return SweepSpec
         return PipelineSpec
 
     return read_document(
@@ -404,7 +412,7 @@ def load_pipeline(
     of the problems in the error): stage names and notebooks, pipeline
     ``params``, stage ``params`` and ``outputs``, the profile and the keys of
     every profile and of ``-p``, ``needs`` and references, the ``model:``
-    section, kernels, cycles.
+    section, the ``sweep:`` section, kernels, cycles.
 
     Args:
         path: the spec file.
@@ -430,6 +438,7 @@ def load_pipeline(
     check.profile_and_command_line_keys()
     upstream = check.dependencies()
     check.model_section()
+    check.sweep_section()
     check.stage_kernels(kernels)
     order = check.stage_order(upstream)
     if check.collect.problems:
@@ -712,6 +721,21 @@ class _Validation:
             _check_model(self.spec, self.spec.model, self.collect)
             if self.spec.model.golden is not None:
                 _check_golden(self.spec.model, self.spec.model.golden, self.root, self.collect)
+
+    def sweep_section(self) -> None:
+        """The ``sweep:`` section: each swept key reaches a stage, the metric's stage exists."""
+        sweep = self.spec.sweep
+        if sweep is None:
+            return
+        where = ["sweep", "params"] if sweep.search is None else ["sweep", "search", "space"]
+        for key in sweep.keys:
+            self._override_key(key, [*where, key])
+        if sweep.stage not in self.spec.stages:
+            self.collect.add(
+                ["sweep", "metric"],
+                f"unknown stage '{sweep.stage}'{suggest(sweep.stage, self.spec.stages)}; "
+                "the metric is written <stage>.<metric its notebook logs>",
+            )
 
     def stage_kernels(self, kernels: Collection[str] | None) -> None:
         """Each stage's kernel (its own, or its notebook's) is one of ``kernels``."""
