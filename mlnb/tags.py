@@ -26,6 +26,7 @@ class Kind(StrEnum):
     CHECK = "monitor-check"
     DRIFT = "drift"
     DEPLOYMENT = "deployment"
+    SWEEP = "sweep"
 
 
 #: MLflow's run states (``mlflow.entities.RunStatus``) by name; a test keeps them equal.
@@ -56,6 +57,13 @@ TRIGGER = "mlnb.trigger"  # why a run (and the model version it delivered) happe
 TRIGGER_REASON = "mlnb.trigger.reason"  # the evidence: "drift: p=0.0003 on 3 of 20 ..."
 MODEL_VERSION = "mlnb.model.version"  # the version a pipeline run delivered, or a check watched
 MODEL_DECISION = "mlnb.model.decision"  # what the gate made of it: promoted, rejected, champion
+#: a sweep (kind ``sweep``) and its trials, each a pipeline run nested under it
+SWEEP_RUN = "mlnb.sweep.run_id"  # on a trial's pipeline run, and on the version of the best
+SWEEP_TRIAL = "mlnb.sweep.trial"  # a trial's number, from 0
+SWEEP_PARAMS = "mlnb.sweep.params"  # a trial's parameters (JSON), on its run and its version
+SWEEP_METRIC = "mlnb.sweep.metric"  # <stage>.<metric>, on the sweep run
+SWEEP_GOAL = "mlnb.sweep.goal"  # maximize or minimize
+SWEEP_BEST = "mlnb.sweep.best_run_id"  # on the sweep run: the best trial's pipeline run
 #: who runs a pipeline run: judged dead (and the run ended KILLED) only on this host
 OWNER_HOST = "mlnb.owner.host"
 OWNER_PID = "mlnb.owner.pid"

@@ -18,7 +18,7 @@ this module stays cheap for the runner.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ class Provenance:
         git_commit: the project's commit, outside git ``None``.
         trigger: why the run happened (``manual``, ``schedule``, ``drift``, ``performance``).
         reason: the evidence behind the trigger.
+        extra: more tags of the version (a sweep's run and the trial's parameters).
     """
 
     pipeline_run: str
@@ -50,6 +51,7 @@ class Provenance:
     git_commit: str | None
     trigger: str
     reason: str
+    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ def _register(
         lineage[tags.TRAINING_DATA], lineage[tags.TRAINING_DATA_SHA] = uri, digest
     if provenance.git_commit:
         lineage[tags.GIT_COMMIT] = provenance.git_commit
+    lineage.update(provenance.extra)
     return registry.register(
         model.name, source_run, provenance.experiment_id, model.artifact, lineage, alias=alias
     )

@@ -80,6 +80,9 @@ from mlnb.store import (
 from mlnb.store import tracking_uri as default_tracking_uri
 from mlnb.tags import EndState
 
+#: how often a run given an ``interrupt`` event looks at it, in seconds
+INTERRUPT_POLL = 0.2
+
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
@@ -104,6 +107,9 @@ def run_pipeline(
     reason: str = "",
     executor: Executor | None = None,
     state: Path | None = None,
+    register: bool = True,
+    run_tags: Mapping[str, str] | None = None,
+    interrupt: threading.Event | None = None,
 ) -> PipelineResult:
     """Execute a pipeline: every stage with papermill, tracked in MLflow.
 
@@ -130,6 +136,13 @@ def run_pipeline(
             run closes it.
         state: the state folder for the run's workspace and the cache
             (default :func:`mlnb.store.state_dir` of the project).
+        register: with a ``model:`` section, register the model of a
+            finished run; ``False`` leaves that to the caller (a sweep
+            registers its best trial's).
+        run_tags: more tags of the pipeline run (a sweep's trial: its
+            parent run, ``mlflow.parentRunId``, and its number).
+        interrupt: set from another thread, it stops the run as Ctrl-C
+            does (stages under way are killed, the run ends ``KILLED``).
 
     Returns:
         The :class:`PipelineResult` of a run whose stages all succeeded.
@@ -160,6 +173,9 @@ def run_pipeline(
         reason=reason,
         executor=executor,
         state=state,
+        register=register,
+        run_tags=run_tags,
+        interrupt=interrupt,
     )
     try:
         if isinstance(plan, Pipeline):
@@ -288,10 +304,16 @@ class _Runner:
         reason: str = "",
         executor: Executor | None = None,
         state: Path | None = None,
+        register: bool = True,
+        run_tags: Mapping[str, str] | None = None,
+        interrupt: threading.Event | None = None,
     ) -> None:
         self.root = root
         self.state = state or state_dir(root)
         self.promote = promote
+        self.register = register
+        self.run_tags = dict(run_tags or {})
+        self.interrupt = interrupt
         self.trigger = trigger
         self.reason = reason
         self.emit = emit
@@ -365,7 +387,7 @@ class _Runner:
         overrides = json.loads(found_tags.get(tags.OVERRIDES) or "{}")
         pipeline = load_pipeline(spec_path, found_tags.get(tags.PROFILE) or None, overrides)
         experiment_id = str(run.info.experiment_id)
-        results = _earlier_attempts(tracker, experiment_id, run_id, pipeline, self.root)
+        results = earlier_attempts(tracker, experiment_id, run_id, pipeline, self.root)
         tracker.log(run_id, tags=Owner.this_process().tags())
         tracker.reopen(run_id)
         self._prestart(self._predicted_misses(pipeline, results))
@@ -406,6 +428,7 @@ class _Runner:
             tags.TRIGGER_REASON: self.reason,
             **Owner.this_process().tags(),
             **lineage,
+            **self.run_tags,
         }
         run_id = tracker.start_run(experiment_id, pipeline.name, found_tags)
         tracker.log(
@@ -506,7 +529,7 @@ class _Runner:
     def _deliver(self, run: _Execution) -> Delivery | None:
         """Register (and gate) the model of a finished run with a ``model:`` section."""
         model = run.pipeline.spec.model
-        if model is None:
+        if model is None or not self.register:
             return None
         from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
@@ -570,12 +593,18 @@ class _Runner:
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="mlnb-stage") as workers:
             try:
                 while True:
+                    if self.interrupt is not None and self.interrupt.is_set():
+                        raise KeyboardInterrupt  # as if Ctrl-C reached this thread
                     if not failed:
                         for stage in self._ready(run, done, running):
                             running[workers.submit(self._run_stage, run, stage)] = stage.name
                     if not running:
                         break
-                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    finished, _ = wait(
+                        list(running),
+                        timeout=None if self.interrupt is None else INTERRUPT_POLL,
+                        return_when=FIRST_COMPLETED,
+                    )
                     for future in finished:
                         name = running.pop(future)
                         future.result()
@@ -880,7 +909,7 @@ def _resumable(tracker: Tracker, run_id: str, spec_path: Path, root: Path) -> Ru
     return run
 
 
-def _earlier_attempts(
+def earlier_attempts(
     tracker: Tracker, experiment_id: str, run_id: str, pipeline: Pipeline, root: Path
 ) -> dict[str, StageResult]:
     """Each stage's result as the run left it: reused when its latest attempt succeeded."""
@@ -906,6 +935,7 @@ def _attempt_result(name: str, child: Run, root: Path) -> StageResult:
         run_id=child.info.run_id,
         outputs=outputs,
         hashes={k: hash_path(Path(p)) for k, p in outputs.items()} if ok else {},
+        source_run_id=child.data.tags.get(tags.CACHED_FROM) or None,
     )
 
 
