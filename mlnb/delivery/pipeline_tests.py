@@ -1,6 +1,6 @@
 """``mlnb test``: smoke-test pipelines headless, as CI does on every change.
 
-Two checks per pipeline, each reported per stage or notebook:
+The checks of each pipeline, each reported per stage or notebook:
 
 1. **The pipeline** runs with its ``ci`` profile (small parameters), every
    stage executed (no cache), against a throwaway MLflow store in a
@@ -9,7 +9,9 @@ Two checks per pipeline, each reported per stage or notebook:
    (``.mlnb/test``, on this machine), so its workspaces and cache entries
    never reach the project's cache. Its workspace is removed afterwards,
    unless a stage failed: the failure names the executed notebook in it.
-2. **The notebooks run by hand**: nbval (``--nbval-lax``) executes each stage
+2. **The sweep**, when the spec has one: its first two trials with the ci profile,
+   each finished, the best trial's model registered and gated.
+3. **The notebooks run by hand**: nbval (``--nbval-lax``) executes each stage
    notebook (and each drift notebook of a monitor that retrains with the
    pipeline) with its own defaults, in stage order, the way a data scientist
    runs them in JupyterLab; their MLflow calls go to the throwaway store.
@@ -38,7 +40,7 @@ from mlnb.errors import MlnbError, PipelineError, SpecError
 from mlnb.pipelines.locate import load_monitor, load_pipeline, monitors_of
 from mlnb.pipelines.results import PipelineResult, StageResult, StageStatus
 from mlnb.pipelines.runner import run_pipeline
-from mlnb.specs.pipeline import Pipeline, read_spec
+from mlnb.specs.pipeline import Pipeline, project_root, read_spec
 from mlnb.store import STATE_DIR
 
 CI_PROFILE = "ci"
@@ -165,6 +167,8 @@ def _pipeline(spec: Path, uri: str, say: Say) -> tuple[list[Case], dict[Path, Pa
     try:
         cases += [_stage_case(suite, pipeline.name, stage, say) for stage in result.stages]
         cases += _model_case(suite, pipeline, result, error, say)
+        if pipeline.spec.sweep is not None and error is None:
+            cases.append(_sweep_case(suite, spec, profile, uri, say))
     finally:
         if not any(case.status == CaseStatus.FAILED for case in cases):
             shutil.rmtree(result.workspace, ignore_errors=True)
@@ -251,6 +255,38 @@ def _model_case(
         return [Case(suite, "model", CaseStatus.PASSED)]
     say(f"  ✗ model {model.name}: {error}")
     return [Case(suite, "model", CaseStatus.FAILED, message=str(error))]
+
+
+#: trials of the sweep ``mlnb test`` runs: enough to show trials run, rank and deliver
+SWEEP_TRIALS = 2
+
+
+def _sweep_case(suite: str, spec: Path, profile: str | None, uri: str, say: Say) -> Case:
+    """The pipeline's sweep, its first trials with the ci profile: each finished, the best
+    delivered."""
+    from mlnb.pipelines.sweep import run_sweep
+
+    started = time.perf_counter()
+    try:
+        swept = run_sweep(
+            spec,
+            profile=profile,
+            max_trials=SWEEP_TRIALS,
+            tracking_uri=uri,
+            state=test_state(project_root(spec)),
+        )
+    except MlnbError as exc:
+        say(f"  ✗ sweep: {exc}")
+        return Case(suite, "sweep", CaseStatus.FAILED, time.perf_counter() - started, str(exc))
+    seconds = time.perf_counter() - started
+    if swept.failed:
+        message = "; ".join(f"trial {t.number}: {t.error}" for t in swept.failed)
+        say(f"  ✗ sweep: {message}")
+        return Case(suite, "sweep", CaseStatus.FAILED, seconds, message)
+    best = swept.best
+    said = f"{len(swept.trials)} trials, best {swept.metric} = {best.value:.4g}" if best else ""
+    say(f"  ✓ sweep ({said}, {seconds:.1f} s)")
+    return Case(suite, "sweep", CaseStatus.PASSED, seconds)
 
 
 class _Cell(NamedTuple):
