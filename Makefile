@@ -38,6 +38,7 @@ bench: setup ## benchmarks, each printed side by side with its baseline tool
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_monitor.py
 	$(BIN)/python benchmarks/bench_dask.py
+	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
 	rm -rf .mlnb mlflow.db mlartifacts data dist demo reports .pytest_cache
