@@ -9,9 +9,12 @@ values its ``refused`` list names. The sweep varies ``score.answer`` only, so
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -22,6 +25,7 @@ from mlflow import MlflowClient
 from mlnb import tags
 from mlnb.errors import PipelineError, UsageError
 from mlnb.pipelines.sweep import run_sweep
+from tests.conftest import leftover_processes
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -213,3 +217,55 @@ def test_the_best_trial_is_registered_and_gated_and_a_worse_best_is_not_promoted
     assert client.get_model_version_by_alias("cancer", "champion").version == version.version
     challenger = client.get_model_version_by_alias("cancer", "challenger")
     assert str(challenger.version) == second.registration.version
+
+
+def test_ctrl_c_stops_the_trials_under_way_and_ends_the_sweep_killed(project) -> None:
+    project.spec(
+        """
+        name: s
+        stages:
+          nap:
+            notebook: notebooks/sleeps.ipynb
+            outputs: {out_path: out.json}
+        sweep:
+          params:
+            seconds: [60, 61, 62]
+          metric: nap.seconds
+        """,
+        "s.yaml",
+    )
+    log = project.root.parent / "sweep.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlnb", "sweep", "s", "--jobs", "2"],
+            cwd=project.root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "trial 0 running" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        time.sleep(3)  # its kernel is asleep in the cell
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = log.read_text()
+    assert code == 130, said
+    assert time.monotonic() - sent < 30, said  # not the 60 s the cell sleeps
+    assert "interrupted — finish it with: mlnb sweep s --resume" in said
+    client = project.client()
+    sweep_id = said.split("sweep run: ")[1].split()[0]
+    assert client.get_run(sweep_id).info.status == "KILLED"
+    trials = client.search_runs(
+        [client.get_experiment_by_name("s").experiment_id],
+        filter_string=f"tags.`{tags.SWEEP_RUN}` = '{sweep_id}'",
+    )
+    assert [t.info.status for t in trials] == ["KILLED"]  # the one under way; no other began
+    left = leftover_processes(project.root)
+    assert not left, left
