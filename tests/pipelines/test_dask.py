@@ -25,6 +25,7 @@ from mlnb import tags
 from mlnb.errors import CellError, MlnbError, PipelineError
 from mlnb.pipelines.executors import dask_executor
 from mlnb.pipelines.runner import run_pipeline
+from mlnb.pipelines.sweep import run_sweep
 from mlnb.store import state_dir
 from tests.dask_cluster import DaskCluster
 from tests.helpers import CHAIN, FAILS_FIRST, free_port
@@ -132,6 +133,41 @@ def test_resources_reach_only_the_worker_that_offers_them(project, cluster: Dask
     with pytest.raises(PipelineError) as info:
         on_workers(project, cluster, spec)
     assert "needs resource TPU=2, which no worker" in str(info.value.failures[0])
+
+
+def test_a_sweep_runs_its_trials_on_the_workers(project, cluster: DaskCluster) -> None:
+    spec = project.spec(
+        CHAIN
+        + """
+      m:
+        notebook: notebooks/logs_to_mlflow.ipynb
+        needs: [b]
+    sweep:
+      params:
+        m.answer: [3, 7]
+      metric: m.answer
+    """
+    )
+    swept = run_sweep(
+        spec, jobs=2, executor=lambda: dask_executor(cluster.address, state_dir(project.root))
+    )
+
+    assert [(t.params, t.status) for t in swept.trials] == [
+        ({"m.answer": 3}, "finished"),
+        ({"m.answer": 7}, "finished"),
+    ]
+    assert swept.best is not None and swept.best.value == 7.0
+    workers = cluster.wait_for_workers(2)
+    client = project.client()
+    for trial in swept.trials:
+        assert trial.result is not None
+        executed = [s for s in trial.result.stages if s.status == "succeeded"]
+        assert executed, trial.result.stages
+        for stage in executed:
+            assert client.get_run(stage.run_id).data.tags[tags.WORKER] in workers
+    # a and b are upstream of every swept value: executed in the first trial only
+    second = {s.name: s.status for s in swept.trials[1].result.stages}  # type: ignore[union-attr]
+    assert second == {"a": "cached", "b": "cached", "m": "succeeded"}
 
 
 def test_a_timeout_holds_on_a_worker(project, cluster: DaskCluster) -> None:
