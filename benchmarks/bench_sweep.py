@@ -8,9 +8,11 @@ run, on this machine, on a copy of the example project (``pipelines/cancer.yaml`
   -p n_estimators=N -p max_depth=D`` for each of the grid's four combinations,
   one after the other, as a shell loop does; then picking the best is still to
   do by hand;
-* **one sweep**: ``mlnb sweep pipelines/cancer.yaml --profile ci`` with the grid
-  ``n_estimators: [N1, N2] × max_depth: [D1, D2]`` (``--jobs 1`` and
-  ``--jobs 2``), which ends with the best trial registered and gated.
+* **one sweep**: ``mlnb sweep pipelines/cancer.yaml --profile ci --no-promote``
+  with the grid ``n_estimators: [N1, N2] × max_depth: [D1, D2]`` (``--jobs 1``
+  and ``--jobs 2``), which registers the best trial's model (the loop
+  registers all four); and ``--jobs 2`` without ``--no-promote``, which also
+  gates it (an ``mlflow.evaluate`` of the version and, later, the champion).
 
 Each variant runs in a fresh copy of the project (a cold cache and store), so
 neither profits from the other's cache. Figures are wall-clock seconds of the
@@ -75,9 +77,9 @@ def four_commands(root: Path) -> None:
                  "-p", f"n_estimators={n}", "-p", f"max_depth={depth}")  # fmt: skip
 
 
-def one_sweep(jobs: int) -> object:
+def one_sweep(jobs: int, *more: str) -> object:
     def run(root: Path) -> None:
-        mlnb(root, "sweep", "pipelines/cancer.yaml", "--profile", "ci", "--jobs", str(jobs))
+        mlnb(root, "sweep", "pipelines/cancer.yaml", "--profile", "ci", "--jobs", str(jobs), *more)
 
     return run
 
@@ -99,11 +101,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds of each variant")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="mlnb-bench-sweep-"))
+    more = (args.repeat, scratch)
     try:
         rows = [
-            ("4 × mlnb run (a shell loop)", measure("loop", four_commands, args.repeat, scratch)),
-            ("mlnb sweep --jobs 1", measure("sweep1", one_sweep(1), args.repeat, scratch)),
-            ("mlnb sweep --jobs 2", measure("sweep2", one_sweep(2), args.repeat, scratch)),
+            ("4 × mlnb run --no-promote", measure("loop", four_commands, *more)),
+            ("sweep --no-promote --jobs 1", measure("s1", one_sweep(1, "--no-promote"), *more)),
+            ("sweep --no-promote --jobs 2", measure("s2", one_sweep(2, "--no-promote"), *more)),
+            ("sweep --jobs 2 (+ the gate)", measure("s2g", one_sweep(2), *more)),
         ]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

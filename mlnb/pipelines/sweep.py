@@ -11,6 +11,9 @@ parallel-coordinates chart show the sweep as they are. Design decisions:
   ``--jobs N`` the first trial runs alone and the others ``N`` at a time:
   the stages upstream of every swept parameter execute once, in the first
   trial, and every later trial takes them from the cache.
+- **Kernels stay warm.** Each of the ``jobs`` trial slots keeps its executor
+  (a local kernel pool, or a Dask client) from one trial to the next, so a
+  trial pays for no kernel-server start and no client connection.
 - **Optuna picks the trials of a search.** A ``search:`` section is an Optuna
   study in memory (``random`` or ``tpe`` sampler, seeded), driven by
   ask-and-tell from this thread; a grid needs no Optuna.
@@ -28,10 +31,12 @@ parallel-coordinates chart show the sweep as they are. Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mlnb import tags
 from mlnb.errors import MlnbError, PipelineError, UsageError
 from mlnb.pipelines.delivery import Delivery, Provenance, deliver
-from mlnb.pipelines.executors import Executor
+from mlnb.pipelines.executors import Executor, LocalExecutor, StageJob
 from mlnb.pipelines.locate import load_pipeline
 from mlnb.pipelines.owner import Owner, end_orphans
 from mlnb.pipelines.results import PipelineResult
@@ -159,7 +164,8 @@ def run_sweep(
         promote: gate the best trial's version (it becomes ``challenger``);
             ``False`` registers it and moves no alias.
         max_trials: run at most this many trials (a smoke test's two).
-        executor: makes each trial's executor (default: local kernels).
+        executor: makes an executor (default: this process's kernels); one
+            per trial running at once, each reused by the trials after it.
         on_event: receives :class:`SweepStarted` and each :class:`TrialChanged`.
         tracking_uri: an MLflow store other than the project's default.
         state: the state folder (default that of the project).
@@ -204,11 +210,14 @@ def run_sweep(
         state=state,
         interrupt=interrupt or threading.Event(),
     )
-    if resume is None:
-        sweeper.start(profile, dict(overrides or {}))
-    else:
-        sweeper.reopen(resume)
-    result = sweeper.execute(max_trials)
+    try:
+        if resume is None:
+            sweeper.start(profile, dict(overrides or {}))
+        else:
+            sweeper.reopen(resume)
+        result = sweeper.execute(max_trials)
+    finally:
+        sweeper.close()
     result.seconds = time.perf_counter() - started
     return result
 
@@ -277,6 +286,9 @@ class _Sweeper:
         self.trials: list[Trial] = []
         self.source: _Source = _Grid(sweep)
         self.resumed = False
+        #: executors of finished trials, for the next: their kernel pools stay warm
+        self._spare: queue.SimpleQueue[_Borrowed] = queue.SimpleQueue()
+        self._made: list[Executor] = []
 
     # -- the sweep run -------------------------------------------------------------
 
@@ -398,6 +410,7 @@ class _Sweeper:
         self.emit(TrialChanged(replace(trial)))
         params = json.dumps(trial.params, default=str)
         started = time.perf_counter()
+        executor = self._borrow()
         try:
             result = run_pipeline(
                 self.path,
@@ -407,7 +420,7 @@ class _Sweeper:
                 register=False,
                 tracking_uri=self.uri,
                 state=self.state,
-                executor=self.executor() if self.executor else None,
+                executor=executor,
                 interrupt=self.interrupt,
                 run_tags={
                     MLFLOW_PARENT_RUN_ID: self.run_id,
@@ -426,6 +439,8 @@ class _Sweeper:
         else:
             trial.run_id, trial.result = result.run_id, result
             self._score(trial, result)
+        finally:
+            self._spare.put(executor)
         trial.seconds = time.perf_counter() - started
         self.emit(TrialChanged(replace(trial)))
 
@@ -447,6 +462,28 @@ class _Sweeper:
             return
         trial.value, trial.status = float(value), "finished"
         self.tracker.log(result.run_id, metrics={sweep.metric: float(value)})
+
+    def _borrow(self) -> _Borrowed:
+        """An executor no running trial uses: a spare one, or a new one (at most ``jobs``)."""
+        try:
+            return self._spare.get_nowait()
+        except queue.Empty:
+            pass
+        made = (
+            self.executor()
+            if self.executor is not None
+            else LocalExecutor(
+                {"MLFLOW_TRACKING_URI": use_credentials(self.uri)}, cwd=self.pipeline.root
+            )
+        )
+        self._made.append(made)
+        return _Borrowed(made)
+
+    def close(self) -> None:
+        """Close every executor the trials used."""
+        for made in self._made:
+            with contextlib.suppress(Exception):
+                made.close()
 
     # -- the end -------------------------------------------------------------------
 
@@ -538,6 +575,28 @@ class _Sweeper:
             promote=self.promote,
             state=self.state,
         )
+
+
+class _Borrowed:
+    """An executor lent to one trial at a time: the trial's run does not close it."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+
+    def plan(self, kernels: Sequence[str], jobs: int) -> None:
+        self.inner.plan(kernels, jobs)
+
+    def input_path(self, path: Path, digest: str) -> str:
+        return self.inner.input_path(path, digest)
+
+    def run(self, job: StageJob) -> str | None:
+        return self.inner.run(job)
+
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+    def close(self) -> None:
+        """Kept open for the next trial; :meth:`_Sweeper.close` closes it."""
 
 
 # -- where trials come from ------------------------------------------------------------
