@@ -108,16 +108,17 @@ def test_a_grid_runs_each_trial_nested_and_the_shared_stage_once(project) -> Non
         assert json.loads(run.data.tags[tags.SWEEP_PARAMS]) == trial.params
 
 
-def test_a_random_search_draws_the_same_trials_from_the_same_seed(project) -> None:
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_a_search_draws_the_same_trials_from_the_same_seed(project, method: str) -> None:
     score_notebook(project.root / "notebooks" / "score.ipynb", refused=[])
-    search = """
+    search = f"""
         sweep:
           search:
-            method: random
+            method: {method}
             trials: 3
             seed: 7
             space:
-              score.answer: {low: 1, high: 50}
+              score.answer: {{low: 1, high: 50}}
           metric: score.answer
           goal: minimize
 """
