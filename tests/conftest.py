@@ -66,18 +66,18 @@ class Project:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``), each test file runs whole in one worker process.
+    """Under pytest-xdist (``make test``), the team tests run in one worker, in their order.
 
-    A file's module fixtures (a trained project, a cluster, a service) are then
-    made once, as in a serial run; the team tests' files share one group, so
-    PostgreSQL, S3 and ``mlflow server`` start once.
+    They share PostgreSQL, S3 and ``mlflow server`` (started once) and each
+    builds on what the one before left in the store. Every other test goes to
+    whichever worker is free: the suite's long files then run on both.
     """
     if not config.pluginmanager.hasplugin("xdist"):
         return
+    team = Path(__file__).parent / "team"
     for item in items:
-        path = item.path.relative_to(Path(__file__).parent)
-        group = path.parts[0] if path.parts[0] == "team" else path.as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
+        if item.path.is_relative_to(team):
+            item.add_marker(pytest.mark.xdist_group("team"))
 
 
 @pytest.fixture(autouse=True)
