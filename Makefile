@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# processes make test runs the test files in (pytest-xdist); `auto` is one per core
-TEST_WORKERS ?= 2
+# processes make test spreads the tests over (pytest-xdist; `auto` is one per core); 1 runs
+# them in this process, in order, as CI does
+TEST_WORKERS ?= 1
 # MLflow sends usage telemetry unless told not to; mlnb's own commands stay on this machine
 export DO_NOT_TRACK = true
 
@@ -30,7 +31,7 @@ lint: setup ## ruff, mypy, import-layer contracts, mlnb's own check
 	$(BIN)/mlnb check pipelines notebooks
 
 test: lint ## every test (real kernels, real SQLite MLflow stores), then mlnb test on the example
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 	$(BIN)/mlnb test --junit-xml reports/mlnb-test.xml
 
 bench: setup ## benchmarks, each printed side by side with its baseline tool

@@ -279,6 +279,10 @@ def _sweep_case(suite: str, spec: Path, profile: str | None, uri: str, say: Say)
         say(f"  ✗ sweep: {exc}")
         return Case(suite, "sweep", CaseStatus.FAILED, time.perf_counter() - started, str(exc))
     seconds = time.perf_counter() - started
+    if not swept.failed:  # as for the pipeline's run: kept only to show what failed
+        for trial in swept.trials:
+            if trial.result is not None:
+                shutil.rmtree(trial.result.workspace, ignore_errors=True)
     if swept.failed:
         message = "; ".join(f"trial {t.number}: {t.error}" for t in swept.failed)
         say(f"  ✗ sweep: {message}")

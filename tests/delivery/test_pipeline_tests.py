@@ -147,6 +147,7 @@ def test_mlnb_test_reports_each_stage_and_notebook_in_junit(scaffolded: Scaffold
         ("train", "passed"),
         ("evaluate", "passed"),
         ("model", "passed"),
+        ("sweep", "passed"),  # the first two trials of the template's sweep
     ]
     assert [(c.name, c.status) for c in junit[NBVAL_SUITE]] == [
         ("notebooks/prepare.ipynb", "passed"),
@@ -155,7 +156,7 @@ def test_mlnb_test_reports_each_stage_and_notebook_in_junit(scaffolded: Scaffold
         ("notebooks/drift.ipynb", "passed"),  # the monitor's, which retrains with the pipeline
     ]
     root = ET.parse(scaffolded.root / "reports" / "mlnb-test.xml").getroot()
-    assert [(s.get("tests"), s.get("failures")) for s in root] == [("4", "0"), ("4", "0")]
+    assert [(s.get("tests"), s.get("failures")) for s in root] == [("5", "0"), ("4", "0")]
     assert "✓ model shop: v1 promoted: first champion" in scaffolded.test.done.stdout
 
 

@@ -130,7 +130,7 @@ def test_a_scaffolded_project_passes_check_test_and_build(scaffolded: Scaffolded
     done = scaffolded.test.done
     assert done.returncode == 0, done.stdout + done.stderr
     assert "pipeline shop (profile ci, throwaway MLflow store)" in done.stdout
-    assert "all 8 passed" in done.stderr
+    assert "all 9 passed" in done.stderr
     assert scaffolded.build.returncode == 0, scaffolded.build.stderr
     [bundle] = (scaffolded.root / "dist").glob("shop-*.tar.gz")
     assert f"bundle:     {bundle}" in scaffolded.build.stdout
