@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -10,9 +12,43 @@ from mlnb.cli.main import verbose
 from mlnb.errors import PipelineError
 from mlnb.store import redacted, redacted_text
 
+_C = TypeVar("_C", bound=Callable[..., object])
+
 if TYPE_CHECKING:
     from mlnb.models.gate import Decision
+    from mlnb.pipelines.executors import Executor
     from mlnb.pipelines.results import PipelineResult
+
+
+def executor_options(command: _C) -> _C:
+    """``--executor local|dask`` and ``--scheduler``, for ``mlnb run`` and ``mlnb sweep``."""
+    command = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        envvar="MLNB_SCHEDULER",
+        help="The Dask scheduler for --executor dask (tcp://HOST:PORT) [env: MLNB_SCHEDULER].",
+    )(command)
+    return click.option(
+        "--executor",
+        type=click.Choice(["local", "dask"]),
+        default="local",
+        show_default=True,
+        help="Where stage notebooks execute: kernels of this process, or Dask workers.",
+    )(command)
+
+
+def executor_factory(
+    executor: str, scheduler: str | None, spec: Path
+) -> Callable[[], Executor] | None:
+    """What makes the executor ``--executor`` names for the pipeline at ``spec``; None: local."""
+    if executor != "dask":
+        return None
+    from mlnb.pipelines.executors import dask_executor
+    from mlnb.specs.pipeline import project_root
+    from mlnb.store import state_dir
+
+    state = state_dir(project_root(spec))
+    return lambda: dask_executor(scheduler, state)
 
 
 @click.command()
@@ -42,19 +78,7 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Register the model version, but move no alias and run no gate.",
 )
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "dask"]),
-    default="local",
-    show_default=True,
-    help="Where stage notebooks execute: kernels of this process, or Dask workers.",
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    envvar="MLNB_SCHEDULER",
-    help="The Dask scheduler for --executor dask (tcp://HOST:PORT) [env: MLNB_SCHEDULER].",
-)
+@executor_options
 @verbose
 def run(
     pipeline: str,
@@ -81,13 +105,8 @@ def run(
 
     overrides = parse_assignments(params)
     path = spec_path(pipeline)
-    stages = None
-    if executor == "dask":
-        from mlnb.pipelines.executors import dask_executor
-        from mlnb.specs.pipeline import project_root
-        from mlnb.store import state_dir
-
-        stages = dask_executor(scheduler, state_dir(project_root(path)))
+    make = executor_factory(executor, scheduler, path)
+    stages = make() if make is not None else None
     show = reporter()
     try:
         result = run_pipeline(

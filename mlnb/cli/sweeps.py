@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mlnb.cli.main import verbose
+from mlnb.cli.pipelines import executor_factory, executor_options
 from mlnb.errors import ExitCode
 from mlnb.store import redacted_text
 
@@ -45,19 +46,7 @@ STYLE = {"finished": "green", "failed": "red", "killed": "red", "running": "yell
     is_flag=True,
     help="Register the best trial's model, but move no alias and run no gate.",
 )
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "dask"]),
-    default="local",
-    show_default=True,
-    help="Where stage notebooks execute: kernels of this process, or Dask workers.",
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    envvar="MLNB_SCHEDULER",
-    help="The Dask scheduler for --executor dask (tcp://HOST:PORT) [env: MLNB_SCHEDULER].",
-)
+@executor_options
 @verbose
 def sweep(
     pipeline: str,
@@ -79,19 +68,10 @@ def sweep(
     """
     from mlnb.pipelines.locate import spec_path
     from mlnb.pipelines.sweep import run_sweep
-    from mlnb.specs.pipeline import parse_assignments, project_root
-    from mlnb.store import state_dir
+    from mlnb.specs.pipeline import parse_assignments
 
     path = spec_path(pipeline)
-    make = None
-    if executor == "dask":
-        from mlnb.pipelines.executors import dask_executor
-
-        state = state_dir(project_root(path))
-
-        def make() -> Any:
-            return dask_executor(scheduler, state)
-
+    make = executor_factory(executor, scheduler, path)
     show = TrialTable() if sys.stderr.isatty() else TrialLines()
     interrupt = threading.Event()
     try:
