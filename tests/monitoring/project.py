@@ -116,6 +116,7 @@ class Example:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.env = environment()  # of the processes started in the project
         self._client: Any = None
 
     @property
@@ -131,7 +132,7 @@ class Example:
         return subprocess.run(
             [sys.executable, "-m", "mlnb", *args],
             cwd=self.root,
-            env=environment(),
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -144,7 +145,7 @@ class Example:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mlnb", *args],
                 cwd=self.root,
-                env=environment(),
+                env=self.env,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
             )

@@ -10,8 +10,6 @@ the server: what one member needs of another's work has to come from there.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +45,6 @@ class Member(Example):
     @property
     def log_dir(self) -> Path:
         return self.state / "predictions"
-
-    def mlnb(
-        self, *args: str, timeout: float = 240, **env: str
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mlnb", *args],
-            cwd=self.root,
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def start(self, *args: str, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-        output = self.root.parent / f"{self.root.name}-{name}.log"
-        with output.open("wb") as handle:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mlnb", *args],
-                cwd=self.root,
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        return proc, output
 
     def run(self, *args: str, timeout: float = 300) -> str:
         """``mlnb run pipelines/cancer.yaml --profile ci ARGS``; what it said (it must succeed)."""
