@@ -368,22 +368,30 @@ def test_clean_run_logs_no_errors(project, caplog: pytest.LogCaptureFixture) -> 
 # -- resume ----------------------------------------------------------------------------
 
 
-def test_resume_continues_the_failed_run(project) -> None:
-    flaky = project.root / "notebooks" / "flaky.ipynb"
-    nb = nbformat.read(project.root / "notebooks" / "fails_in_cell_2.ipynb", as_version=4)
+#: stage b fails (in cell 2) until its notebook is fixed
+FLAKY = """
+    name: p
+    stages:
+      a:
+        notebook: notebooks/add_one.ipynb
+        outputs: {out_path: out.txt}
+      b:
+        notebook: notebooks/flaky.ipynb
+        needs: [a]
+    """
+
+
+def flaky_notebook(root: Path) -> tuple[nbformat.NotebookNode, Path]:
+    """notebooks/flaky.ipynb, failing in cell 2, and its path; fix it by editing cell 2."""
+    flaky = root / "notebooks" / "flaky.ipynb"
+    nb = nbformat.read(root / "notebooks" / "fails_in_cell_2.ipynb", as_version=4)
     nbformat.write(nb, flaky)
-    spec = project.spec(
-        """
-        name: p
-        stages:
-          a:
-            notebook: notebooks/add_one.ipynb
-            outputs: {out_path: out.txt}
-          b:
-            notebook: notebooks/flaky.ipynb
-            needs: [a]
-        """
-    )
+    return nb, flaky
+
+
+def test_resume_continues_the_failed_run(project) -> None:
+    nb, flaky = flaky_notebook(project.root)
+    spec = project.spec(FLAKY)
     error = failed_run(spec)
     run_id = error.run_id
     assert statuses(error.result) == {"a": "succeeded", "b": "failed"}  # type: ignore[attr-defined]
@@ -416,27 +424,15 @@ def test_a_teammate_resumes_a_failed_run_from_another_folder(
     shared = tmp_path / "shared-state"  # MLNB_STATE_DIR, mounted on both machines
     monkeypatch.setenv("MLNB_STATE_DIR", str(shared))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", project.store)
-    flaky = project.root / "notebooks" / "flaky.ipynb"
-    nb = nbformat.read(project.root / "notebooks" / "fails_in_cell_2.ipynb", as_version=4)
-    nbformat.write(nb, flaky)
-    text_of_spec = """
-        name: p
-        stages:
-          a:
-            notebook: notebooks/add_one.ipynb
-            outputs: {out_path: out.txt}
-          b:
-            notebook: notebooks/flaky.ipynb
-            needs: [a]
-        """
-    error = failed_run(project.spec(text_of_spec))
+    nb, _ = flaky_notebook(project.root)
+    error = failed_run(project.spec(FLAKY))
     assert Path(error.result.stage("a").notebook).is_relative_to(shared)  # type: ignore[attr-defined]
 
     # B has the project from version control, with the fix; nothing of A's folder
     other = tmp_path / "member-b"
     shutil.copytree(project.root / "notebooks", other / "notebooks")
     (other / "pipelines").mkdir()
-    (other / "pipelines" / "p.yaml").write_text(textwrap.dedent(text_of_spec))
+    (other / "pipelines" / "p.yaml").write_text(textwrap.dedent(FLAKY))
     nb.cells[1].source = 'print("fixed")'
     nbformat.write(nb, other / "notebooks" / "flaky.ipynb")
     for left in project.root.iterdir():  # A's machine keeps only the store's file
