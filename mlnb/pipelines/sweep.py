@@ -284,7 +284,7 @@ class _Sweeper:
         self.experiment_id = tracker.experiment_id(pipeline.name)
         self.run_id = ""
         self.trials: list[Trial] = []
-        self.source: _Source = _Grid(sweep)
+        self.source: _Source  # where trials come from: set by start() or reopen()
         self.resumed = False
         #: executors of finished trials, for the next: their kernel pools stay warm
         self._spare: queue.SimpleQueue[_Borrowed] = queue.SimpleQueue()
@@ -507,8 +507,8 @@ class _Sweeper:
             result.best = ranking[0]
             found_tags[tags.SWEEP_BEST] = result.best.run_id or ""
             metrics[f"best.{self.sweep.metric}"] = result.best.value or 0.0
-        if state == "FINISHED" and (result.failed or len(result.trials) < self.sweep.trials):
-            state = result.status = "FAILED" if result.failed else "FINISHED"
+        if state == "FINISHED" and result.failed:
+            state = result.status = "FAILED"
         try:
             if state != "KILLED" and result.best is not None:
                 delivered = self._deliver(result.best)
