@@ -657,7 +657,9 @@ def test_the_loop_checks_at_the_cron_times(cron: Cron) -> None:
     assert all(at % 60 == 0 for at in announced), announced  # whole minutes
     assert announced[1] - announced[0] == 60  # the next cron time, not an interval
     for at, start in zip(announced, starts, strict=False):
-        assert at <= start < at + 30, (at, start)  # at its cron time, not before
+        # at its cron time: not before it, and not a whole cron period late (a loaded
+        # machine may take seconds to open the check's run)
+        assert at <= start < at + 60, (at, start)
     for run in cron.checks:
         assert run.info.status == "FINISHED", run.info
         assert run.data.tags["mlnb.monitor.decision"] == "no trigger"

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from mlnb.predictions.log import PredictionLog, new_request_id
+from tests.helpers import free_port
 from tests.serving.helpers import FORMATS, Server, Store, raw, rows_of, wait_for
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def test_a_model_uri_that_names_nothing_servable_is_one_clear_error(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=store.uri, MLFLOW_DISABLE_TELEMETRY="true")
     done = subprocess.run(
-        [sys.executable, "-m", "mlnb.cli", "serve", "-m", model, "-p", "1"],
+        [sys.executable, "-m", "mlnb.cli", "serve", "-m", model, "-p", str(free_port())],
         cwd=tmp_path,
         env=env,
         capture_output=True,
