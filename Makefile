@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# processes make test spreads the tests over (pytest-xdist; `auto` is one per core); 1 runs
-# them in this process, in order, as CI does
-TEST_WORKERS ?= 1
+# processes make test spreads the tests over (pytest-xdist, a file's tests in one of them;
+# `auto` is one per core); 1 runs them all in this process, in order
+TEST_WORKERS ?= 2
 # MLflow sends usage telemetry unless told not to; mlnb's own commands stay on this machine
 export DO_NOT_TRACK = true
 

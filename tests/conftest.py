@@ -66,18 +66,23 @@ class Project:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``), the team tests run in one worker, in their order.
+    """Under pytest-xdist (``make test``), a file's tests run in one worker, in their order.
 
-    They share PostgreSQL, S3 and ``mlflow server`` (started once) and each
-    builds on what the one before left in the store. Every other test goes to
-    whichever worker is free: the suite's long files then run on both.
+    A file's module fixtures (a trained project, a fleet of servers) are then
+    built once, not once per worker. The team tests are one group across
+    their files: they share PostgreSQL, S3 and ``mlflow server`` (started
+    once), and each builds on what the one before left in the store.
     """
     if not config.pluginmanager.hasplugin("xdist"):
         return
-    team = Path(__file__).parent / "team"
+    here = Path(__file__).parent
+    team = here / "team"
     for item in items:
-        if item.path.is_relative_to(team):
-            item.add_marker(pytest.mark.xdist_group("team"))
+        group = "team" if item.path.is_relative_to(team) else item.path.relative_to(here)
+        item.add_marker(pytest.mark.xdist_group(str(group)))
+    # the files of whole pipelines first, so that no long file starts last and runs alone
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: not (item.path in slow or item.path.is_relative_to(team)))
 
 
 @pytest.fixture(autouse=True)
