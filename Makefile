@@ -31,7 +31,7 @@ lint: setup ## ruff, mypy, import-layer contracts, mlnb's own check
 	$(BIN)/mlnb check pipelines notebooks
 
 test: lint ## every test (real kernels, real SQLite MLflow stores), then mlnb test on the example
-	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 	$(BIN)/mlnb test --junit-xml reports/mlnb-test.xml
 
 bench: setup ## benchmarks, each printed side by side with its baseline tool

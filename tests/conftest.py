@@ -15,6 +15,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -64,23 +65,29 @@ class Project:
         )
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under pytest-xdist (``make test``), a file's tests run in one worker, in their order.
 
     A file's module fixtures (a trained project, a fleet of servers) are then
-    built once, not once per worker. The team tests are one group across
-    their files: they share PostgreSQL, S3 and ``mlflow server`` (started
-    once), and each builds on what the one before left in the store.
+    built once, not once per worker. The team tests are one unit across their
+    files: they share PostgreSQL, S3 and ``mlflow server`` (started once per
+    worker), and each builds on what the one before left in the store.
     """
-    if not config.pluginmanager.hasplugin("xdist"):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/team" if path.startswith("tests/team/") else path
+
+    return ByFile(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the files of whole pipelines first, so no long file starts last."""
+    if not config.pluginmanager.hasplugin("xdist") or not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    here = Path(__file__).parent
-    team = here / "team"
-    for item in items:
-        group = "team" if item.path.is_relative_to(team) else item.path.relative_to(here)
-        item.add_marker(pytest.mark.xdist_group(str(group)))
-    # the files of whole pipelines first, so that no long file starts last and runs alone
+    team = Path(__file__).parent / "team"
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: not (item.path in slow or item.path.is_relative_to(team)))
 

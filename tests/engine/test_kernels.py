@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from mlnb.engine.forkserver import ForkedProcess, ForkServer
-from mlnb.engine.kernels import KernelPool, connect, kernel_pid
+from mlnb.engine.kernels import KernelPool, connect, handshake, kernel_pid
 
 
 def _run(km, code: str) -> str:
@@ -21,6 +21,9 @@ def _run(km, code: str) -> str:
         client = km.client()
         connect(client)
         try:
+            await handshake(
+                client, timeout=60
+            )  # IOPub reaches us before the code runs, as in a stage
             reply = await client.execute_interactive(code, timeout=30, output_hook=sink)
             assert reply["content"]["status"] == "ok", reply["content"]
             return "".join(out)
