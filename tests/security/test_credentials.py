@@ -107,6 +107,8 @@ class Server:
 def environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true", NO_COLOR="1")
+    # no job runner (huey consumers) beside the server: mlnb runs no MLflow jobs
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     return env
 
 
