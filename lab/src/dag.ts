@@ -6,6 +6,8 @@ const WIDTH = 118;
 const HEIGHT = 30;
 const GAP_X = 14;
 const GAP_Y = 36;
+// room on each side for bowed edges and their labels
+const LABEL = 48;
 
 function svg<K extends keyof SVGElementTagNameMap>(
   tag: K,
@@ -30,7 +32,7 @@ export function drawDag(
     (rows[stage.level] = rows[stage.level] || []).push(stage);
   }
   const widest = Math.max(1, ...rows.map(row => (row ? row.length : 0)));
-  const width = widest * WIDTH + (widest + 1) * GAP_X;
+  const width = widest * WIDTH + (widest + 1) * GAP_X + 2 * LABEL;
   const height = rows.length * HEIGHT + (rows.length + 1) * GAP_Y - GAP_Y / 2;
   const where: Record<string, { x: number; y: number }> = {};
   rows.forEach((row, level) => {
@@ -80,11 +82,12 @@ export function drawDag(
     const y1 = from.y + HEIGHT;
     const x2 = to.x + WIDTH / 2;
     const y2 = to.y;
-    const line = svg('line', {
-      x1,
-      y1,
-      x2,
-      y2,
+    // an edge that skips a level bows to the side, clear of the stages between
+    const skips = to.y - from.y > HEIGHT + GAP_Y;
+    const bow = skips ? WIDTH / 2 + GAP_X : 0;
+    const line = svg('path', {
+      d: `M ${x1} ${y1} Q ${(x1 + x2) / 2 + 2 * bow} ${(y1 + y2) / 2} ${x2} ${y2}`,
+      fill: 'none',
       class: `mlnb-edge mlnb-edge-${carried.some(e => e.kind === 'output') ? 'output' : 'needs'}`,
       'marker-end': 'url(#mlnb-arrow)'
     });
@@ -100,7 +103,7 @@ export function drawDag(
     line.appendChild(title);
     root.appendChild(line);
     const text = svg('text', {
-      x: (x1 + x2) / 2 + 4,
+      x: (x1 + x2) / 2 + bow + 4,
       y: (y1 + y2) / 2 + 3,
       class: 'mlnb-edge-label'
     });
