@@ -34,7 +34,7 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
-from mlnb.errors import MlnbError, SpecError, TrackingError, UsageError
+from mlnb.errors import MlnbError, NotFoundError, SpecError, TrackingError, UsageError
 from mlnb.lab import launcher as launchmod
 from mlnb.lab import parameters as paramsmod
 from mlnb.lab import project
@@ -78,14 +78,15 @@ class Handler(APIHandler):
         """Run ``call`` on a worker thread; an mlnb error becomes a JSON 4xx answer."""
         try:
             return await asyncio.to_thread(call)
+        except NotFoundError as error:
+            raise Answer(404, str(error)) from None
         except UsageError as error:
-            raise Answer(404 if str(error).startswith("no ") else 400, str(error)) from None
+            raise Answer(400, str(error)) from None
         except SpecError as error:
             raise Answer(400, str(error), problems=[str(p) for p in error.problems]) from None
-        except TrackingError as error:
-            raise Answer(
-                404 if "no run" in str(error) else 503, redacted_text(str(error))
-            ) from None
+        except TrackingError as error:  # the store's own "no run 'ID'" is a run not there
+            missing = str(error).startswith("no run ")
+            raise Answer(404 if missing else 503, redacted_text(str(error))) from None
         except MlnbError as error:
             raise Answer(400, redacted_text(str(error))) from None
 
@@ -220,7 +221,7 @@ class NotebookHandler(Handler):
             run = runsmod.pipeline_run(tracker, run_id)
             executed = runsmod.executed_notebook(tracker, runsmod.stage_run(tracker, run, stage))
             if executed is None:
-                raise UsageError(f"no executed notebook of stage '{stage}' in run '{run_id}'")
+                raise NotFoundError(f"no executed notebook of stage '{stage}' in run '{run_id}'")
             from mlnb.tracking import render_html
 
             with tempfile.TemporaryDirectory() as scratch:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlnb import tags
-from mlnb.errors import UsageError
+from mlnb.errors import NotFoundError, UsageError
 from mlnb.store import state_dir
 from mlnb.tracking import Tracker
 
@@ -167,10 +167,10 @@ class Launcher:
             return launch
 
     def get(self, launch_id: str) -> Launch:
-        """Raises: UsageError: no launch of that id on this server."""
+        """Raises: NotFoundError: no launch of that id on this server."""
         launch = self.launches.get(launch_id)
         if launch is None:
-            raise UsageError(f"no run '{launch_id}' was started from this server")
+            raise NotFoundError(f"no run '{launch_id}' was started from this server")
         return launch
 
     def find_run(self, tracker: Tracker, launch: Launch) -> str | None:

@@ -22,7 +22,7 @@ from mlflow.entities import Run
 
 from mlnb import tags
 from mlnb.engine.parameters import injected_cell, injected_source
-from mlnb.errors import UsageError
+from mlnb.errors import NotFoundError, UsageError
 from mlnb.lab import runs as runsmod
 from mlnb.lab.project import spec_of
 from mlnb.pipelines.cache import workspace as workspace_of
@@ -125,12 +125,12 @@ def resolve(pipeline: Pipeline, stage_name: str, folder: Path) -> str:
     """The injected source for ``stage_name`` with its outputs and references in ``folder``.
 
     Raises:
-        UsageError: the pipeline has no such stage.
+        NotFoundError: the pipeline has no such stage.
     """
     try:
         stage = pipeline.stage(stage_name)
     except KeyError:
-        raise UsageError(f"pipeline {pipeline.name} has no stage '{stage_name}'") from None
+        raise NotFoundError(f"pipeline {pipeline.name} has no stage '{stage_name}'") from None
     outputs_of = {
         s.name: {name: str(folder / s.name / rel) for name, rel in s.outputs.items()}
         for s in pipeline.stages

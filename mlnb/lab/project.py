@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlnb.delivery.lint import check_spec
-from mlnb.errors import SpecError, UsageError
+from mlnb.errors import NotFoundError, SpecError
 from mlnb.pipelines.locate import project_pipelines
 from mlnb.specs.pipeline import PipelineSpec, parse_reference, read_spec, references
 
@@ -64,12 +64,12 @@ def spec_of(root: Path, pipeline: str) -> Path:
     """The spec file of pipeline ``pipeline`` (a file stem in ``pipelines/``).
 
     Raises:
-        UsageError: no such pipeline, naming those there are.
+        NotFoundError: no such pipeline, naming those there are.
     """
     specs = {path.stem: path for path in project_pipelines(root)}
     if pipeline not in specs:
         known = ", ".join(sorted(specs)) or "none"
-        raise UsageError(f"no pipeline '{pipeline}' in {root / 'pipelines'} (there: {known})")
+        raise NotFoundError(f"no pipeline '{pipeline}' in {root / 'pipelines'} (there: {known})")
     return specs[pipeline]
 
 

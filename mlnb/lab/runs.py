@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mlnb import tags
-from mlnb.errors import UsageError
+from mlnb.errors import NotFoundError, UsageError
 from mlnb.pipelines.results import StageStatus
 from mlnb.store import HTTP_SCHEMES, located
 from mlnb.tracking import Tracker
@@ -165,7 +165,7 @@ def stage_run(tracker: Tracker, run: Run, stage: str) -> Run:
     """The latest attempt of ``stage`` in pipeline run ``run``.
 
     Raises:
-        UsageError: the run has no such stage.
+        NotFoundError: the run has no such stage.
     """
     children = [
         c
@@ -173,7 +173,7 @@ def stage_run(tracker: Tracker, run: Run, stage: str) -> Run:
         if c.data.tags.get(tags.STAGE) == stage
     ]
     if not children:
-        raise UsageError(f"pipeline run '{run.info.run_id}' has no stage '{stage}'")
+        raise NotFoundError(f"pipeline run '{run.info.run_id}' has no stage '{stage}'")
     return max(children, key=lambda c: c.info.start_time or 0)
 
 
