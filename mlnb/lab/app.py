@@ -22,6 +22,8 @@ from mlnb.store import client_env, tracking_uri
 
 #: how to get what ``mlnb lab`` needs
 INSTALL = 'pip install "mlnb[lab]"'
+#: seconds JupyterLab has to exit after SIGTERM before it is killed
+STOP_WAIT = 30.0
 
 
 def lab_command(root: Path, port: int | None, browser: bool, extra: Sequence[str]) -> list[str]:
@@ -50,7 +52,8 @@ def run_lab(root: Path, port: int | None, browser: bool, extra: Sequence[str] = 
 
     Ctrl-C or SIGTERM stops it: the child is sent SIGTERM (on which JupyterLab
     shuts down its kernels and the mlnb runs it started, without asking for a
-    confirmation), waited for, and :class:`KeyboardInterrupt` is raised.
+    confirmation), waited for (killed after :data:`STOP_WAIT` seconds), and
+    :class:`KeyboardInterrupt` is raised.
     """
     process = subprocess.Popen(lab_command(root, port, browser, extra), cwd=root, env=lab_env(root))
 
@@ -63,7 +66,13 @@ def run_lab(root: Path, port: int | None, browser: bool, extra: Sequence[str] = 
     except KeyboardInterrupt:
         if process.poll() is None:
             process.terminate()
-        process.wait()
+        try:
+            process.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            # its kernels and extensions are shut down by then; what is left is a worker
+            # thread of the contents manager (anyio) that keeps the process from exiting
+            process.kill()
+            process.wait()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
