@@ -86,6 +86,7 @@ async function chooseAndRun(panel: NotebookPanel): Promise<void> {
     query.set('profile', choice.profile);
   }
   const params = await api<Parameters>(`parameters?${query.toString()}`);
+  await panel.sessionContext.ready;
   const kernel = panel.sessionContext.session?.kernel;
   if (!kernel) {
     throw new Error('the notebook has no kernel: start one, then try again');

@@ -176,7 +176,7 @@ async def test_a_run_that_cannot_start_starts_no_process(
     assert (await get(jp_fetch, "launches"))["launches"] == []
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
     """Poll ``check`` until it holds (the run's own pace decides; pytest's timeout bounds it)."""
     while not await check():
         await asyncio.sleep(0.3)
@@ -195,7 +195,7 @@ async def test_stop_interrupts_a_run_as_ctrl_c_does(jp_fetch: Fetch, trained: Pa
         run = await get(jp_fetch, "runs", state["run_id"])
         return [(s["name"], s["state"]) for s in run["stages"]] == [("nap", "running")]
 
-    await until(stage_running, "the stage runs")
+    await until(stage_running)
     code, stopping = await post(jp_fetch, "launches", launch["id"], "stop", body={})
     assert code == 202 and stopping["state"] in ("stopping", "exited")
 
@@ -203,11 +203,33 @@ async def test_stop_interrupts_a_run_as_ctrl_c_does(jp_fetch: Fetch, trained: Pa
         state.update(await get(jp_fetch, "launches", launch["id"]))
         return bool(state["state"] == "exited")
 
-    await until(exited, "mlnb run ends")
+    await until(exited)
     assert state["returncode"] == 130, state["output"]
     run = await get(jp_fetch, "runs", state["run_id"])
     assert run["status"] == "KILLED"
     assert [(s["name"], s["state"]) for s in run["stages"]] == [("nap", "killed")]
+    assert not leftover_processes(trained)
+
+
+async def test_a_server_that_stops_stops_the_runs_it_started(
+    jp_fetch: Fetch, jp_serverapp: Any, trained: Path
+) -> None:
+    code, launch = await post(jp_fetch, "runs", body={"pipeline": "slow"})
+    assert code == 202
+    state: dict[str, Any] = {}
+
+    async def stage_running() -> bool:
+        state.update(await get(jp_fetch, "launches", launch["id"]))
+        if not state["run_id"]:
+            return False
+        run = await get(jp_fetch, "runs", state["run_id"])
+        return [s["state"] for s in run["stages"]] == ["running"]
+
+    await until(stage_running)
+    await jp_serverapp.extension_manager.stop_all_extensions()  # what the server's shutdown calls
+    lab = next(a for a in jp_serverapp.extension_manager.extension_apps["mlnb.lab"])
+    (process,) = [launch.process for launch in lab.lab.launcher.launches.values()]
+    assert process.returncode == 130
     assert not leftover_processes(trained)
 
 

@@ -139,6 +139,18 @@ def test_the_panel_runs_the_example_pipeline_and_every_stage_finishes(tmp_path: 
                 page.wait_for_selector(".mlnb-executed iframe")
                 SCREENSHOT.parent.mkdir(exist_ok=True)
                 page.locator("#mlnb-panel").screenshot(path=str(SCREENSHOT))
+                # the toolbar of a stage notebook runs the parameters of that run in its kernel
+                notebook = root / "notebooks" / "train.ipynb"
+                before = notebook.read_bytes()
+                page.goto(f"{url}/lab/tree/notebooks/train.ipynb?token={token}")
+                page.click(".jp-NotebookPanel-toolbar >> text=parameters of…")
+                choice = page.locator(".jp-Dialog select.mlnb-parameters-choice")
+                assert "run " in choice.locator("option").first.inner_text()
+                page.click(".jp-Dialog .jp-mod-accept")
+                source = page.locator(".jp-Dialog .mlnb-params-source").inner_text()
+                assert "n_estimators = 5" in source and "train.csv" in source, source
+                page.click(".jp-Dialog .jp-mod-accept")
+                assert notebook.read_bytes() == before
             finally:
                 browser.close()
     finally:
