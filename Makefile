@@ -8,7 +8,7 @@ TEST_WORKERS ?= 1
 # MLflow sends usage telemetry unless told not to; mlnb's own commands stay on this machine
 export DO_NOT_TRACK = true
 
-.PHONY: setup lab-build demo test lint check bench clean
+.PHONY: setup lab-build lab-link demo test lint check bench clean
 
 $(BIN)/mlnb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
