@@ -25,6 +25,7 @@ export function drawDag(
   stages: StageNode[],
   edges: Edge[],
   states: Record<string, StageState>,
+  problems: Record<string, string[]>,
   onStage: (stage: string) => void
 ): SVGSVGElement {
   const rows: StageNode[][] = [];
@@ -113,8 +114,9 @@ export function drawDag(
   for (const stage of stages) {
     const at = where[stage.name];
     const state = states[stage.name] || 'pending';
+    const wrong = problems[stage.name] || [];
     const group = svg('g', {
-      class: `mlnb-stage mlnb-state-${state}`,
+      class: `mlnb-stage mlnb-state-${state}${wrong.length ? ' mlnb-has-problem' : ''}`,
       'data-stage': stage.name,
       'data-state': state,
       transform: `translate(${at.x},${at.y})`
@@ -130,7 +132,7 @@ export function drawDag(
     });
     status.textContent = state;
     const title = svg('title', {});
-    title.textContent = `${stage.name}: ${stage.notebook} (${state})`;
+    title.textContent = [`${stage.name}: ${stage.notebook} (${state})`, ...wrong].join('\n');
     group.append(title, name, status);
     group.addEventListener('click', () => onStage(stage.name));
     root.appendChild(group);

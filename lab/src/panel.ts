@@ -285,9 +285,17 @@ export class MlnbPanel extends Widget {
         states[stage.name] = stage.state;
       }
     }
+    // a problem at stages.<name>... is drawn on that stage too
+    const problems: Record<string, string[]> = {};
+    for (const problem of pipeline.problems) {
+      const match = /(?:^|: )stages\.([^.]+)/.exec(problem.location); // "line 9: stages.x..."
+      if (match) {
+        (problems[match[1]] = problems[match[1]] || []).push(problem.message);
+      }
+    }
     if (pipeline.stages.length) {
       section.append(
-        drawDag(pipeline.stages, pipeline.edges, states, stage => {
+        drawDag(pipeline.stages, pipeline.edges, states, problems, stage => {
           const run = shown?.stages.find(s => s.name === stage && s.notebook);
           if (shown && run) {
             this.open(shown, stage);
@@ -319,7 +327,8 @@ export class MlnbPanel extends Widget {
     params.oninput = () => (this.overrides = params.value);
     const running = this.launch !== null && this.launch.state !== 'exited';
     const run = el('button', 'jp-Button mlnb-run', 'Run');
-    run.disabled = running || pipeline.problems.length > 0 || !pipeline.stages.length;
+    // the server checks the spec, profile and overrides as mlnb run does, and says what is wrong
+    run.disabled = running || !pipeline.stages.length;
     run.onclick = () => void this.start(pipeline);
     const stop = el('button', 'jp-Button mlnb-stop', 'Stop');
     stop.disabled = !running || this.launch?.state === 'stopping';

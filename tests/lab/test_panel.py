@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import leftover_processes
-from tests.helpers import REPO, free_port
-from tests.lab.conftest import clean_env, example_project
+from tests.helpers import REPO, SCENARIOS, free_port
+from tests.lab.conftest import TYPO, clean_env, example_project
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Debian's chromium, as CI runs it: no sandbox (a container), nothing that phones home
@@ -73,6 +75,9 @@ def _launches(url: str, token: str) -> str:
 def test_the_panel_runs_the_example_pipeline_and_every_stage_finishes(tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     root = example_project(tmp_path / "example")
+    (root / "pipelines" / "typo.yaml").write_text(textwrap.dedent(TYPO))
+    for name in ("add_one", "reads_input"):
+        shutil.copy(SCENARIOS / f"{name}.ipynb", root / "notebooks" / f"{name}.ipynb")
     port, token = free_port(), secrets.token_hex(16)
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -139,6 +144,11 @@ def test_the_panel_runs_the_example_pipeline_and_every_stage_finishes(tmp_path: 
                 page.wait_for_selector(".mlnb-executed iframe")
                 SCREENSHOT.parent.mkdir(exist_ok=True)
                 page.locator("#mlnb-panel").screenshot(path=str(SCREENSHOT))
+                # a spec's problem is shown on the stage it is about, in mlnb check's words
+                page.select_option(".mlnb-pipeline-select", "typo")
+                page.wait_for_selector('.mlnb-stage.mlnb-has-problem[data-stage="second"]')
+                (problem,) = page.locator(".mlnb-pipelines .mlnb-problem").all_inner_texts()
+                assert "names unknown stage 'frist'; did you mean 'first'?" in problem
                 # the toolbar of a stage notebook runs the parameters of that run in its kernel
                 notebook = root / "notebooks" / "train.ipynb"
                 before = notebook.read_bytes()
