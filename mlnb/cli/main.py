@@ -89,18 +89,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mlnb.cli import (
-        delivery,
-        lab,
-        models,
-        monitoring,
-        pipelines,
-        predictions,
-        serving,
-        sweeps,
-    )
+    from mlnb.cli import delivery, models, monitoring, pipelines, predictions, serving, sweeps
 
-    for module in (pipelines, sweeps, models, serving, predictions, monitoring, delivery, lab):
+    for module in (pipelines, sweeps, models, serving, predictions, monitoring, delivery):
         for command in module.COMMANDS:
             main.add_command(command)
 
