@@ -21,9 +21,8 @@ def _run(km, code: str) -> str:
         client = km.client()
         connect(client)
         try:
-            await handshake(
-                client, timeout=60
-            )  # IOPub reaches us before the code runs, as in a stage
+            # IOPub reaches us before the code runs, as in a stage
+            await handshake(client, timeout=60)
             reply = await client.execute_interactive(code, timeout=30, output_hook=sink)
             assert reply["content"]["status"] == "ok", reply["content"]
             return "".join(out)
