@@ -88,7 +88,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the files of whole pipelines first, so no long file starts last."""
-    if not config.pluginmanager.hasplugin("xdist") or not os.environ.get("PYTEST_XDIST_WORKER"):
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # set in xdist's workers only
         return
     team = Path(__file__).parent / "team"
     slow = {item.path for item in items if item.get_closest_marker("slow")}
