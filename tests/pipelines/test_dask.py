@@ -208,7 +208,7 @@ def test_interrupt_stops_stages_on_workers(project, cluster: DaskCluster) -> Non
         text=True,
     )
     try:
-        _wait_for_running(project)
+        _wait_for_running(project, proc)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -305,13 +305,19 @@ def _busy(cluster: DaskCluster) -> list[str]:
         return [address for address, keys in client.processing().items() if keys]
 
 
-def _wait_for_running(project, timeout: float = 60) -> None:
-    """Once the stage ``slow`` has started executing."""
+def _wait_for_running(
+    project, proc: subprocess.Popen[str] | None = None, timeout: float = 120
+) -> None:
+    """Once the stage ``slow`` has started executing; ``proc``'s output if it never does."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=project.store)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"mlnb run ended before the stage started:\n{proc.communicate()[0]}"
+            )
         experiment = client.get_experiment_by_name("p")
         if experiment is not None:
             runs = client.search_runs(
@@ -322,4 +328,8 @@ def _wait_for_running(project, timeout: float = 60) -> None:
                 time.sleep(1.5)  # the kernel is executing the notebook
                 return
         time.sleep(0.2)
-    raise AssertionError("the stage never started")
+    said = ""
+    if proc is not None:
+        proc.kill()
+        said = f"; mlnb run printed:\n{proc.communicate()[0]}"
+    raise AssertionError(f"the stage never started within {timeout:g} s{said}")
