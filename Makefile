@@ -8,14 +8,33 @@ TEST_WORKERS ?= 2
 # MLflow sends usage telemetry unless told not to; mlnb's own commands stay on this machine
 export DO_NOT_TRACK = true
 
-.PHONY: setup demo test lint check bench clean
+.PHONY: setup lab-build lab-link demo test lint check bench clean
 
 $(BIN)/mlnb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,team]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,team,lab]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlnb)"
+	$(MAKE) lab-link
 	touch $@
+
+# The JupyterLab extension: TypeScript in lab/, built (Node.js 20, npm, from the committed lock)
+# into mlnb/lab/labextension/, which is committed so that pip users need no Node.js. A wheel
+# ships it as data files; the editable install here links it into the venv instead.
+LAB_EXT = $(VENV)/share/jupyter/labextensions/mlnb-lab
+LAB_CONF = $(VENV)/etc/jupyter/jupyter_server_config.d
+
+lab/node_modules/.package-lock.json: lab/package-lock.json
+	cd lab && npm ci --no-audit --no-fund --loglevel=error
+
+lab-build: setup lab/node_modules/.package-lock.json ## rebuild the JupyterLab extension from lab/
+	cd lab && PATH="$(CURDIR)/$(BIN):$$PATH" npm run --silent build > /dev/null
+	$(BIN)/python scripts/lab_sources.py --write > /dev/null
+
+lab-link:
+	mkdir -p $(dir $(LAB_EXT)) $(LAB_CONF)
+	ln -sfn $(CURDIR)/mlnb/lab/labextension $(LAB_EXT)
+	cp jupyter-config/jupyter_server_config.d/mlnb.json $(LAB_CONF)/mlnb.json
 
 setup: $(BIN)/mlnb ## create .venv with mlnb and its test tools
 
@@ -30,7 +49,7 @@ lint: setup ## ruff, mypy, import-layer contracts, mlnb's own check
 	$(BIN)/lint-imports
 	$(BIN)/mlnb check pipelines notebooks
 
-test: lint ## every test (real kernels, real SQLite MLflow stores), then mlnb test on the example
+test: lab-build lint ## every test (real kernels, real SQLite MLflow stores), then mlnb test on the example
 	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 	$(BIN)/mlnb test --junit-xml reports/mlnb-test.xml
 

@@ -8,6 +8,7 @@ carries the cell index, exception name and value::
 
     MlnbError
     ├── UsageError           a command was called with options that do not go together
+    │   └── NotFoundError    what a command or request names is not there
     ├── SpecError            a pipeline or monitor spec is invalid (all problems at once)
     ├── NotebookError        a notebook cannot be read or has no parameters cell
     ├── StageError           a stage did not complete
@@ -96,6 +97,10 @@ class UsageError(MlnbError):
     """A command was called with options that do not go together, or with nothing to do."""
 
     exit_code = ExitCode.INVALID
+
+
+class NotFoundError(UsageError):
+    """What a command or a request names (a pipeline, a run, a stage) is not there."""
 
 
 class SpecError(MlnbError):

@@ -89,9 +89,18 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mlnb.cli import delivery, models, monitoring, pipelines, predictions, serving, sweeps
+    from mlnb.cli import (
+        delivery,
+        lab,
+        models,
+        monitoring,
+        pipelines,
+        predictions,
+        serving,
+        sweeps,
+    )
 
-    for module in (pipelines, sweeps, models, serving, predictions, monitoring, delivery):
+    for module in (pipelines, sweeps, models, serving, predictions, monitoring, delivery, lab):
         for command in module.COMMANDS:
             main.add_command(command)
 
