@@ -8,7 +8,7 @@ TEST_WORKERS ?= 2
 # MLflow sends usage telemetry unless told not to; mlnb's own commands stay on this machine
 export DO_NOT_TRACK = true
 
-.PHONY: setup lab-build lab-link demo test lint check bench clean
+.PHONY: setup lab-build lab-check lab-link demo test lint check bench clean
 
 $(BIN)/mlnb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ lab-build: setup lab/node_modules/.package-lock.json ## rebuild the JupyterLab e
 	cd lab && PATH="$(CURDIR)/$(BIN):$$PATH" npm run --silent build > /dev/null
 	$(BIN)/python scripts/lab_sources.py --write > /dev/null
 
+# make test builds a copy of lab/ in reports/lab-check, so a checkout's committed bundle is left
+# as it is: tests/lab/test_bundle.py then checks that it was stamped from these very sources.
+LAB_CHECK = reports/lab-check
+
+lab-check: setup lab/node_modules/.package-lock.json ## build lab/ aside: the TypeScript compiles
+	rm -rf $(LAB_CHECK) && mkdir -p $(LAB_CHECK)/lab
+	cp -R lab/src lab/style lab/package.json lab/tsconfig.json lab/install.json $(LAB_CHECK)/lab/
+	ln -s $(CURDIR)/lab/node_modules $(LAB_CHECK)/lab/node_modules
+	cd $(LAB_CHECK)/lab && PATH="$(CURDIR)/$(BIN):$$PATH" npm run --silent build > /dev/null
+	test -f $(LAB_CHECK)/mlnb/lab/labextension/package.json
+
 lab-link:
 	mkdir -p $(dir $(LAB_EXT)) $(LAB_CONF)
 	ln -sfn $(CURDIR)/mlnb/lab/labextension $(LAB_EXT)
@@ -49,7 +60,7 @@ lint: setup ## ruff, mypy, import-layer contracts, mlnb's own check
 	$(BIN)/lint-imports
 	$(BIN)/mlnb check pipelines notebooks
 
-test: lab-build lint ## every test (real kernels, real SQLite MLflow stores), then mlnb test on the example
+test: lab-check lint ## every test (real kernels, real SQLite MLflow stores), then mlnb test on the example
 	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 	$(BIN)/mlnb test --junit-xml reports/mlnb-test.xml
 

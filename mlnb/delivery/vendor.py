@@ -5,14 +5,16 @@ The wheel is the distribution of the mlnb that is running, wherever it comes fro
 - **A source tree** (``pip install -e .``, found through the distribution's
   ``direct_url.json``; or a checkout on ``sys.path``): ``pip wheel`` builds it
   with the backend ``pyproject.toml`` names, from a copy of what the build
-  reads (the top-level build files and the package) in a temporary folder, so
-  nothing (``build/``, ``*.egg-info``) lands in the tree. The backend must be
+  reads (the top-level build files, the data files ``pyproject.toml`` names
+  and the package) in a temporary folder, so nothing (``build/``,
+  ``*.egg-info``) lands in the tree. The backend must be
   installed here (``--no-build-isolation``: no index is asked); pip's
   ``--check-build-dependencies`` names a missing or too old one.
 - **An installed wheel**: the files its ``RECORD`` lists, each checked against
   its hash there, are packed again, less what the installer wrote itself
   (``INSTALLER``, ``REQUESTED``, ``direct_url.json``, bytecode, the scripts it
-  made from the entry points).
+  made from the entry points); the data files it put outside the package go
+  back under ``<name>.data/data/``.
 
 Design decisions:
 
@@ -40,6 +42,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,6 +69,8 @@ BUILD_FILES = (
 )
 #: ``.dist-info`` files an installer writes, not the wheel (PEP 376, 610, 627)
 INSTALLER_FILES = frozenset({"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"})
+#: where installers put the scripts they make from entry points (posix, Windows schemes)
+SCRIPT_FOLDERS = frozenset({"bin", "Scripts"})
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 _UNIX = 3  # ZipInfo.create_system: the mode in external_attr is a Unix one
 
@@ -137,8 +142,10 @@ def _installed(package: Path) -> metadata.Distribution:
 
 
 def build_inputs(source: Path, package: Path) -> Inputs:
-    """What building the wheel reads: the top-level build files and the package's files."""
-    paths = {p for pattern in BUILD_FILES for p in source.glob(pattern) if p.is_file()}
+    """What building the wheel reads: the top-level build files, the data files that
+    ``pyproject.toml`` names (``[tool.setuptools.data-files]``) and the package's files."""
+    patterns = (*BUILD_FILES, *_data_files(source / "pyproject.toml"))
+    paths = {p for pattern in patterns for p in source.glob(pattern) if p.is_file()}
     paths.update(
         p
         for p in package.rglob("*")
@@ -148,6 +155,18 @@ def build_inputs(source: Path, package: Path) -> Inputs:
         return tuple(sorted((p.relative_to(source).as_posix(), p.read_bytes()) for p in paths))
     except OSError as exc:
         raise VendorError(f"cannot read mlnb's source tree {source}: {exc}") from None
+
+
+def _data_files(pyproject: Path) -> list[str]:
+    """The globs of ``[tool.setuptools.data-files]`` (files installed outside the package)."""
+    try:
+        config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise VendorError(f"cannot read {pyproject}: {exc}") from None
+    table = config.get("tool", {}).get("setuptools", {}).get("data-files", {})
+    return [str(g) for globs in table.values() if isinstance(globs, list) for g in globs]
 
 
 @functools.cache
@@ -191,36 +210,69 @@ def _reason(done: subprocess.CompletedProcess[str]) -> str:
 def repacked(dist: metadata.Distribution) -> Wheel:
     """An installed distribution as a wheel again: the files its RECORD lists, checked.
 
+    Files installed outside the package (the data files: the JupyterLab
+    extension and its server config) go back under ``<name>.data/data/``.
+    RECORD is read as written: ``importlib_metadata``, which some libraries
+    put in place of the standard one, leaves those files out of ``files``.
+
     Raises:
         VendorError: it has no RECORD, or a file is missing or changed since it was installed.
     """
     where = dist.locate_file("")
-    if dist.files is None:
+    record = dist.read_text("RECORD")
+    if record is None:
         raise VendorError(f"mlnb's installation in {where} has no RECORD; reinstall it with pip")
     files: dict[str, bytes] = {}
-    for entry in dist.files:
+    data_files: dict[str, bytes] = {}
+    for row in csv.reader(io.StringIO(record)):
+        if not row or not row[0]:
+            continue
+        entry, digest = PurePosixPath(row[0]), row[1] if len(row) > 1 else ""
         if _written_by_installer(entry):
             continue
-        try:
-            data = entry.read_binary()
-        except OSError:
-            raise VendorError(f"{entry} of mlnb is missing from {where}; reinstall mlnb") from None
-        if entry.hash is None or (entry.hash.mode, entry.hash.value) != ("sha256", _digest(data)):
-            raise VendorError(
-                f"{entry} in {where} is not the file mlnb was installed with (its RECORD hash "
-                "differs); reinstall mlnb"
-            )
-        files[entry.as_posix()] = data
+        if ".." in entry.parts:  # a data file, relative to the scheme's data folder
+            rel = PurePosixPath(*(part for part in entry.parts if part != ".."))
+            data_files[rel.as_posix()] = _checked(dist, entry, digest, rel)
+        else:
+            files[entry.as_posix()] = _checked(dist, entry, digest)
     dist_info = _dist_info(files)
-    return Wheel(
-        f"{dist_info.removesuffix('.dist-info')}-{_tag(files, dist_info)}.whl", pack(files)
-    )
+    stem = dist_info.removesuffix(".dist-info")
+    files.update({f"{stem}.data/data/{rel}": data for rel, data in data_files.items()})
+    return Wheel(f"{stem}-{_tag(files, dist_info)}.whl", pack(files))
+
+
+def _checked(
+    dist: metadata.Distribution, entry: PurePosixPath, digest: str, rel: PurePosixPath | None = None
+) -> bytes:
+    """The bytes of RECORD ``entry``, checked against its ``sha256=`` ``digest``.
+
+    A data file is where RECORD says, or (``pip install --target``, which moves
+    the data folder into the target and leaves RECORD as it was) at ``rel`` in it.
+    """
+    where = dist.locate_file("")
+    places = [dist.locate_file(entry)] + ([dist.locate_file(rel)] if rel is not None else [])
+    data = None
+    for place in places:
+        try:
+            data = Path(str(place)).read_bytes()
+            break
+        except OSError:
+            continue
+    if data is None:
+        raise VendorError(f"{entry} of mlnb is missing from {where}; reinstall mlnb")
+    if digest != f"sha256={_digest(data)}":
+        raise VendorError(
+            f"{entry} in {where} is not the file mlnb was installed with (its RECORD hash "
+            "differs); reinstall mlnb"
+        )
+    return data
 
 
 def _written_by_installer(entry: PurePosixPath) -> bool:
     """Whether a RECORD entry is the installer's: bytecode, scripts, its dist-info files."""
+    outside = [part for part in entry.parts if part != ".."]
     return (
-        ".." in entry.parts
+        (".." in entry.parts and bool(outside) and outside[0] in SCRIPT_FOLDERS)
         or "__pycache__" in entry.parts
         or entry.suffix == ".pyc"
         or (entry.parent.name.endswith(".dist-info") and entry.name in INSTALLER_FILES)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import tomllib
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 NBVAL_SUITE = "notebooks (nbval --nbval-lax)"
 WHEEL = f"mlnb-{__version__}-py3-none-any.whl"
 DIST_INFO = f"mlnb-{__version__}.dist-info"
+#: the wheel's folder of files installed outside the package (the JupyterLab extension)
+DATA = f"mlnb-{__version__}.data/data"
 #: the package mlnb runs from here: its source tree (installed editable)
 PACKAGE = Path(mlnb.__file__).resolve().parent
 
@@ -246,6 +249,19 @@ def package_files() -> dict[str, bytes]:
         f"mlnb/{path.relative_to(PACKAGE).as_posix()}": path.read_bytes()
         for path in sorted(PACKAGE.rglob("*"))
         if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def data_files() -> dict[str, bytes]:
+    """What ``[tool.setuptools.data-files]`` installs, as a wheel names the files."""
+    source = PACKAGE.parent
+    table = tomllib.loads((source / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {
+        f"{DATA}/{target}/{path.name}": path.read_bytes()
+        for target, globs in table["data-files"].items()
+        for pattern in globs
+        for path in sorted(source.glob(pattern))
+        if path.is_file()
     }
 
 

@@ -29,10 +29,12 @@ from mlnb.delivery.bundle import BundleError, Manifest, MiB, extract, name_probl
 from mlnb.delivery.bundle import build as build_bundle
 from mlnb.specs.pipeline import PipelineSpec
 from tests.delivery.helpers import (
+    DATA,
     DIST_INFO,
     TINY_FILES,
     WHEEL,
     bundle_members,
+    data_files,
     from_the_wheel,
     invoke,
     manifest_of,
@@ -192,13 +194,18 @@ def test_image_without_a_docker_daemon_says_so_and_how(tiny: Path, monkeypatch) 
 
 def test_the_vendored_wheel_holds_exactly_mlnbs_package_files(vendored: bytes) -> None:
     files = wheel_files(vendored)
-    package = {rel: data for rel, data in files.items() if not rel.startswith(f"{DIST_INFO}/")}
+    package = {rel: data for rel, data in files.items() if rel.startswith("mlnb/")}
+    outside = {rel: data for rel, data in files.items() if rel.startswith(f"{DATA}/")}
 
     assert package == package_files()
+    # the JupyterLab extension where JupyterLab looks for it, and its server extension enabled
+    assert outside == data_files()
+    assert f"{DATA}/share/jupyter/labextensions/mlnb-lab/package.json" in outside
+    assert f"{DATA}/etc/jupyter/jupyter_server_config.d/mlnb.json" in outside
     assert "mlnb/delivery/templates/project/pipelines/model.yaml" in package  # mlnb init works
     assert "mlnb/delivery/templates/project/notebooks/train.ipynb" in package
     assert "mlnb/py.typed" in package
-    assert sorted(set(files) - set(package)) == [
+    assert sorted(set(files) - set(package) - set(outside)) == [
         f"{DIST_INFO}/{name}"
         for name in ("METADATA", "RECORD", "WHEEL", "entry_points.txt", "top_level.txt")
     ]
