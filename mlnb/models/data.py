@@ -14,8 +14,11 @@ as long as that path exists.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +95,12 @@ def local_data(value: str, digest: str | None, tracking_uri: str, state: Path) -
     try:
         from mlflow.artifacts import download_artifacts
 
-        fetched = Path(
-            download_artifacts(artifact_uri=value, dst_path=str(scratch), tracking_uri=tracking_uri)
-        )
+        with _no_progress_bar():  # MLflow's bar would write into mlnb's own output
+            fetched = Path(
+                download_artifacts(
+                    artifact_uri=value, dst_path=str(scratch), tracking_uri=tracking_uri
+                )
+            )
         try:
             fetched.rename(target)
         except OSError:  # another process put the same content there first
@@ -120,3 +126,17 @@ def _uri_digest(value: str) -> str:
     import hashlib
 
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow's download progress bar off, unless the user set it."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
