@@ -1,7 +1,8 @@
 """The files of a prediction log folder: open and closed day files, and the record of pruning.
 
-Each UTC day has, for each kind (:data:`PREDICTIONS`, :data:`FEEDBACK`), an
-open file, a closed one, or both:
+Each UTC day has, for each kind (:data:`PREDICTIONS`, :data:`FEEDBACK`,
+:data:`SHADOW`: a shadow challenger's predictions), an open file, a closed
+one, or both:
 
 - ``predictions-2025-01-31.jsonl``, the open file: writers append to it while
   they answer requests of that day (a request's time picks its day file);
@@ -43,10 +44,11 @@ from mlnb._files import write_atomic
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["predictions", "feedback"]
+Kind = Literal["predictions", "feedback", "shadow"]
 PREDICTIONS: Kind = "predictions"
 FEEDBACK: Kind = "feedback"
-KINDS: tuple[Kind, ...] = (PREDICTIONS, FEEDBACK)
+SHADOW: Kind = "shadow"  # what a shadow challenger predicted for the requests it saw
+KINDS: tuple[Kind, ...] = (PREDICTIONS, FEEDBACK, SHADOW)
 OPEN_SUFFIX = ".jsonl"
 CLOSED_SUFFIX = ".jsonl.gz"
 #: the record of what retention deleted, in the log folder
@@ -55,7 +57,7 @@ PRUNED_FILE = "pruned.json"
 DAMAGED = (EOFError, gzip.BadGzipFile, zlib.error)
 CHUNK = 1 << 22  # bytes read at a time when a day file is scanned
 TAIL = 65536  # bytes at the end of a day file that hold its newest records
-_NAME = re.compile(r"^(predictions|feedback)-(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
+_NAME = re.compile(r"^(predictions|feedback|shadow)-(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -99,7 +101,7 @@ class DayFile:
     """One file of a log folder, as listed.
 
     Attributes:
-        kind: predictions or feedback.
+        kind: predictions, feedback or shadow.
         day: its UTC day.
         path: where it is.
         closed: it is the ``.jsonl.gz`` of its day.
@@ -124,7 +126,7 @@ def day_files(directory: Path) -> list[DayFile]:
             size = path.stat().st_size
         except FileNotFoundError:
             continue
-        kind: Kind = PREDICTIONS if match[1] == PREDICTIONS else FEEDBACK
+        kind = next(k for k in KINDS if k == match[1])
         found.append(DayFile(kind, match[2], path, bool(match[3]), size))
     return sorted(found, key=lambda f: (f.day, f.kind, not f.closed))
 

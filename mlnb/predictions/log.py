@@ -39,6 +39,17 @@ Design decisions:
   file, without an index that grows with the log. Recent requests are looked
   up in a bounded in-memory index first; the others of one look-up are found
   in one pass over each day file they name (:meth:`PredictionLog.known_requests`).
+- **A challenger's answers are marked, its shadow is apart.** A canary's
+  answer is an ordinary prediction record with ``"arm": "canary"`` after the
+  other keys (so :data:`_HEAD` still reads the start of its line); a record
+  without ``arm`` is the champion's, and :func:`load_predictions` says which
+  in its ``arm`` column, a meta column (:data:`META_COLUMNS`), never an
+  input. A shadow's predictions answered nobody: they go to day files of
+  their own (``shadow-2025-01-31.jsonl``, compressed and pruned like the
+  others), one record per request ``{"request_id", "time", "model_version",
+  "rows", "outputs", "seconds"}``, or ``"error"`` (one line) in place of
+  ``outputs`` when the shadow failed; :func:`load_shadow` reads them, on the
+  champion's ``request_id`` and ``row``.
 - **Feedback is a log too.** Labels are appended, never updated in place; when
   a request gets labels twice, the later record wins. Each label record names
   who sent it (the token holder's name), kept as ``labeled_by`` when read back.
@@ -56,13 +67,15 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    NonNegativeFloat,
+    NonNegativeInt,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -74,6 +87,7 @@ from mlnb.predictions.files import (
     DAMAGED,
     FEEDBACK,
     PREDICTIONS,
+    SHADOW,
     Kind,
     Part,
     day_start,
@@ -92,7 +106,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INDEX_SIZE = 100_000  # request ids kept in memory for feedback look-ups (~20 MB)
-META_COLUMNS = ("request_id", "row", "time", "model_version")
+META_COLUMNS = ("request_id", "row", "time", "model_version", "arm")
+#: which version answered a request: the champion, or a canary challenger
+Arm = Literal["champion", "canary"]
+CHAMPION: Arm = "champion"
+CANARY: Arm = "canary"
+#: the columns of :func:`load_shadow` besides the predictions
+SHADOW_COLUMNS = ("request_id", "row", "time", "model_version")
 #: who sent a row's label (the name of the token that sent the feedback)
 LABELED_BY = "labeled_by"
 DAY_INDEXES = 3  # day files whose request ids are kept in memory for feedback look-ups
@@ -267,6 +287,7 @@ class PredictionLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._predictions = _DayFile(self.directory, PREDICTIONS)
         self._feedback = _DayFile(self.directory, FEEDBACK)
+        self._shadow = _DayFile(self.directory, SHADOW)
         self._index: OrderedDict[str, int] = OrderedDict()
         self._index_size = index_size
         self._days: OrderedDict[str, _DayIndex] = OrderedDict()
@@ -281,6 +302,7 @@ class PredictionLog:
         inputs: Any,
         outputs: Any,
         rows: int,
+        arm: Arm = CHAMPION,
     ) -> None:
         """Append one answered request.
 
@@ -292,11 +314,13 @@ class PredictionLog:
             inputs: the rows as the model saw them (a 2-D array or a list of rows).
             outputs: the predictions, one per row.
             rows: how many input rows the request had.
+            arm: who answered; a canary's record says ``"arm": "canary"``
+                after the other keys, the champion's says nothing.
 
         Raises:
             LogWriteError: the record could not be serialized or written whole.
         """
-        record = {
+        record: dict[str, Any] = {
             "request_id": request_id,
             "time": datetime.fromtimestamp(ms / 1000, UTC),
             "model_version": model_version,
@@ -305,6 +329,8 @@ class PredictionLog:
             "inputs": inputs,
             "outputs": outputs,
         }
+        if arm != CHAMPION:
+            record["arm"] = arm
         self._predictions.write(ms, self._line(record, self._predictions))
         self._index[request_id] = rows
         if len(self._index) > self._index_size:
@@ -332,6 +358,46 @@ class PredictionLog:
         if sender is not None:
             record["sender"] = sender
         self._feedback.write(ms, self._line(record, self._feedback))
+
+    def write_shadow(
+        self,
+        request_id: str,
+        ms: int,
+        model_version: str,
+        rows: int,
+        seconds: float,
+        outputs: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """Append what a shadow challenger predicted for a request, or why it could not.
+
+        Written from the shadow's one worker thread (this kind's day file is
+        nobody else's), whole or not at all as every record.
+
+        Args:
+            request_id: the request the champion answered (and logged).
+            ms: when the request arrived, Unix milliseconds (picks the day file).
+            model_version: the shadow's registry version.
+            rows: how many input rows the request had.
+            seconds: how long the shadow took.
+            outputs: its predictions, one per row; ``None`` with ``error``.
+            error: why it has none, on one line.
+
+        Raises:
+            LogWriteError: the record could not be serialized or written whole.
+        """
+        record: dict[str, Any] = {
+            "request_id": request_id,
+            "time": datetime.fromtimestamp(ms / 1000, UTC),
+            "model_version": model_version,
+            "rows": rows,
+        }
+        if error is not None:
+            record["error"] = " ".join(error.split())[:2000]
+        else:
+            record["outputs"] = outputs
+        record["seconds"] = round(seconds, 6)
+        self._shadow.write(ms, self._line(record, self._shadow))
 
     @staticmethod
     def _line(record: dict[str, Any], day_file: _DayFile) -> bytes:
@@ -394,6 +460,7 @@ class PredictionLog:
         """Close the open descriptors; later writes reopen them."""
         self._predictions.close()
         self._feedback.close()
+        self._shadow.close()
 
 
 def _by_day(request_ids: Iterable[str]) -> dict[str, set[str]]:
@@ -540,6 +607,7 @@ class _Prediction(BaseModel):
     columns: list[StrictStr] = []
     inputs: list[Any]
     outputs: Any = None
+    arm: Arm = CHAMPION
 
     @model_validator(mode="after")
     def _rows_fit_the_columns(self) -> _Prediction:
@@ -550,6 +618,26 @@ class _Prediction(BaseModel):
                     raise ValueError(
                         f"inputs: row {number} must be a list of {width} values, one per column"
                     )
+        return self
+
+
+class _Shadow(BaseModel):
+    """A shadow record as a reader takes it: predictions, or the error in their place."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request_id: StrictStr
+    time: AwareDatetime
+    model_version: StrictStr | StrictInt
+    rows: NonNegativeInt
+    outputs: Any = None
+    error: StrictStr | None = None
+    seconds: NonNegativeFloat | None = None
+
+    @model_validator(mode="after")
+    def _outputs_or_error(self) -> _Shadow:
+        if self.error is None and self.outputs is None:
+            raise ValueError("outputs: a shadow record holds its outputs, or an error")
         return self
 
 
@@ -665,6 +753,7 @@ class _Group:
         self.meta["row"] += range(rows)
         self.meta["time"] += [record.time] * rows
         self.meta["model_version"] += [str(record.model_version)] * rows
+        self.meta["arm"] += [record.arm] * rows
         self.inputs += inputs
         self.outputs += outputs
 
@@ -689,7 +778,8 @@ def load_predictions(
     """Read a prediction log as a table: one row per predicted input row.
 
     Columns: ``request_id``, ``row`` (the row's index in its request),
-    ``time`` (UTC), ``model_version``, the input columns, ``prediction`` (or
+    ``time`` (UTC), ``model_version``, ``arm`` (``champion``, or ``canary``
+    for a canary challenger's answers), the input columns, ``prediction`` (or
     ``prediction_<key>`` for models answering with records), ``label`` (the
     latest feedback for that row; missing where none came) and ``labeled_by``
     (who sent that label). An input column whose name is taken by one of those
@@ -708,12 +798,7 @@ def load_predictions(
     """
     import pandas as pd
 
-    directory = Path(log_dir)
-    if not directory.is_dir():
-        raise PredictionLogError(
-            f"no prediction log at {directory}; `mlnb serve` writes one there "
-            "(or in the folder its log_dir names)"
-        )
+    directory = _existing_log(log_dir)
     skipped = skipped if skipped is not None else Skipped()
     groups: dict[tuple[str, ...], _Group] = {}
     for record in _records(directory, _Prediction, PREDICTIONS, since_ms, skipped):
@@ -726,12 +811,97 @@ def load_predictions(
     table["time"] = pd.to_datetime(table["time"], utc=True)
     table["row"] = table["row"].astype("int64")
     table["model_version"] = table["model_version"].astype(object)
+    table["arm"] = table["arm"].astype(object)
     if since_ms is not None:
         start = pd.Timestamp(since_ms, unit="ms", tz="UTC")
         table = table[table["time"] >= start].reset_index(drop=True)
     _join_labels(table, _labels(directory, since_ms, skipped))
     skipped.report()
     return table
+
+
+def load_shadow(
+    log_dir: Path, since_ms: int | None = None, skipped: Skipped | None = None
+) -> pd.DataFrame:
+    """Read what shadow challengers predicted as a table: one row per request row.
+
+    Columns: ``request_id``, ``row`` (as :func:`load_predictions` has them,
+    so the two tables join on both), ``time`` (UTC, the request's),
+    ``model_version`` (the shadow's), ``prediction`` (or ``prediction_<key>``
+    for records), and ``error`` (``None``, or why the shadow has no
+    prediction for that request: each of its rows then has ``None``
+    predictions). Torn and malformed lines are skipped with a warning.
+
+    Args:
+        log_dir: the log folder.
+        since_ms: only requests from this time on (Unix milliseconds).
+        skipped: gathers the lines skipped (a fresh one when not given).
+
+    Raises:
+        PredictionLogError: the folder does not exist.
+    """
+    import pandas as pd
+
+    directory = _existing_log(log_dir)
+    skipped = skipped if skipped is not None else Skipped()
+    meta: dict[str, list[Any]] = {name: [] for name in SHADOW_COLUMNS}
+    outputs: list[Any] = []
+    errors: list[str | None] = []
+    for record in _records(directory, _Shadow, SHADOW, since_ms, skipped):
+        rows = record.rows
+        given = record.outputs if record.error is None else [None] * rows
+        if not isinstance(given, list) or len(given) != rows:
+            given = [given] * rows  # not one per row: every row gets the whole answer
+        meta["request_id"] += [record.request_id] * rows
+        meta["row"] += range(rows)
+        meta["time"] += [record.time] * rows
+        meta["model_version"] += [str(record.model_version)] * rows
+        outputs += given
+        errors += [record.error] * rows
+    table = pd.concat(
+        [
+            pd.DataFrame(meta),
+            pd.DataFrame(
+                {
+                    name: pd.Series(values, dtype=object).infer_objects()  # None stays None
+                    for name, values in _shadow_outputs(outputs).items()
+                },
+                index=range(len(outputs)),
+            ),
+            pd.DataFrame({"error": pd.Series(errors, dtype=object)}),
+        ],
+        axis=1,
+    )
+    table["time"] = pd.to_datetime(table["time"], utc=True)
+    table["row"] = table["row"].astype("int64")
+    table["model_version"] = table["model_version"].astype(object)
+    if since_ms is not None:
+        start = pd.Timestamp(since_ms, unit="ms", tz="UTC")
+        table = table[table["time"] >= start].reset_index(drop=True)
+    skipped.report()
+    return table
+
+
+def _shadow_outputs(outputs: list[Any]) -> dict[str, list[Any]]:
+    """:func:`_output_columns`, the rows of failed requests (``None``) left out of the choice."""
+    given = [o for o in outputs if o is not None]
+    if given and all(isinstance(o, dict) for o in given):
+        keys = list(dict.fromkeys(k for o in given for k in o))
+        return {
+            f"prediction_{k}": [o.get(k) if o is not None else None for o in outputs] for k in keys
+        }
+    return {"prediction": outputs}
+
+
+def _existing_log(log_dir: Path) -> Path:
+    """``log_dir`` as a folder; a :class:`PredictionLogError` if there is none."""
+    directory = Path(log_dir)
+    if not directory.is_dir():
+        raise PredictionLogError(
+            f"no prediction log at {directory}; `mlnb serve` writes one there "
+            "(or in the folder its log_dir names)"
+        )
+    return directory
 
 
 def _labels(

@@ -11,10 +11,10 @@ newest whole days, judged at ``now``:
   hours: a day file is kept or deleted whole.
 - **A size** (``kB``, ``MB``, ``GB``, ``TB`` in powers of 1000; ``KiB``,
   ``MiB``, ``GiB``, ``TiB`` in powers of 1024; ``B``) bounds the folder: the
-  newest days whose files, of both kinds and as they are on disk, fit in it
-  together are kept; the first older day that does not fit, and every day
-  before it, are deleted. Today (and any later day a skewed clock named) is
-  always kept, whatever its size.
+  newest days whose files, of every kind (predictions, feedback, shadow) and
+  as they are on disk, fit in it together are kept; the first older day
+  that does not fit, and every day before it, are deleted. Today (and any
+  later day a skewed clock named) is always kept, whatever its size.
 - **Both** keep a day only if each of them keeps it.
 
 Nothing inside the window is ever deleted, and the window has no holes: an

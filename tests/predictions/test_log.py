@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from mlnb.predictions import log as predlog
+from mlnb.predictions.window import input_columns, labeled_table
 
 JAN_31_LATE = int(datetime(2025, 1, 31, 23, 59, 58, tzinfo=UTC).timestamp() * 1000)
 FEB_1_EARLY = int(datetime(2025, 2, 1, 0, 0, 2, tzinfo=UTC).timestamp() * 1000)
@@ -250,3 +251,122 @@ def test_many_skipped_lines_are_named_up_to_a_few_then_counted(
     named = [r for r in caplog.records if "skipped a torn or malformed record" in r.getMessage()]
     assert len(named) == predlog.WARNED_SKIPS
     assert "skipped 15 more records of the prediction log" in caplog.text
+
+
+def test_a_canary_answer_is_a_prediction_record_marked_with_its_arm(tmp_path: Path) -> None:
+    log = predlog.PredictionLog(tmp_path)
+    champion = write(log, JAN_31_LATE, rows=2)
+    canary = predlog.new_request_id(JAN_31_LATE + 1)
+    log.write_prediction(canary, JAN_31_LATE + 1, "2", ["a", "b"], [[1.0, 2.0]], [1], 1, "canary")
+    log.close()
+    lines = (tmp_path / "predictions-2025-01-31.jsonl").read_bytes().splitlines()
+    assert b'"arm"' not in lines[0]  # the champion's record says nothing
+    assert lines[1].endswith(b',"arm":"canary"}')  # after the keys the head is read from
+    assert predlog.find_requests(tmp_path, [champion, canary]) == {champion: 2, canary: 1}
+
+    table = predlog.load_predictions(tmp_path)
+    assert table["arm"].tolist() == ["champion", "champion", "canary"]
+    assert table["model_version"].tolist() == ["1", "1", "2"]
+    assert "arm" in predlog.META_COLUMNS
+    inputs = input_columns(table)  # what drift and the retrain's training data take
+    assert inputs == ["a", "b"]
+    assert list(labeled_table(table, inputs, "target").columns) == ["a", "b", "target"]
+
+
+def test_an_input_column_named_arm_is_kept_apart(tmp_path: Path) -> None:
+    log = predlog.PredictionLog(tmp_path)
+    log.write_prediction(
+        predlog.new_request_id(JAN_31_LATE), JAN_31_LATE, "1", ["arm"], [[3]], [0], 1
+    )
+    log.close()
+    table = predlog.load_predictions(tmp_path)
+    assert (table["arm"].tolist(), table["input_arm"].tolist()) == (["champion"], [3])
+
+
+def given(column: pd.Series) -> list[Any]:
+    """A column's values, ``None`` where missing (``None`` or NaN, as pandas infers)."""
+    return [None if pd.isna(value) else value for value in column]
+
+
+def test_shadow_records_have_their_own_day_files_and_table(tmp_path: Path) -> None:
+    log = predlog.PredictionLog(tmp_path)
+    scored, failed, records = (predlog.new_request_id(JAN_31_LATE + i) for i in range(3))
+    two = [{"label": "b", "p": 0.1}, {"label": "a", "p": 0.7}]
+    log.write_shadow(scored, JAN_31_LATE, "2", 2, 0.004, outputs=two)
+    log.write_shadow(failed, JAN_31_LATE, "2", 3, 0.1, error="ValueError: no\nsecond line")
+    log.write_shadow(records, FEB_1_EARLY, "2", 1, 0.2, outputs=[{"label": "a", "p": 0.9}])
+    log.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "shadow-2025-01-31.jsonl",
+        "shadow-2025-02-01.jsonl",
+    ]
+    first, second = (json.loads(line) for line in (tmp_path / "shadow-2025-01-31.jsonl").open())
+    assert first == {
+        "request_id": scored,
+        "time": "2025-01-31T23:59:58Z",
+        "model_version": "2",
+        "rows": 2,
+        "outputs": two,
+        "seconds": 0.004,
+    }
+    assert second["error"] == "ValueError: no second line" and "outputs" not in second
+
+    table = predlog.load_shadow(tmp_path, since_ms=JAN_31_LATE)
+    assert list(table.columns) == [
+        "request_id",
+        "row",
+        "time",
+        "model_version",
+        "prediction_label",
+        "prediction_p",
+        "error",
+    ]
+    assert table["request_id"].tolist() == [scored] * 2 + [failed] * 3 + [records]
+    assert table["row"].tolist() == [0, 1, 0, 1, 2, 0]
+    assert table["prediction_label"].tolist() == ["b", "a", None, None, None, "a"]
+    assert given(table["prediction_p"]) == [0.1, 0.7, None, None, None, 0.9]
+    assert table["error"].tolist() == [None, None, *["ValueError: no second line"] * 3, None]
+    plain = predlog.load_shadow(tmp_path, since_ms=FEB_1_EARLY - 1000)
+    assert plain["request_id"].tolist() == [records]
+
+    only_numbers = tmp_path / "numbers"
+    log = predlog.PredictionLog(only_numbers)
+    log.write_shadow(scored, JAN_31_LATE, "2", 2, 0.004, outputs=[1, 0])
+    log.write_shadow(failed, JAN_31_LATE, "2", 1, 0.1, error="boom")
+    log.close()
+    numbers = predlog.load_shadow(only_numbers)
+    assert given(numbers["prediction"]) == [1, 0, None]
+    assert numbers["model_version"].tolist() == ["2"] * 3
+
+
+def test_an_empty_shadow_table_has_its_columns(tmp_path: Path) -> None:
+    table = predlog.load_shadow(tmp_path)
+    assert list(table.columns) == [*predlog.SHADOW_COLUMNS, "prediction", "error"]
+    assert len(table) == 0
+    with pytest.raises(predlog.PredictionLogError, match="no prediction log"):
+        predlog.load_shadow(tmp_path / "none")
+
+
+def test_a_torn_or_malformed_shadow_line_is_skipped_and_named(tmp_path: Path) -> None:
+    log = predlog.PredictionLog(tmp_path)
+    kept = predlog.new_request_id(JAN_31_LATE)
+    log.write_shadow(kept, JAN_31_LATE, "2", 1, 0.01, outputs=[1])
+    log.close()
+    day = tmp_path / "shadow-2025-01-31.jsonl"
+    with day.open("a") as handle:
+        handle.write(json.dumps({"request_id": "x", "time": "2025-01-31T00:00:00Z"}) + "\n")
+        handle.write(
+            json.dumps({"request_id": "y", "time": "2025-01-31T00:00:00Z", "model_version": "2"})[
+                :-1
+            ]
+            + ', "rows": 1}\n'
+        )
+        handle.write('{"request_id": "torn')
+    skipped = predlog.Skipped()
+    table = predlog.load_shadow(tmp_path, skipped=skipped)
+    assert table["request_id"].tolist() == [kept]
+    assert [(p.location, p.message.split(":")[0]) for p in skipped.problems] == [
+        ("line 2", "model_version"),
+        ("line 3", "outputs"),
+        ("line 4", "not a whole JSON line"),
+    ]

@@ -392,6 +392,46 @@ def test_compressed_days_read_like_uncompressed_ones(
     assert others == plain_others
 
 
+def test_shadow_days_are_compressed_pruned_and_read_like_the_others(tmp_path: Path) -> None:
+    writer = predlog.PredictionLog(tmp_path)
+    for offset in (40, 2, 1, 0):
+        for request_id in log_requests(writer, day(offset), count=2, rows=2):
+            at = predlog.request_millis(request_id)
+            assert at is not None
+            writer.write_shadow(request_id, at, "2", 2, 0.01, outputs=[1, 0])
+        failed = predlog.new_request_id(ms(day(offset), 13))
+        writer.write_shadow(failed, ms(day(offset), 13), "2", 1, 0.5, error="RuntimeError: no")
+    writer.close()
+    plain = predlog.load_shadow(tmp_path)
+    assert len(plain) == 4 * 5
+    assert sorted(p.name for p in tmp_path.glob("shadow-*")) == [
+        f"shadow-{day(offset)}.jsonl" for offset in (40, 2, 1, 0)
+    ]
+
+    done = ret.maintain(tmp_path, ret.Retention.parse("30d"), NOON)
+    assert done.pruned is not None
+    assert f"shadow-{day(40)}.jsonl" in [p.name for p in done.pruned.deleted]
+    assert read_pruned(tmp_path).newest["shadow"] == day(40)
+    assert sorted(p.name for p in tmp_path.glob("shadow-*")) == [
+        f"shadow-{day(2)}.jsonl.gz",
+        f"shadow-{day(1)}.jsonl.gz",
+        f"shadow-{TODAY}.jsonl",
+    ]
+    kept = plain[plain["time"] >= pd.Timestamp(day(2), tz="UTC")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(predlog.load_shadow(tmp_path), kept)
+    since = predlog.load_shadow(tmp_path, since_ms=ms(day(1), 0))
+    assert len(since) == 2 * 5
+
+
+def test_a_size_counts_shadow_files_too(tmp_path: Path) -> None:
+    sized(tmp_path, "predictions", TODAY, 100)
+    sized(tmp_path, "shadow", day(1), 100)
+    sized(tmp_path, "predictions", day(1), 100)
+    report = ret.prune(tmp_path, ret.Retention.parse("250B"), NOON)
+    assert report.kept == (TODAY,)  # yesterday's 200 bytes, shadow included, do not fit
+    assert names(tmp_path) == [f"predictions-{TODAY}.jsonl"]
+
+
 def test_a_late_jsonl_beside_its_gz_is_read_and_then_merged_as_a_member(tmp_path: Path) -> None:
     writer = predlog.PredictionLog(tmp_path)
     early = log_requests(writer, day(2), count=2)
