@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,28 @@ from mlnb.serving import MAX_BODY_BYTES, TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from mlnb.predictions.retention import Retention
+    from mlnb.serving.challenger import Challenger
+
+
+class ChallengerType(click.ParamType):
+    """``--shadow TARGET`` or ``--canary TARGET:PERCENT%``: an alias or version of MODEL.
+
+    A bad value is click's usage error (exit 2) naming the option and the form that works.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = "ALIAS|VERSION" if mode == "shadow" else "ALIAS:PERCENT%"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from mlnb.serving.challenger import CANARY, SHADOW, Challenger
+
+        if isinstance(value, Challenger):
+            return value
+        try:
+            return Challenger.parse(SHADOW if self.mode == "shadow" else CANARY, str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
 @click.command()
@@ -83,6 +105,18 @@ if TYPE_CHECKING:
     "days are gzipped, older ones deleted [default: everything].",
 )
 @click.option(
+    "--shadow",
+    type=ChallengerType("shadow"),
+    help="Also score every request with this alias or version of MODEL (e.g. challenger), off "
+    "the request's path: its predictions are logged, the champion answers.",
+)
+@click.option(
+    "--canary",
+    type=ChallengerType("canary"),
+    help="Answer a share of the requests with this alias or version (e.g. challenger:10%), "
+    "chosen by a hash of the X-Request-Key header (else the request id).",
+)
+@click.option(
     "--poll-seconds",
     default=1.0,
     show_default=True,
@@ -104,6 +138,8 @@ def serve(
     insecure: bool,
     log_dir: Path | None,
     log_retention: Retention | None,
+    shadow: Challenger | None,
+    canary: Challenger | None,
     poll_seconds: float,
 ) -> None:
     """Serve MODEL's ALIAS version (or -m MODEL_URI) with MLflow's scoring protocol."""
@@ -120,6 +156,11 @@ def serve(
             "or models:/NAME/VERSION",
             param_hint="'-m'",
         )
+    if shadow is not None and canary is not None:
+        raise click.UsageError(
+            "give --shadow or --canary, not both: a service scores one challenger beside its "
+            "champion"
+        )
     run_service(
         model_uri or str(model),
         alias,
@@ -133,6 +174,8 @@ def serve(
         max_body_bytes=max_body_bytes,
         workers=workers,
         log_retention=log_retention,
+        shadow=str(shadow) if shadow is not None else None,
+        canary=str(canary) if canary is not None else None,
     )
 
 

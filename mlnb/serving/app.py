@@ -50,6 +50,13 @@ Design decisions:
   scoring-server functions and checked by the pyfunc model. Feedback is
   bounded to :data:`MAX_FEEDBACK_ITEMS` items, its request ids looked up in
   the log's index, and its labels checked against the model's output type.
+- **A challenger beside the champion** (:mod:`mlnb.serving.challenger`). A
+  canary answers the requests whose key (``X-Request-Key``, else the request
+  id) hashes into its share, named in the answer's ``model_version`` and
+  ``X-Model-Version`` as any version, and logged with ``"arm": "canary"``. A
+  shadow gets each request once the champion's answer is logged, by a
+  ``put_nowait`` into its bounded queue: its work, failures and slowness are
+  its worker thread's, never the request's.
 - **Nothing answered that was not logged.** Each answered request is appended
   to the prediction log (:mod:`mlnb.predictions.log`) before its response is
   sent, so a client that has a request id can always give feedback for it,
@@ -80,9 +87,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mlnb.predictions.log import LogWriteError, new_request_id
+from mlnb.predictions.log import CANARY, CHAMPION, Arm, LogWriteError, new_request_id
 from mlnb.serving.auth import Denied, Holder, Tokens
 from mlnb.serving.auth import Scope as TokenScope
+from mlnb.serving.challenger import KEY_HEADER, in_canary
 from mlnb.serving.openapi import describe, swagger_page
 from mlnb.serving.parsing import CSV, JSON, PARQUET, Reject
 from mlnb.serving.scoring import Scored, score
@@ -373,6 +381,12 @@ class _Handlers:
         mime = _media(media, charset, (JSON, CSV, PARQUET))
         ms = time.time_ns() // 1_000_000
         request_id = new_request_id(ms)
+        arm: Arm = CHAMPION
+        canary = service.canary
+        if canary is not None and (challenger := canary.current) is not None:
+            key = _header(scope, KEY_HEADER) or request_id.encode()
+            if in_canary(key, canary.challenger.percent):
+                served, arm = challenger, CANARY
         fields = {"model_version": served.version, "request_id": request_id}
         limits = service.limits
         if mime == JSON and len(body) <= INLINE_BYTES and served.wants_matrix:
@@ -390,12 +404,17 @@ class _Handlers:
             scored.inputs,
             scored.outputs,
             scored.rows,
+            arm,
         )
         try:
             service.logged(write)
         except LogWriteError:
             raise self._unlogged("the prediction is not answered") from None
         service.metrics.rows.inc(scored.rows)
+        if arm == CANARY:
+            service.metrics.canary_answers.inc()
+        elif service.shadow is not None:
+            service.shadow.submit(request_id, ms, mime, body, scored.rows)
         headers = [
             (b"x-model-version", served.version.encode()),
             (b"x-request-id", request_id.encode()),

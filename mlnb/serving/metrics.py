@@ -7,6 +7,11 @@ touches are cached: a request counts itself with two dict look-ups. Requests
 refused are counted in ``mlnb_serve_errors`` by kind, among them
 ``unauthenticated`` (401), ``forbidden`` (403) and ``log`` (503: the
 prediction log cannot be written).
+
+A challenger (:mod:`mlnb.serving.challenger`) has its version gauge
+(``mlnb_serve_challenger_version``, by mode and target), a shadow its counts
+of requests scored, failed (an error record), dropped (the queue was full)
+and unlogged, and its seconds; a canary the requests it answered.
 """
 
 from __future__ import annotations
@@ -80,6 +85,39 @@ class Metrics:
             "1 while the prediction log cannot be written (predictions are answered 503).",
             registry=r,
         )
+        self.challenger_version = Gauge(
+            "mlnb_serve_challenger_version",
+            "1 for the version a shadow or canary challenger scores.",
+            ["model", "mode", "target", "version"],
+            registry=r,
+        )
+        self.shadow_scored = Counter(
+            "mlnb_serve_shadow_scored", "Requests the shadow scored.", registry=r
+        )
+        self.shadow_failed = Counter(
+            "mlnb_serve_shadow_failed",
+            "Requests the shadow failed on (raised, refused, over the timeout).",
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "mlnb_serve_shadow_dropped",
+            "Requests not given to the shadow because its queue was full.",
+            registry=r,
+        )
+        self.shadow_unlogged = Counter(
+            "mlnb_serve_shadow_unlogged",
+            "Shadow records the prediction log could not take.",
+            registry=r,
+        )
+        self.shadow_seconds = Histogram(
+            "mlnb_serve_shadow_duration_seconds",
+            "Time the shadow took to score a request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.canary_answers = Counter(
+            "mlnb_serve_canary_answers", "Requests the canary answered.", registry=r
+        )
         self._answered: dict[tuple[str, int], Counter] = {}
         self._timers: dict[str, Histogram] = {}
 
@@ -100,3 +138,11 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 self.version.remove(self.model, self.alias, old)
         self.version.labels(self.model, self.alias, new).set(1)
+
+    def challenger(self, mode: str, target: str, old: str | None, new: str | None) -> None:
+        """Move the challenger's version gauge from ``old`` to ``new`` (``None``: no version)."""
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.challenger_version.remove(self.model, mode, target, old)
+        if new is not None:
+            self.challenger_version.labels(self.model, mode, target, new).set(1)

@@ -28,6 +28,13 @@ Design decisions:
   runs on daemon threads, so nothing keeps the process after that.
   :func:`serve` then returns instead of dying, so a caller (the CLI, a test)
   ends as it chooses.
+- **A challenger is optional until it exists.** ``shadow`` or ``canary``
+  (one of them; both is a :class:`ServeError`, exit code 2) names an alias
+  or a version of the same model (:mod:`mlnb.serving.challenger`). A pinned
+  version that does not exist fails the start; an alias that is not set yet
+  does not (nothing is scored beside the champion until it is), and a
+  challenger that fails to load is a trouble the service reports while the
+  champion serves.
 - **No secret in a message.** The store's URI is printed, logged and raised
   redacted (:func:`mlnb.store.redacted`).
 """
@@ -63,6 +70,8 @@ from mlnb.predictions.log import PredictionLog, default_log_dir
 from mlnb.serving import MAX_BODY_BYTES, TIMEOUT_SECONDS
 from mlnb.serving.app import READ_SECONDS, build_app
 from mlnb.serving.auth import Tokens, read_tokens
+from mlnb.serving.challenger import CANARY, SHADOW, Challenger, Follower, Shadow
+from mlnb.serving.metrics import Metrics
 from mlnb.serving.parsing import DEFAULT_LIMITS, Limits
 from mlnb.serving.scoring import Served, error_text, load_version
 from mlnb.serving.state import Service, redact_in
@@ -221,6 +230,8 @@ def create_app(
     timeout: float = TIMEOUT_SECONDS,
     limits: Limits = DEFAULT_LIMITS,
     log_retention: Retention | None = None,
+    shadow: Challenger | str | None = None,
+    canary: Challenger | str | None = None,
 ) -> Starlette:
     """Load the version ``alias`` names (or ``version``) and build the ASGI app that serves it.
 
@@ -247,6 +258,10 @@ def create_app(
         limits: what one request may hold besides its size.
         log_retention: what the prediction log keeps (closed days are
             compressed, days outside it deleted); ``None``: everything.
+        shadow: an alias or version of the model scored on every request
+            beside the champion, answering none (``challenger``, ``3``).
+        canary: an alias or version of the model answering a share of the
+            requests (``challenger:10%``); not with ``shadow``.
 
     Returns:
         A Starlette application; ``app.state.service`` is its :class:`Service`.
@@ -261,11 +276,21 @@ def create_app(
     target = _target(model, alias, version, uri)
     fail = functools.partial(ServeError, model=target.model, alias=target.alias, tracking_uri=uri)
     _check_settings(uri, (poll_seconds, max_body_bytes, read_seconds, timeout), fail)
+    challenger = _challenger(shadow, canary, fail)
     accepted = read_tokens(tokens) if isinstance(tokens, str | Path) else tokens
     client = _open_store(uri, fail)
     first = _load_first(client, uri, target, fail)
     directory = Path(log_dir) if log_dir is not None else default_log_dir(root)
     log = _open_log(directory, fail)
+    metrics = Metrics(target.model, target.alias or "")
+    follower, queue = None, None
+    if challenger is not None:
+        if challenger.version is not None:
+            _existing(client, target.model, challenger.version, fail)
+        follower = Follower(client, uri, target.model, challenger, metrics)
+        follower.poll()  # loaded before the first request; a failure is a trouble, retried
+        if challenger.mode == SHADOW:
+            queue = Shadow(follower, log, metrics, limits, timeout)
     service = Service(
         client,
         uri,
@@ -278,6 +303,9 @@ def create_app(
         limits=limits,
         timeout=timeout,
         retention=log_retention,
+        challenger=follower,
+        shadow=queue,
+        metrics=metrics,
     )
     logger.info(
         "serving version %s of '%s' (%s, %s flavor) from %s; logging predictions to %s; %s",
@@ -290,6 +318,26 @@ def create_app(
         f"{len(accepted)} token(s) accepted" if accepted is not None else "no token needed",
     )
     return build_app(service, accepted, read_seconds)
+
+
+def _challenger(
+    shadow: Challenger | str | None, canary: Challenger | str | None, fail: _Fail
+) -> Challenger | None:
+    """The challenger asked for, parsed; a :class:`ServeError` (exit code 2) if malformed."""
+    if shadow is not None and canary is not None:
+        raise fail(
+            "a service has one challenger: give --shadow or --canary, not both",
+            exit_code=ExitCode.INVALID,
+        )
+    for mode, given in ((SHADOW, shadow), (CANARY, canary)):
+        if isinstance(given, Challenger):
+            return given
+        if given is not None:
+            try:
+                return Challenger.parse(mode, given)
+            except ValueError as exc:
+                raise fail(f"--{mode}: {exc}", exit_code=ExitCode.INVALID) from None
+    return None
 
 
 def _target(model: str, alias: str | None, version: str | None, uri: str) -> ModelTarget:
@@ -512,6 +560,8 @@ def serve(
     limits: Limits = DEFAULT_LIMITS,
     workers: int = 1,
     log_retention: Retention | None = None,
+    shadow: str | None = None,
+    canary: str | None = None,
 ) -> None:
     """Serve a model's aliased version over HTTP until SIGINT or SIGTERM.
 
@@ -542,6 +592,8 @@ def serve(
         limits: what one request may hold besides its size.
         workers: server processes on the socket, each following the alias.
         log_retention: what the prediction log keeps (see :func:`create_app`).
+        shadow: a challenger scored beside the champion (see :func:`create_app`).
+        canary: a challenger answering a share (see :func:`create_app`).
 
     Raises:
         ServeError: as :func:`create_app`, the address is taken, or it is not
@@ -555,6 +607,7 @@ def serve(
     fail = functools.partial(ServeError, model=target.model, alias=target.alias, tracking_uri=uri)
     _check_exposure(host, tokens, insecure, fail)
     accepted = read_tokens(tokens) if tokens is not None else None  # a bad file fails first
+    challenger = _challenger(shadow, canary, fail)
     if workers < 1:
         raise fail(f"workers must be at least 1; got {workers}", exit_code=ExitCode.INVALID)
     settings = Settings(
@@ -573,6 +626,8 @@ def serve(
         timeout=timeout,
         limits=dataclasses.asdict(limits),
         log_retention=log_retention.text if log_retention is not None else None,
+        shadow=str(challenger) if challenger is not None and challenger.mode == SHADOW else None,
+        canary=str(challenger) if challenger is not None and challenger.mode == CANARY else None,
     )
     sock = _listen(host, port, fail)  # a taken port fails before the model loads
     try:
@@ -609,6 +664,8 @@ class Settings:
     timeout: float
     limits: dict[str, int]
     log_retention: str | None = None
+    shadow: str | None = None
+    canary: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -651,6 +708,8 @@ def serve_on(
         timeout=settings.timeout,
         limits=Limits(**settings.limits),
         log_retention=_retention(settings.log_retention),
+        shadow=settings.shadow,
+        canary=settings.canary,
     )
     if ready is not None:
         ready()

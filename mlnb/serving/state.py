@@ -15,6 +15,11 @@ Design decisions:
   starts and once when it ends. A log write that fails is also raised, so
   the request it belongs to is not answered; the next write that succeeds
   ends the trouble.
+- **A challenger is followed by the same thread.** A shadow or canary
+  (:mod:`mlnb.serving.challenger`) follows its alias on each poll, after the
+  champion; its troubles are listed under ``shadow`` or ``canary`` in
+  ``/mlnb/health`` and ``/mlnb/version`` and leave the status ``ok``: the
+  champion answers every request as it should.
 - **No secret in a report.** The store's URI is shown redacted
   (:func:`mlnb.store.redacted`), and so is any message that quotes it.
 - **Labels have the model's output type.** A version's output type comes
@@ -43,6 +48,7 @@ from mlnb.serving.parsing import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
     from mlnb.predictions.retention import Retention
+    from mlnb.serving.challenger import Follower, Shadow
 from mlnb.serving.scoring import Served, error_text, load_version
 from mlnb.store import redacted
 
@@ -165,6 +171,11 @@ class Service:
             service compresses closed days and prunes at start and every
             :data:`MAINTAIN_SECONDS` (one process at a time, whatever number
             of servers share the log).
+        challenger: the shadow or canary challenger followed beside the
+            champion; ``None``: none.
+        shadow: the shadow's queue and worker (with a shadow challenger).
+        metrics: the service's metrics (the challenger's counts among them);
+            new ones when not given.
     """
 
     def __init__(
@@ -180,6 +191,9 @@ class Service:
         limits: Limits = DEFAULT_LIMITS,
         timeout: float = 60.0,
         retention: Retention | None = None,
+        challenger: Follower | None = None,
+        shadow: Shadow | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client, self.uri, self.model, self.alias = client, tracking_uri, model, alias
         self.current = first
@@ -191,7 +205,7 @@ class Service:
         self.timeout = timeout
         self.retention = retention
         self._keeper: threading.Thread | None = None
-        self.metrics = Metrics(model, alias or "")
+        self.metrics = metrics if metrics is not None else Metrics(model, alias or "")
         self.metrics.serving(None, first.version)
         self.load_trouble: Trouble | None = None
         self.alias_trouble: Trouble | None = None
@@ -200,6 +214,11 @@ class Service:
         self._observed: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.challenger = challenger
+        self.shadow = shadow
+        #: the challenger when it is a canary (the one look-up a request makes)
+        canary = challenger is not None and challenger.challenger.mode == "canary"
+        self.canary = challenger if canary else None
 
     def safe(self, text: str) -> str:
         """``text`` with the store's URI, and its user info, redacted."""
@@ -208,12 +227,14 @@ class Service:
     # the follower thread
 
     def start(self) -> None:
-        """Start following the alias (a pinned version is not followed) and keeping the log."""
+        """Start following the aliases (a pinned version is not followed), keeping the log."""
         self._stop.clear()
         if self.retention is not None:
             self._keeper = threading.Thread(target=self._keep, name="mlnb-serve-log", daemon=True)
             self._keeper.start()
-        if self.alias is None:
+        if self.shadow is not None:
+            self.shadow.start()
+        if self.alias is None and self.challenger is None:
             return
         self._thread = threading.Thread(target=self._follow, name="mlnb-serve-alias", daemon=True)
         self._thread.start()
@@ -224,6 +245,8 @@ class Service:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.shadow is not None:
+            self.shadow.stop(timeout)
         self._keeper = None  # a daemon: a compression under way does not hold the process
 
     def _keep(self) -> None:
@@ -249,11 +272,20 @@ class Service:
                 return
 
     def _follow(self) -> None:
+        challenger = self.challenger
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.poll()
             except Exception:  # never let the follower die: the service must keep serving
                 logger.exception("following alias '%s' of '%s' failed", self.alias, self.model)
+            if challenger is None:
+                continue
+            try:  # a pinned challenger loaded returns at once; one that failed is retried
+                challenger.poll()
+            except Exception:
+                logger.exception(
+                    "following the %s of '%s' failed", challenger.challenger, self.model
+                )
 
     def poll(self) -> None:
         """Look the alias up once; load and swap in the version it names if that is new."""
@@ -354,8 +386,18 @@ class Service:
         }
         return {name: t.as_json() for name, t in found.items() if t is not None}
 
+    def challenger_report(self) -> dict[str, Any]:
+        """The challenger, under its mode (``shadow`` or ``canary``); nothing without one."""
+        challenger = self.challenger
+        if challenger is None:
+            return {}
+        return {challenger.challenger.mode: challenger.report()}
+
     def health(self) -> dict[str, Any]:
-        """What ``/health`` answers: ``ok``, or ``degraded`` with the problems."""
+        """What ``/mlnb/health`` answers: ``ok``, or ``degraded`` with the problems.
+
+        A challenger's troubles are listed under it and do not degrade the service.
+        """
         served, problems = self.current, self.troubles()
         status: HealthStatus = "degraded" if problems else "ok"
         return {
@@ -366,6 +408,7 @@ class Service:
             "alias_version": self.alias_version,
             "serving_since": served.loaded_at.isoformat(),
             **problems,
+            **self.challenger_report(),
         }
 
     def version_info(self) -> dict[str, Any]:
@@ -385,6 +428,7 @@ class Service:
             "flavor": served.flavor,
             "tracking_uri": redacted(self.uri),
             **self.troubles(),
+            **self.challenger_report(),
         }
 
     def logged(self, write: Callable[[], None]) -> None:

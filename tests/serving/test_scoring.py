@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlnb.serving.parsing import CSV, JSON, PARQUET, Limits, Reject
-from mlnb.serving.scoring import Served, load_version, score
+from mlnb.serving.scoring import Served, load_version, score, score_many
 
 pytestmark = pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer:UserWarning")
 
@@ -264,3 +264,23 @@ def test_predictions_are_written_as_mlflow_writes_them_or_refused_whole() -> Non
         _answer({"bad": object()}, False, fields)
     assert (refused.value.status, refused.value.code) == (500, "INTERNAL_ERROR")
     assert "cannot be written as JSON" in refused.value.message
+
+
+def test_many_bodies_are_scored_as_each_alone_and_a_bad_one_fails_alone(models: Models) -> None:
+    served, chosen = models.load("numeric"), rows(models)
+    bodies = [BODIES[name](chosen.iloc[[i]]) for i, name in enumerate(BODIES) if i < 6]
+    bodies.insert(2, (JSON, as_json({"dataframe_split": {"columns": ["x"], "data": [[1.0]]}})))
+    bodies.append((JSON, b"{not json"))
+
+    results = score_many(served, bodies)
+
+    assert len(results) == len(bodies)
+    for (mime, body), result in zip(bodies, results, strict=True):
+        try:
+            alone = np.asarray(score(served, mime, body).outputs).tolist()
+        except Reject as reject:
+            assert isinstance(result, Reject) and result.message == reject.message
+        else:
+            assert np.asarray(result).tolist() == alone
+    assert isinstance(results[2], Reject) and isinstance(results[-1], Reject)
+    assert sum(not isinstance(r, Reject) for r in results) == 6
