@@ -126,6 +126,30 @@ RETRAIN_VERSION = "mlnb.monitor.retrain_version"
 RETRAIN_PIPELINE = "mlnb.monitor.retrain_pipeline"  # the deployed version, or the working copy
 CHECK_LABELS = "mlnb.monitor.labels"  # plausible, suspicious or untested (LabelStatus)
 CHECK_LABELS_REASON = "mlnb.monitor.labels_reason"
+#: online evaluation: the challenger a service shadows or canaries against the champion,
+#: on the check run (and the decision and reason on the challenger's version too)
+ONLINE_MODE = "mlnb.online.mode"  # shadow or canary
+ONLINE_METRIC = "mlnb.online.metric"
+ONLINE_CHAMPION = "mlnb.online.champion_version"
+ONLINE_CHALLENGER = "mlnb.online.challenger_version"
+ONLINE_TEST = "mlnb.online.test"  # how the interval and p-value were computed
+ONLINE_SENTENCE = "mlnb.online.comparison"
+ONLINE_DECISION = "mlnb.online.decision"  # OnlineDecision
+ONLINE_REASON = "mlnb.online.reason"
+ONLINE_CHECK_RUN = "mlnb.online.check_run_id"  # on the version: the check that decided
+
+
+class OnlineDecision(StrEnum):
+    """What a check made of the live comparison (:data:`ONLINE_DECISION`)."""
+
+    PROMOTED = "promoted"  # the challenger is better: it became champion
+    REMOVED = "removed"  # the challenger is worse: its alias was removed
+    WAITING = "waiting"  # fewer labels than min_labels
+    UNDECIDED = "undecided"  # no significant difference yet
+    REFUSED = "refused"  # better, but the gate rejected it offline, or the champion moved
+    COMPARED = "compared"  # promotion is not online: the figures only
+
+
 #: the drift notebook's contract: it sets these two on its run
 DRIFT_STATUS = "mlnb.drift.status"
 DRIFT_REASON = "mlnb.drift.reason"

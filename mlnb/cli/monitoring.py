@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import click
 
 from mlnb.cli.main import verbose
-from mlnb.tags import ModelDecision
+from mlnb.tags import ModelDecision, OnlineDecision
 
 if TYPE_CHECKING:
-    from mlnb.monitoring.status import ModelStatus
+    from mlnb.monitoring.status import ModelStatus, OnlineLine
 
 
 @click.command()
@@ -32,8 +32,9 @@ def monitor(spec: Path, once: bool) -> None:
       0  no trigger fired
       1  the check or the retrain failed
       3  retrained; the champion stays (the gate rejected the new version,
-         or it passed and promotion is manual: a person runs mlnb promote)
-      4  retrained; the new version is champion
+         or it passed and promotion is manual: a person runs mlnb promote,
+         or online: the live comparison decides)
+      4  retrained, or promoted on live evidence; the new version is champion
       5  a trigger fired but no retrain started (cooldown, one running, no
          labels, or suspicious labels)
     """
@@ -86,6 +87,8 @@ def render(models: list[ModelStatus]) -> None:
             console.print(f"champion: v{model.champion}{score}{why}")
         if model.challenger and model.challenger != model.champion:
             console.print(_challenger(model))
+        if model.online is not None:
+            console.print(online_line(model.online))
         if model.served_version is not None:
             console.print(f"serving: v{model.served_version} (last prediction {model.served_at})")
         else:
@@ -115,12 +118,35 @@ def _challenger(model: ModelStatus) -> str:
     line = f"challenger: v{model.challenger}"
     if model.challenger_reason:
         line += f" — {model.challenger_reason}"
-    if model.challenger_decision == ModelDecision.PASSED:
+    if model.challenger_online_reason and model.challenger_online != OnlineDecision.COMPARED:
+        line += f"\n  online: {model.challenger_online_reason}"
+    elif model.challenger_decision == ModelDecision.PASSED:
         line += (
             f"\n  awaiting a person (promotion is manual): mlnb promote {model.name} "
             f"--version {model.challenger}, or move the alias champion in the MLflow UI"
         )
     return line
+
+
+def online_line(line: OnlineLine) -> str:
+    """The newest live comparison: both values, the interval, the counts, the mode."""
+    head = f"online ({line.mode}, {line.time} UTC): challenger v{line.challenger}"
+    ours, theirs = line.figure(f"champion_{line.metric}"), line.figure(f"challenger_{line.metric}")
+    if line.mode == "canary":
+        counts = (
+            f"{line.figure('challenger_labels') or 0:.0f} canary and "
+            f"{line.figure('champion_labels') or 0:.0f} champion labels"
+        )
+    else:
+        counts = f"{line.figure('labels') or 0:.0f} paired labels"
+    low, high, p = line.figure("ci_low"), line.figure("ci_high"), line.figure("p_value")
+    if ours is None or theirs is None or low is None or high is None:
+        return f"{head} against champion v{line.champion} on {counts} — {line.reason}"
+    return (
+        f"{head} {line.metric} {theirs:.4f} against champion v{line.champion} {ours:.4f}, "
+        f"difference {line.figure('difference') or 0:+.4f} (CI {low:+.4f} to {high:+.4f}, "
+        f"p={p or 0:.3g}) on {counts} — {line.decision}: {line.reason}"
+    )
 
 
 COMMANDS = [monitor, status]

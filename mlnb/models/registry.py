@@ -224,6 +224,45 @@ class Registry:
         )
         return Decision(name, version, True, before, None, None, None, reason)
 
+    def promote_on_evidence(
+        self,
+        name: str,
+        version: str,
+        champion: str,
+        reason: str,
+        version_tags: Mapping[str, object],
+        alias: str = CHALLENGER,
+    ) -> Decision | None:
+        """Make ``version`` champion on evidence about ``champion`` (online evaluation).
+
+        Under the gate's lock, and only while ``champion`` is still the
+        champion and ``alias`` still names ``version``: evidence about other
+        versions proves nothing. The move keeps the history for rollback, as
+        :meth:`set_champion` does, and ``version_tags`` go on the version.
+        ``None`` when either alias moved.
+        """
+        with self._gate_lock(name):
+            if self.alias(name, CHAMPION) != champion or self.alias(name, alias) != version:
+                return None
+            decision = self.set_champion(name, version, reason)
+            self.tag_version(name, version, version_tags)
+        return decision
+
+    def remove_alias(
+        self, name: str, alias: str, version: str, version_tags: Mapping[str, object]
+    ) -> bool:
+        """Remove ``alias`` from ``version`` (a service following it stops using it).
+
+        Only while the alias still points at ``version``; ``version_tags`` go
+        on the version either way. Whether the alias was removed.
+        """
+        with self._gate_lock(name):
+            removed = self.alias(name, alias) == version
+            if removed:
+                self.client.delete_registered_model_alias(name, alias)
+            self.tag_version(name, version, version_tags)
+        return removed
+
     def promote(
         self, name: str, version: str | None = None, *, force: bool = False, rollback: bool = False
     ) -> Decision:

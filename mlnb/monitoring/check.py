@@ -15,10 +15,16 @@ steps (:class:`Check`), each writing what it saw onto the check result:
    (:mod:`mlnb.monitoring.labels`);
 5. :meth:`Check.schedule`: whether the champion is older than ``retrain.every``;
 6. :meth:`Check.log_triggers`: what fired, with its evidence, on the check run;
-7. :meth:`Check.retrain`: when a trigger that is on fires and the labels are
-   not suspicious, the pipeline the spec names, with the window's labeled
+7. :meth:`Check.online`: when a service shadows or canaries the challenger,
+   the live comparison of challenger and champion on the window's labels
+   (:mod:`mlnb.monitoring.online`), logged on the check run; with
+   ``promotion: {online: ...}`` it promotes the challenger, or removes its
+   alias, on that evidence;
+8. :meth:`Check.retrain`: when a trigger that is on fires and the labels are
+   not suspicious (and no promotion on live evidence just moved the
+   champion), the pipeline the spec names, with the window's labeled
    rows, through registration, gate and promotion (or, with ``promotion:
-   manual``, a decision a person acts on).
+   manual`` or ``online``, a decision a person or the live labels act on).
 
 The drift notebook's contract lives in :mod:`mlnb.monitoring.drift`; the
 retrain (its lock, cooldown and pipeline) in :mod:`mlnb.monitoring.retrain`;
@@ -53,11 +59,14 @@ from mlnb.engine.kernels import KernelPool
 from mlnb.errors import ExitCode, MlnbError, StageError
 from mlnb.monitoring.drift import DriftResult, DriftStatus, reference_columns, run_drift
 from mlnb.monitoring.labels import LabelCheck, Labeled, LabelStatus, check_labels
+from mlnb.monitoring.online import OnlineResult, act, compare, decide, the_alias
 from mlnb.monitoring.retrain import RetrainResult, RetrainStatus, retrain
 from mlnb.pipelines.owner import Owner, end_orphans
+from mlnb.predictions.online import champion_answers
 from mlnb.predictions.window import LiveMetric, input_columns, live_metric, load_window
 from mlnb.specs.monitor import Monitor, format_duration
 from mlnb.store import state_dir
+from mlnb.tags import OnlineDecision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,6 +96,7 @@ _RETRAIN_EXIT = {
     RetrainStatus.PROMOTED: ExitCode.PROMOTED,
     RetrainStatus.REJECTED: ExitCode.REJECTED,
     RetrainStatus.PASSED: ExitCode.REJECTED,  # the champion stays until a person moves it
+    RetrainStatus.AWAITING: ExitCode.REJECTED,  # the champion stays until live labels move it
     RetrainStatus.SKIPPED: ExitCode.SKIPPED,
 }
 #: how many labels the label tests need without a performance section
@@ -107,6 +117,7 @@ class CheckResult:
     labels: LabelCheck | None = None
     triggers: list[Trigger] = field(default_factory=list)
     retrain: RetrainResult | None = None
+    online: OnlineResult | None = None
     error: str | None = None
     seconds: float = 0.0
     no_log: Path | None = None  # the prediction-log folder, when it does not exist
@@ -121,6 +132,8 @@ class CheckResult:
         """What ``mlnb monitor --once`` exits with after this check."""
         if self.error is not None:
             return ExitCode.FAILED
+        if self.promoted_online:
+            return ExitCode.PROMOTED
         if self.suspicious and self.triggers:
             return ExitCode.SKIPPED
         if self.retrain is None:
@@ -128,8 +141,23 @@ class CheckResult:
         return _RETRAIN_EXIT.get(self.retrain.status, ExitCode.FAILED)
 
     @property
+    def promoted_online(self) -> bool:
+        """Whether the live comparison made the challenger champion."""
+        return self.online is not None and self.online.decision == OnlineDecision.PROMOTED
+
+    @property
     def decision(self) -> str:
         """The outcome in a few words, as tagged on the check run."""
+        decided = self._decision()
+        if self.online is None or self.error is not None:
+            return decided
+        if self.promoted_online and self.triggers and self.retrain is None:
+            decided = f"{', '.join(t.kind for t in self.triggers)} fired; no retrain"
+        elif self.promoted_online and self.retrain is None:
+            return f"online: {self.online.reason}"
+        return f"{decided}; online: {self.online.reason}"
+
+    def _decision(self) -> str:
         if self.error is not None:
             return f"failed: {self.error}"
         if self.champion is None:
@@ -152,6 +180,11 @@ class CheckResult:
             return f"retrained ({kinds}): {version} not promoted"
         if self.retrain.status == RetrainStatus.PASSED:
             return f"retrained ({kinds}): {version} passed the gate; promotion is manual"
+        if self.retrain.status == RetrainStatus.AWAITING:
+            return (
+                f"retrained ({kinds}): {version} challenger registered (gated offline) and "
+                "awaiting online confirmation"
+            )
         return f"{kinds} fired; retrain {self.retrain.status}: {self.retrain.reason}"
 
 
@@ -286,6 +319,9 @@ class Check:
         self.labels(window, version, target)
         self.result.triggers = [trigger for trigger in fired if trigger is not None]
         self.log_triggers()
+        self.online(window, champion)
+        if self.result.promoted_online:  # the triggers were the old champion's
+            return
         if self.result.triggers and not self.result.suspicious:
             self.retrain(window, features, target, training_data(version, self.registry))
 
@@ -351,11 +387,15 @@ class Check:
         return None
 
     def performance(self, window: pd.DataFrame) -> Trigger | None:
-        """The live metric on the window's labeled predictions, against its threshold."""
+        """The live metric on the window's labeled predictions, against its threshold.
+
+        A canary's answers are the challenger's, not the champion's: they are
+        left out (the online comparison scores them).
+        """
         monitor, spec = self.monitor, self.monitor.spec.performance
         if spec is None:
             return None
-        perf = live_metric(window, spec.metric, spec.min_labels)
+        perf = live_metric(champion_answers(window), spec.metric, spec.min_labels)
         self.result.performance = perf
         self.metrics["labels"] = perf.labels
         if perf.value is None:
@@ -421,6 +461,24 @@ class Check:
             found_tags[tags.CHECK_TRIGGERS] = ",".join(t.kind for t in triggers)
             found_tags[tags.CHECK_EVIDENCE] = _evidence(triggers)[: tags.VALUE_LIMIT]
         self.tracker.log(self.result.run_id, metrics=self.metrics, tags=found_tags)
+
+    def online(self, window: pd.DataFrame, champion: str) -> None:
+        """The live comparison with the challenger, and what it decides, on the check run."""
+        monitor, model = self.monitor, self.monitor.spec.model
+        alias = the_alias(monitor)
+        challenger = self.registry.alias(model, alias)
+        if challenger is None:
+            return
+        comparison = compare(monitor, window, champion, challenger)
+        if comparison is None:
+            return
+        gate = self.registry.version(model, challenger).tags.get(tags.GATE_DECISION)
+        found = decide(comparison, monitor.online, gate)
+        found = act(found, self.registry, model, alias, self.result.run_id)
+        self.result.online = found
+        self.tracker.log(self.result.run_id, metrics=found.metrics(), tags=found.tags())
+        if found.decision in (OnlineDecision.PROMOTED, OnlineDecision.REMOVED):
+            self.say(found.reason)
 
     def retrain(
         self, window: pd.DataFrame, features: list[str], target: str, reference: Path | None
@@ -517,6 +575,8 @@ def _summary(result: CheckResult) -> str:
     if result.labels is not None and result.labels.status == LabelStatus.SUSPICIOUS:
         parts.append("labels suspicious")
     lines = [head + (": " + "; ".join(parts) if parts else "")]
+    if result.online is not None:
+        lines.append(f"  online: {result.online.comparison.sentence()}")
     lines.append(f"  → {result.decision} ({result.seconds:.1f} s)")
     if result.retrain is not None and result.retrain.run_id:
         lines.append(f"  retrain run {result.retrain.run_id}: {result.retrain.reason}")

@@ -17,6 +17,11 @@ Design decisions:
   the version as usual (its holdout, the champion's, the golden data) and
   records its decision, but never moves ``champion``: a person does, with
   ``mlnb promote`` or in the MLflow UI.
+- **Online promotion holds the gate too.** With ``promotion: {online: ...}``
+  the gate runs as with ``manual``, and the new version keeps the alias
+  ``challenger``: a service shadowing (or canarying) the challenger now
+  scores it, and the checks move ``champion`` once the live labels say it
+  is better (:mod:`mlnb.monitoring.online`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlnb import tags
 from mlnb._files import try_exclusive, write_atomic
 from mlnb.errors import MlnbError, PipelineError
 from mlnb.pipelines.locate import live_spec
@@ -50,6 +56,7 @@ class RetrainStatus(StrEnum):
     PROMOTED = "promoted"  # the gate made the new version champion
     REJECTED = "rejected"  # the gate kept the champion
     PASSED = "passed"  # the gate passed the new version; promotion is manual
+    AWAITING = "awaiting"  # the gate passed it; promotion waits for the live comparison
     FAILED = "failed"  # the pipeline failed, or delivered no model
     SKIPPED = "skipped"  # none started: another is running, the cooldown, no labels
 
@@ -186,8 +193,9 @@ def _run(
     from mlnb.pipelines.runner import run_pipeline
 
     path, which = pipeline_spec(monitor)
-    manual = monitor.spec.promotion == "manual"
-    say(f"retraining with {which}" + (" (promotion is manual)" if manual else ""))
+    manual = not monitor.gate_moves_champion
+    held = " (promotion is online)" if monitor.online else " (promotion is manual)"
+    say(f"retraining with {which}" + (held if manual else ""))
     try:
         outcome = run_pipeline(
             path,
@@ -201,7 +209,8 @@ def _run(
         registration = outcome.registration
         decision = outcome.decision
         if manual and registration is not None:
-            decision = _gate_held(uri, registration, outcome.run_id, outcome.experiment_id)
+            alias = monitor.online.alias if monitor.online else None
+            decision = _gate_held(uri, registration, outcome.run_id, outcome.experiment_id, alias)
     except PipelineError as exc:
         return RetrainResult(RetrainStatus.FAILED, str(exc), exc.run_id, pipeline=which)
     except MlnbError as exc:
@@ -210,13 +219,24 @@ def _run(
         return RetrainResult(
             RetrainStatus.FAILED, "the pipeline delivered no model", outcome.run_id, pipeline=which
         )
-    return RetrainResult(
-        _status(decision.outcome), decision.reason, outcome.run_id, registration.version, which
-    )
+    status = _status(decision.outcome)
+    if status == RetrainStatus.PASSED and monitor.online is not None:
+        status = RetrainStatus.AWAITING
+        _awaiting(uri, registration, monitor.online.alias)
+    return RetrainResult(status, decision.reason, outcome.run_id, registration.version, which)
 
 
-def _gate_held(uri: str, registration: Registration, run_id: str, experiment_id: str) -> Decision:
-    """Gate a registered version without moving ``champion`` (manual promotion).
+def _gate_held(
+    uri: str,
+    registration: Registration,
+    run_id: str,
+    experiment_id: str,
+    alias: str | None = None,
+) -> Decision:
+    """Gate a registered version without moving ``champion`` (manual or online promotion).
+
+    The version gets the alias ``challenger`` (and ``alias`` too, when
+    online promotion names another), so a service shadowing it scores it.
 
     Interrupts wait until the decision is recorded, as they do in a pipeline's delivery.
 
@@ -227,7 +247,8 @@ def _gate_held(uri: str, registration: Registration, run_id: str, experiment_id:
 
     with signals_deferred():
         held = Registry(uri)
-        held.client.set_registered_model_alias(registration.name, CHALLENGER, registration.version)
+        for name in dict.fromkeys((CHALLENGER, alias or CHALLENGER)):
+            held.client.set_registered_model_alias(registration.name, name, registration.version)
         return held.gate(
             registration.name,
             registration.version,
@@ -235,6 +256,21 @@ def _gate_held(uri: str, registration: Registration, run_id: str, experiment_id:
             experiment_id=experiment_id,
             hold=True,
         )
+
+
+def _awaiting(uri: str, registration: Registration, alias: str) -> None:
+    """Say on a version that passed the gate that it waits for the live comparison."""
+    from mlnb.models.registry import Registry
+
+    reason = (
+        f"challenger registered (gated offline) and awaiting online confirmation: a service "
+        f"shadowing or canarying {alias} gives the checks the labels to decide"
+    )
+    Registry(uri).tag_version(
+        registration.name,
+        registration.version,
+        {tags.ONLINE_DECISION: tags.OnlineDecision.WAITING, tags.ONLINE_REASON: reason},
+    )
 
 
 def _status(outcome: ModelDecision) -> RetrainStatus:

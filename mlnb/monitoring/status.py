@@ -49,6 +49,24 @@ class RetrainLine:
 
 
 @dataclass
+class OnlineLine:
+    """The newest live comparison of challenger and champion (a check's ``online_*`` figures)."""
+
+    time: str
+    mode: str  # shadow or canary
+    metric: str
+    champion: str
+    challenger: str
+    decision: str  # OnlineDecision
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def figure(self, name: str) -> float | None:
+        """One of the check's ``online_*`` metrics (``champion_accuracy``, ``ci_low``, ...)."""
+        return self.metrics.get(f"online_{name}")
+
+
+@dataclass
 class ModelStatus:
     """One registered model."""
 
@@ -61,10 +79,13 @@ class ModelStatus:
     champion_reason: str | None = None
     challenger_decision: str | None = None  # what the gate made of it (ModelDecision)
     challenger_reason: str | None = None
+    challenger_online: str | None = None  # what the live comparison made of it (OnlineDecision)
+    challenger_online_reason: str | None = None
     served_version: str | None = None
     served_at: str | None = None
     checks: list[CheckLine] = field(default_factory=list)
     retrain: RetrainLine | None = None
+    online: OnlineLine | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +117,7 @@ def gather(root: Path, models: list[str], checks: int = 3) -> list[ModelStatus]:
         if experiments:
             status.checks = _checks(client, experiments, name, checks)
             status.retrain = _retrain(client, experiments, name)
+            status.online = _online(client, experiments, name)
         found.append(status)
     return found
 
@@ -109,6 +131,8 @@ def _champion(reg: registry.Registry, name: str) -> ModelStatus:
         challenger_tags = reg.version(name, status.challenger).tags
         status.challenger_decision = challenger_tags.get(tags.GATE_DECISION)
         status.challenger_reason = challenger_tags.get(tags.GATE_REASON)
+        status.challenger_online = challenger_tags.get(tags.ONLINE_DECISION)
+        status.challenger_online_reason = challenger_tags.get(tags.ONLINE_REASON)
     if status.champion is None:
         return status
     found_tags = reg.version(name, status.champion).tags
@@ -177,4 +201,23 @@ def _retrain(client: Any, experiments: list[str], name: str) -> RetrainLine | No
         found_tags.get(tags.CHECK_EVIDENCE, ""),
         found_tags.get(tags.RETRAIN_RUN, ""),
         found_tags.get(tags.RETRAIN_VERSION, ""),
+    )
+
+
+def _online(client: Any, experiments: list[str], name: str) -> OnlineLine | None:
+    """The newest check that compared a challenger with the champion on live labels."""
+    where = f"{_of_model(name)} and tags.`{tags.ONLINE_MODE}` LIKE '%'"
+    runs = _search(client, experiments, where, 1)
+    if not runs:
+        return None
+    found_tags = runs[0].data.tags
+    return OnlineLine(
+        _when(runs[0]),
+        found_tags.get(tags.ONLINE_MODE, ""),
+        found_tags.get(tags.ONLINE_METRIC, ""),
+        found_tags.get(tags.ONLINE_CHAMPION, ""),
+        found_tags.get(tags.ONLINE_CHALLENGER, ""),
+        found_tags.get(tags.ONLINE_DECISION, ""),
+        found_tags.get(tags.ONLINE_REASON, ""),
+        {k: v for k, v in runs[0].data.metrics.items() if k.startswith("online_")},
     )

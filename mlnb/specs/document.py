@@ -238,6 +238,7 @@ def read_document(
     except ValidationError as exc:
         collector = Collector(file, lines)
         for error in exc.errors():
+            error["loc"] = _keys(error["loc"])
             collector.add(error["loc"], _message(error, owner))
         raise SpecError(collector.problems, kind) from None
 
@@ -285,6 +286,16 @@ def _parse(text: str, file: str, kind: SpecKind) -> Any:
         reason = getattr(exc, "problem", None) or str(exc)
         message = reason if isinstance(exc, RefusedError) else f"invalid YAML: {reason}"
         raise SpecError([Problem(file, where, message)], kind) from None
+
+
+def _keys(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A pydantic location as keys of the document: without the tags of tagged unions.
+
+    A spec names its tags ``<like-this>`` (no key of a document looks so).
+    """
+    return tuple(
+        k for k in loc if not (isinstance(k, str) and k.startswith("<") and k.endswith(">"))
+    )
 
 
 def _message(error: ErrorDetails, owner: Callable[[KeyPath], type[BaseModel]]) -> str:

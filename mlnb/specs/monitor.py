@@ -22,6 +22,9 @@ once with file, line and key path; relative paths start at the project root.
     cooldown: 1h
     labels: {below_constant: 0.2, max_shift: 0.2}   # when labels look suspicious
     promotion: auto                # or manual: the gate decides, a person moves champion
+    # or on live evidence: the gate decides offline, then the challenger a service
+    # shadows (--shadow challenger) or canaries moves to champion once it is better
+    # promotion: {online: {metric: accuracy, min_labels: 200, min_improvement: 0.01}}
 
 The retraining run's parameters may use ``${monitor.labeled_data}`` (the
 path of a CSV of the window's predictions that have labels: the input
@@ -45,9 +48,17 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from mlnb.errors import Problem, SpecError, suggest
 from mlnb.specs.document import Collector, KeyPath, read_document
@@ -218,6 +229,40 @@ class LabelsSpec(_Model):
     max_shift: float | None = Field(default=0.2, gt=0, le=1)
 
 
+class OnlineSpec(_Model):
+    """Promotion on live evidence: the challenger against the champion on live labels.
+
+    The challenger (the version ``alias`` names) becomes champion once it has
+    ``min_labels`` labeled rows and beats the champion by ``min_improvement``
+    or more with the low end of the ``confidence`` interval above 0; it loses
+    the alias when the interval's high end is below 0.
+    """
+
+    metric: str
+    min_labels: int = Field(default=200, gt=1)
+    min_improvement: float = Field(default=0.0, ge=0)
+    alias: str = Field(default="challenger", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class OnlinePromotion(_Model):
+    """``promotion: {online: {...}}``."""
+
+    online: OnlineSpec
+
+
+def _promotion_kind(value: Any) -> str:
+    """Which form of ``promotion:`` a value is (the tags are no keys: see ``read_document``)."""
+    return "<online>" if isinstance(value, dict | OnlinePromotion) else "<mode>"
+
+
+#: ``auto``, ``manual``, or ``{online: ...}``
+PromotionSpec = Annotated[
+    Annotated[Promotion, Tag("<mode>")] | Annotated[OnlinePromotion, Tag("<online>")],
+    Discriminator(_promotion_kind),
+]
+
+
 class MonitorSpec(_Model):
     """A whole monitor file as written in YAML."""
 
@@ -234,7 +279,7 @@ class MonitorSpec(_Model):
     cooldown: Duration = 0.0
     log_dir: str | None = None  # default: the state folder's predictions/
     labels: LabelsSpec = Field(default_factory=LabelsSpec)
-    promotion: Promotion = "auto"
+    promotion: PromotionSpec = "auto"
 
     _cooldown = field_validator("cooldown", mode="before")(
         lambda v: 0.0 if v in (0, "0") else parse_duration(v)
@@ -289,10 +334,23 @@ class Monitor:
         """The triggers the spec turns on."""
         return frozenset(self.spec.triggers)
 
+    @property
+    def online(self) -> OnlineSpec | None:
+        """The settings of promotion on live evidence, when the spec promotes that way."""
+        promotion = self.spec.promotion
+        return promotion.online if isinstance(promotion, OnlinePromotion) else None
+
+    @property
+    def gate_moves_champion(self) -> bool:
+        """Whether the gate of a retrain moves ``champion`` (``promotion: auto``)."""
+        return self.spec.promotion == "auto"
+
 
 def _owner(loc: KeyPath) -> type[BaseModel]:
     if len(loc) >= 2 and loc[0] in _SECTIONS:
         return _SECTIONS[str(loc[0])]
+    if len(loc) >= 2 and loc[0] == "promotion":
+        return OnlineSpec if len(loc) >= 3 else OnlinePromotion
     return MonitorSpec
 
 
@@ -322,6 +380,7 @@ def load_monitor(path: Path | str, *, kernels: Collection[str] | None = None) ->
     collect = Collector(str(path), lines)
     _check_triggers(spec, collect)
     greater = _greater_is_better(spec.performance, collect)
+    _check_online(spec.promotion, collect)
     drift = _drift_notebook(spec.drift, root, collect)
     pipeline_path = _in_project(spec.retrain.pipeline, root)
     pipeline_spec = _check_pipeline(spec, pipeline_path, collect, kernels)
@@ -386,6 +445,19 @@ def _greater_is_better(performance: PerformanceSpec | None, collect: Collector) 
         f"known: {', '.join(LIVE_METRICS)}",
     )
     return True
+
+
+def _check_online(promotion: Promotion | OnlinePromotion, collect: Collector) -> None:
+    """The metric of promotion on live evidence is a live metric the comparison knows."""
+    if not isinstance(promotion, OnlinePromotion):
+        return
+    metric = promotion.online.metric
+    if metric not in LIVE_METRICS:
+        collect.add(
+            ["promotion", "online", "metric"],
+            f"unknown live metric '{metric}'{suggest(metric, LIVE_METRICS)}; "
+            f"known: {', '.join(LIVE_METRICS)}",
+        )
 
 
 @dataclass(frozen=True)

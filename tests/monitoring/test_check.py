@@ -112,6 +112,12 @@ def test_the_trigger_kinds_are_the_spec_s() -> None:
             ExitCode.REJECTED,
             "retrained (performance): v2 passed the gate; promotion is manual",
         ),
+        (
+            RetrainStatus.AWAITING,
+            ExitCode.REJECTED,
+            "retrained (performance): v2 challenger registered (gated offline) and awaiting "
+            "online confirmation",
+        ),
         (RetrainStatus.SKIPPED, ExitCode.SKIPPED, "performance fired; retrain skipped: why"),
         (RetrainStatus.FAILED, ExitCode.FAILED, "performance fired; retrain failed: why"),
     ],

@@ -510,3 +510,113 @@ def test_label_and_promotion_mistakes(
     [problem] = info.value.problems
     assert problem.location == f"line {line_of(text, new.strip())}: {key}"
     assert problem.message.startswith(message), problem.message
+
+
+ONLINE = (
+    "promotion: auto",
+    "promotion:\n  online: {metric: accuracy, min_labels: 300, min_improvement: 0.01}",
+)
+
+
+def test_promotion_on_live_evidence(example: Path) -> None:
+    monitor = load_monitor(write(example, edited(ONLINE), "online.yaml"))
+    online = monitor.online
+    assert online is not None
+    assert (online.metric, online.min_labels, online.min_improvement) == ("accuracy", 300, 0.01)
+    assert (online.alias, online.confidence) == ("challenger", 0.95)  # the defaults
+    assert not monitor.gate_moves_champion
+    full = edited(
+        (
+            "promotion: auto",
+            "promotion:\n  online:\n    metric: f1\n    alias: shadowed\n    confidence: 0.9",
+        )
+    )
+    online = load_monitor(write(example, full, "full.yaml")).online
+    assert online is not None and (online.metric, online.alias, online.confidence) == (
+        "f1",
+        "shadowed",
+        0.9,
+    )
+    assert online.min_labels == 200 and online.min_improvement == 0.0
+    auto = load_monitor(write(example, EXAMPLE, "auto.yaml"))
+    assert auto.online is None and auto.gate_moves_champion
+
+
+@pytest.mark.parametrize(
+    ("new", "needle", "key", "message"),
+    [
+        pytest.param(
+            "promotion:\n  online: {metric: acuracy}",
+            "online:",
+            "promotion.online.metric",
+            "unknown live metric 'acuracy'; did you mean 'accuracy'?; known: accuracy, "
+            "balanced_accuracy, f1,",
+            id="unknown-metric",
+        ),
+        pytest.param(
+            "promotion:\n  online:\n    metric: accuracy\n    min_lables: 100",
+            "min_lables:",
+            "promotion.online.min_lables",
+            "unknown key 'min_lables'; did you mean 'min_labels'?",
+            id="near-key",
+        ),
+        pytest.param(
+            "promotion:\n  online:\n    metric: accuracy\n    confidence: 95",
+            "confidence: 95",
+            "promotion.online.confidence",
+            "Input should be less than 1",
+            id="confidence-as-percent",
+        ),
+        pytest.param(
+            "promotion:\n  online:\n    metric: accuracy\n    min_labels: 1",
+            "    min_labels: 1",
+            "promotion.online.min_labels",
+            "Input should be greater than 1",
+            id="one-label",
+        ),
+        pytest.param(
+            "promotion:\n  online:\n    min_labels: 100",
+            "online:",
+            "promotion.online.metric",
+            "required key 'metric' is missing",
+            id="no-metric",
+        ),
+    ],
+)
+def test_online_promotion_mistakes(
+    example: Path, new: str, needle: str, key: str, message: str
+) -> None:
+    text = edited(("promotion: auto", new))
+    with pytest.raises(SpecError) as info:
+        load_monitor(write(example, text))
+    [problem] = info.value.problems
+    assert problem.file == str(example / "pipelines" / "bad.yaml")
+    assert problem.location == f"line {line_of(text, needle)}: {key}"
+    assert problem.message.startswith(message), problem.message
+
+
+def test_a_misspelled_online_is_named_with_the_near_key(example: Path) -> None:
+    text = edited(("promotion: auto", "promotion:\n  onlin: {metric: accuracy}"))
+    with pytest.raises(SpecError) as info:
+        load_monitor(write(example, text))
+    found = {p.location: p.message for p in info.value.problems}
+    assert found == {
+        f"line {line_of(text, 'onlin:')}: promotion.onlin": "unknown key 'onlin'; did you mean "
+        "'online'?",
+        f"line {line_of(text, 'promotion:')}: promotion.online": "required key 'online' is missing",
+    }
+
+
+def test_online_promotion_mistakes_come_with_the_others(example: Path) -> None:
+    text = edited(
+        ("cooldown: 1h", "cooldown: soon"),
+        ("promotion: auto", "promotion:\n  online: {metric: acuracy, min_improvement: -1}"),
+    )
+    with pytest.raises(SpecError) as info:
+        load_monitor(write(example, text))
+    found = {p.location: p.message for p in info.value.problems}
+    online = line_of(text, "online:")
+    assert set(found) == {
+        f"line {line_of(text, 'cooldown:')}: cooldown",
+        f"line {online}: promotion.online.min_improvement",
+    }, found  # the metric is checked once the document is valid
