@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -29,6 +31,25 @@ verbose = click.option(
     callback=_set_verbose,
     help="Show tracebacks.",
 )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def stops_on_sigterm(command: _F) -> _F:
+    """A command that SIGTERM stops as Ctrl-C does.
+
+    See :func:`mlnb.pipelines.signals.terminate_as_interrupt`.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from mlnb.pipelines.signals import terminate_as_interrupt
+
+        with terminate_as_interrupt():
+            return command(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def fail(message: str, code: ExitCode = ExitCode.FAILED) -> None:

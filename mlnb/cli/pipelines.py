@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from mlnb.cli.main import verbose
+from mlnb.cli.main import stops_on_sigterm, verbose
 from mlnb.errors import PipelineError
 from mlnb.store import redacted, redacted_text
 
@@ -80,6 +80,7 @@ def executor_factory(
 )
 @executor_options
 @verbose
+@stops_on_sigterm
 def run(
     pipeline: str,
     params: tuple[str, ...],

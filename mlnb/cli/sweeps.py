@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlnb.cli.main import verbose
+from mlnb.cli.main import stops_on_sigterm, verbose
 from mlnb.cli.pipelines import executor_factory, executor_options
 from mlnb.errors import ExitCode
 from mlnb.store import redacted_text
@@ -48,6 +48,7 @@ STYLE = {"finished": "green", "failed": "red", "killed": "red", "running": "yell
 )
 @executor_options
 @verbose
+@stops_on_sigterm
 def sweep(
     pipeline: str,
     params: tuple[str, ...],

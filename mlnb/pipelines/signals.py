@@ -11,6 +11,11 @@ ends as it would have, an ignored signal stays ignored.
 
 Only the main thread may install signal handlers; elsewhere the block runs
 unguarded (signals are delivered to the main thread anyway).
+
+:func:`terminate_as_interrupt` makes SIGTERM stop ``mlnb run`` and ``mlnb
+sweep`` as Ctrl-C does: a CI cancelling a job, a supervisor or the JupyterLab
+panel's Stop send it, and a shell starts background commands with SIGINT
+ignored, which Python then leaves ignored, while SIGTERM always arrives.
 """
 
 from __future__ import annotations
@@ -63,3 +68,25 @@ def _act_on(signum: signal.Signals, handler: Handler) -> None:
         handler(signum, None)
     elif handler == signal.SIG_DFL:
         signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`KeyboardInterrupt` in the main thread while the block runs.
+
+    The run then stops as on Ctrl-C: its stages' kernels are stopped and its
+    MLflow runs end ``KILLED``; a model being registered is still finished
+    first (:func:`signals_deferred` acts on the SIGTERM afterwards).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -312,3 +312,30 @@ def test_a_check_whose_monitor_died_is_ended_killed_by_the_next_check(tmp_path: 
         assert run.info.status == "KILLED", (run_id, done.stdout, done.stderr)
         assert run.data.tags["mlnb.error"] == f"its process ({owner}) died"
     assert tracker.running_runs(experiment, {"mlnb.kind": "monitor-check"}) == []
+
+
+def test_sigterm_stops_mlnb_run_as_ctrl_c_does(runs: Runs) -> None:
+    """A CI cancelling a job sends SIGTERM: the run ends KILLED, resumable, no kernel left."""
+    proc = runs.start()
+    tree = Tree(proc)
+    try:
+        runs.wait_started(proc, tree)
+        tree.look()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        ended = time.monotonic()
+        while tree.alive() and time.monotonic() - ended < GONE_WITHIN:
+            time.sleep(0.1)
+        left = tree.alive()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        tree.kill_left()
+    assert proc.returncode == 130, out + err
+    assert not left, "outlived mlnb:\n" + "\n".join(left)
+    run = runs.pipeline_run()
+    assert run.info.status == "KILLED", out + err
+    assert f"resume it with: mlnb run pipelines/p.yaml --resume {run.info.run_id}" in err
+    [stage] = runs.stages_of(run.info.run_id)
+    assert stage.info.status == "KILLED"
