@@ -3,8 +3,9 @@
 Each launch is one ``python -m mlnb run`` child in the project folder, with
 this server's environment (so the project's store, as the command line
 resolves it). Its output goes to a file in the state folder, whose last lines
-the panel shows. Stop sends SIGINT, which ``mlnb run`` takes as Ctrl-C: the
-stage under way is killed and the run ends KILLED. When the server stops,
+the panel shows. Stop sends SIGTERM, which ``mlnb run`` takes as Ctrl-C (and
+which, unlike SIGINT, a server started in the background by a shell still
+delivers): the stage under way is killed and the run ends KILLED. When the server stops,
 every launch still running is stopped the same way, and killed if it has not
 ended within :data:`STOP_WAIT` seconds.
 """
@@ -36,7 +37,7 @@ MAX_KEY = 128
 MAX_VALUE = 1000
 #: the most output a launch shows (its last characters)
 TAIL = 4000
-#: seconds a launch has to end after SIGINT when the server stops
+#: seconds a launch has to end after SIGTERM when the server stops
 STOP_WAIT = 20.0
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -191,18 +192,18 @@ class Launcher:
         return launch.run_id
 
     def stop(self, launch_id: str) -> Launch:
-        """Interrupt a launch as Ctrl-C does (SIGINT); it ends its run KILLED."""
+        """Interrupt a launch as Ctrl-C does (SIGTERM); it ends its run KILLED."""
         launch = self.get(launch_id)
         if launch.state == "running":
             launch.stopping = True
-            launch.process.send_signal(signal.SIGINT)
+            launch.process.send_signal(signal.SIGTERM)
         return launch
 
     def close(self) -> None:
         """Stop every launch still running; kill those that do not end in time."""
         for launch in self.running():
             launch.stopping = True
-            launch.process.send_signal(signal.SIGINT)
+            launch.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT
         for launch in list(self.launches.values()):
             try:
