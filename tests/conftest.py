@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,10 @@ from tests.helpers import SCENARIOS
 
 # MLflow's telemetry would reach out of this machine; tests talk to 127.0.0.1 only
 os.environ["DO_NOT_TRACK"] = "true"
+# The Ctrl-C tests send SIGINT to the processes they start. A shell starts a background job
+# with SIGINT ignored, and an ignored signal stays ignored across exec; a handler does not.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Project:
