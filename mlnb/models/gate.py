@@ -273,7 +273,7 @@ class Gate:
         parent_run_id: str | None = None,
         experiment_id: str | None = None,
         evidence: Sequence[Evidence] = (),
-        hold: bool = False,
+        hold: bool | str = False,
         source: Path | None = None,
     ) -> Decision:
         """Score ``version`` (and ``champion``, if any) on ``data``; decide whether it wins.
@@ -291,7 +291,9 @@ class Gate:
             parent_run_id: a run to nest the gate's run under (the pipeline run).
             experiment_id: where the gate's run goes (default: ``mlnb-gate``).
             evidence: tables beside ``data`` (the champion's holdout, the golden data).
-            hold: promotion is manual; a version that wins is ``passed``, not promoted.
+            hold: promotion is not the gate's; a version that wins is ``passed``, not
+                promoted. A string says who moves ``champion`` then (default: a person,
+                with ``mlnb promote``).
             source: the file ``data`` was read from, for the errors to name.
 
         Raises:
@@ -307,7 +309,7 @@ class Gate:
             if verdict.promoted and evidence:
                 verdict = self._weigh(contest, version, champion, verdict, evidence)
         if hold and verdict.promoted:
-            verdict = _held(verdict, name, version)
+            verdict = _held(verdict, name, version, hold if isinstance(hold, str) else None)
         with self._failing(run_id, f"the gate could not record its decision on {name} v{version}"):
             self._record(run_id, config.metric, verdict)
         return Decision(
@@ -506,10 +508,12 @@ def _one_line(error: Exception, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _held(verdict: _Verdict, name: str, version: str) -> _Verdict:
-    """A verdict that passed, when promotion is manual: the sentence says who moves champion."""
+def _held(verdict: _Verdict, name: str, version: str, mover: str | None = None) -> _Verdict:
+    """A verdict that passed, when the gate does not promote: the sentence says who moves
+    champion (``mover``; by default a person, with ``mlnb promote``)."""
     passed = verdict.reason.replace(f"v{version} promoted:", f"v{version} passed the gate:", 1)
-    reason = f"{passed}; promotion is manual: mlnb promote {name} --version {version}"
+    mover = mover or f"promotion is manual: mlnb promote {name} --version {version}"
+    reason = f"{passed}; {mover}"
     return _Verdict(True, verdict.score, verdict.best, reason, verdict.findings, held=True)
 
 

@@ -334,7 +334,7 @@ class Registry:
         parent_run_id: str | None = None,
         experiment_id: str | None = None,
         *,
-        hold: bool = False,
+        hold: bool | str = False,
     ) -> Decision:
         """Score ``version`` and the champion on the same holdout data; promote if it wins.
 
@@ -349,7 +349,8 @@ class Registry:
                 default: the file recorded on the version.
             parent_run_id: a run to nest the gate's run under (the pipeline run).
             experiment_id: where the gate's run goes (default: ``mlnb-gate``).
-            hold: promotion is manual: record the decision, never move ``champion``.
+            hold: promotion is not the gate's: record the decision, never move
+                ``champion``; a string says who moves it (see :meth:`Gate.decide`).
 
         Returns:
             The :class:`Decision`, also recorded as tags on the version and in

@@ -226,6 +226,10 @@ def _run(
     return RetrainResult(status, decision.reason, outcome.run_id, registration.version, which)
 
 
+#: who moves ``champion`` after a retrain whose promotion is online, as the gate says it
+ONLINE_MOVER = "promotion is online: champion moves once it wins on labeled live traffic"
+
+
 def _gate_held(
     uri: str,
     registration: Registration,
@@ -254,7 +258,7 @@ def _gate_held(
             registration.version,
             parent_run_id=run_id,
             experiment_id=experiment_id,
-            hold=True,
+            hold=ONLINE_MOVER if alias is not None else True,
         )
 
 

@@ -303,6 +303,9 @@ def test_a_retrain_with_online_promotion_awaits_the_live_labels(tmp_path: Path) 
     )
     assert project.alias("champion") == "1" and project.alias("challenger") == "2"
     assert project.tags("2")["mlnb.gate.decision"] == "passed"
+    assert project.tags("2")["mlnb.gate.reason"].endswith(
+        "; promotion is online: champion moves once it wins on labeled live traffic"
+    )
     assert "retraining with pipelines/cancer.yaml (working copy) (promotion is online)" in (
         once.output
     )
