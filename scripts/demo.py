@@ -1,10 +1,12 @@
-"""The whole loop, told as a story: train, serve, drift, retrain, promote, serve v2.
+"""The whole loop, told as a story: train, serve, drift, retrain, shadow, promote, serve v2.
 
 ``make demo`` runs this. It works in a fresh project folder ``demo/`` (a copy
 of ``pipelines/`` and ``notebooks/`` with its own embedded store
 ``demo/mlflow.db``), drives the real commands (``mlnb run``, ``mlnb serve``,
 ``mlnb monitor --once``, ``mlnb status``) and talks to the service over HTTP
-on 127.0.0.1. Every process it starts, it stops by its PID.
+on 127.0.0.1. Its monitor promotes on live evidence: the retrained version is
+shadowed by the service and becomes champion once it wins on labeled
+traffic. Every process it starts, it stops by its PID.
 
     python scripts/demo.py [--folder demo] [--keep]
 """
@@ -27,6 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 SHIFT = 1.5  # the recalibrated instrument reads every measurement 50 % higher
 BATCH = 10  # rows per request
+#: the demo's promotion: a retrained challenger is confirmed on the shadow's labeled traffic
+ONLINE = "{online: {metric: accuracy, min_labels: 150, min_improvement: 0.02}}"
 
 
 def main() -> int:
@@ -54,22 +58,23 @@ class Story:
         started = time.perf_counter()
         self.setup()
         rows, labels = self.data()
-        first, second = rows.iloc[:250], rows.iloc[250:]
-        first_labels, second_labels = labels.iloc[:250], labels.iloc[250:]
+        today, drifted, later = rows.iloc[:200], rows.iloc[200:400], rows.iloc[400:]
+        today_labels, drifted_labels = labels.iloc[:200], labels.iloc[200:400]
+        later_labels = labels.iloc[400:]
 
         self.chapter("1. Train and promote v1")
         self.mlnb("run", "pipelines/cancer.yaml")
         champion = self.champion()
         self.say(f"→ v{champion['version']} is champion: {champion['reason']}")
 
-        self.chapter("2. Serve it")
-        self.serve()
-        self.say(f"→ mlnb serve cancer (pid {self.server.pid}) on {self.url}")
+        self.chapter("2. Serve it, shadowing whichever version is challenger")
+        self.serve("--shadow", "challenger")
+        self.say(f"→ mlnb serve cancer --shadow challenger (pid {self.server.pid}) on {self.url}")
 
         self.chapter("3. Traffic, with labels arriving later")
-        accuracy, versions = self.traffic(first, first_labels)
+        accuracy, versions = self.traffic(today, today_labels)
         self.say(
-            f"→ {len(first)} rows in {len(first) // BATCH} requests, answered by "
+            f"→ {len(today)} rows in {len(today) // BATCH} requests, answered by "
             f"{_versions(versions)}; labels sent to /feedback; live accuracy {accuracy:.3f}"
         )
 
@@ -80,36 +85,54 @@ class Story:
         self.say(f"  drift: {check['drift']}")
 
         self.chapter(f"5. The data shifts: a recalibrated instrument reads ×{SHIFT}")
-        shifted = second * SHIFT
+        shifted = drifted * SHIFT
         drift_arrived = time.time()
-        accuracy, versions = self.traffic(shifted, second_labels)
+        accuracy, versions = self.traffic(shifted, drifted_labels)
         self.say(
             f"→ {len(shifted)} shifted rows answered by {_versions(versions)}; "
             f"live accuracy falls to {accuracy:.3f}"
         )
 
-        self.chapter("6. The monitor detects the drift and retrains")
+        self.chapter("6. The monitor detects the drift and retrains; the gate passes v2 offline")
         code = self.mlnb("monitor", "pipelines/monitor.yaml", "--once", check=False)
         check = self.last_check()
         self.say(f"→ exit {code}: {check['decision']}")
         self.say(f"  evidence: {check['evidence']}")
-        champion = self.champion()
-        self.say(f"  gate: {champion['reason']}")
-        if code != 4:
-            raise SystemExit(f"the retrain did not promote a new champion (exit {code})")
+        challenger = self.version_of("challenger")
+        if code != 3 or challenger == self.champion()["version"]:
+            raise SystemExit(f"the retrain did not register a challenger to confirm (exit {code})")
+        self.say(f"  champion stays v{self.champion()['version']}; v{challenger} is challenger")
 
-        self.chapter("7. The service answers with the new champion")
-        waited, version = self.until_version(champion["version"], shifted.iloc[:BATCH])
-        since_drift = time.time() - drift_arrived
-        accuracy, versions = self.traffic(shifted.iloc[:100], second_labels.iloc[:100])
+        self.chapter(f"7. The service shadows v{challenger} on live traffic")
+        waited = self.until_shadowing(challenger)
+        fresh = later * SHIFT
+        accuracy, versions = self.traffic(fresh, later_labels)
         self.say(
-            f"→ v{version} answers {waited:.1f} s after the check ended (the service had "
-            f"followed the alias already); {since_drift:.1f} s from the first drifted request "
-            f"to v{version} answering: the traffic, the check, the retrain and the gate"
+            f"→ shadowing v{challenger} {waited:.1f} s after the check; {len(fresh)} new shifted "
+            f"rows answered by {_versions(versions)} (accuracy {accuracy:.3f}), each scored by "
+            f"v{challenger} too and logged under the same request id"
         )
-        self.say(f"  on shifted data v{version} scores accuracy {accuracy:.3f}")
 
-        self.chapter("8. mlnb status")
+        self.chapter("8. The monitor confirms v2 on the live labels and promotes it")
+        code = self.mlnb("monitor", "pipelines/monitor.yaml", "--once", check=False)
+        check = self.last_check()
+        self.say(f"→ exit {code}: {check['decision']}")
+        if check["online"]:
+            self.say(f"  online: {check['online']}")
+        if code != 4:
+            raise SystemExit(f"the live comparison did not promote v{challenger} (exit {code})")
+
+        self.chapter("9. The service answers with the new champion")
+        champion = self.champion()
+        waited, version = self.until_version(champion["version"], fresh.iloc[:BATCH])
+        since_drift = time.time() - drift_arrived
+        self.say(
+            f"→ v{version} answers {waited:.1f} s after the check ended; {since_drift:.1f} s "
+            f"from the first drifted request to v{version} answering: the traffic, the "
+            "retrain, the gate, the shadow's live evidence and the promotion"
+        )
+
+        self.chapter("10. mlnb status")
         self.mlnb("status")
         self.say(f"\nthe whole story took {time.perf_counter() - started:.0f} s")
         mlnb = os.path.relpath(Path(sys.executable).parent / "mlnb", self.folder)
@@ -123,6 +146,13 @@ class Story:
         self.folder.mkdir(parents=True)
         for name in ("pipelines", "notebooks"):
             shutil.copytree(REPO / name, self.folder / name)
+        monitor = self.folder / "pipelines" / "monitor.yaml"
+        lines = monitor.read_text().splitlines()
+        promotion = [i for i, line in enumerate(lines) if line.startswith("promotion:")]
+        if len(promotion) != 1:
+            raise SystemExit(f"{monitor} has no one promotion: line to make online")
+        lines[promotion[0]] = f"promotion: {ONLINE}   # the demo: champion moves on live evidence"
+        monitor.write_text("\n".join(lines) + "\n")
         self.say(f"a fresh project in {_rel(self.folder)} (store: {_rel(self.folder)}/mlflow.db)")
 
     def data(self) -> tuple[Any, Any]:
@@ -151,14 +181,14 @@ class Story:
             raise SystemExit(f"mlnb {' '.join(args)} failed with exit {done.returncode}")
         return done.returncode
 
-    def serve(self) -> None:
+    def serve(self, *options: str) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         log = (self.folder / "serve.log").open("wb")
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "mlnb", "serve", "cancer", "--port", str(port)],
+            [sys.executable, "-m", "mlnb", "serve", "cancer", "--port", str(port), *options],
             cwd=self.folder,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -199,6 +229,24 @@ class Story:
             time.sleep(0.1)
         raise SystemExit(f"the service still answers with v{answer['model_version']} after 60 s")
 
+    def until_shadowing(self, version: str) -> float:
+        """Seconds until the service's shadow is ``version``."""
+        started = time.time()
+        while time.time() - started < 60:
+            with urllib.request.urlopen(f"{self.url}/mlnb/health", timeout=10) as response:
+                shadow = json.loads(response.read()).get("shadow") or {}
+            if str(shadow.get("model_version")) == str(version):
+                return time.time() - started
+            time.sleep(0.1)
+        raise SystemExit(f"the service does not shadow v{version} after 60 s: {shadow}")
+
+    def version_of(self, alias: str) -> str:
+        from mlflow import MlflowClient
+
+        uri = f"sqlite:///{self.folder / 'mlflow.db'}"
+        client = MlflowClient(uri, uri)
+        return str(client.get_model_version_by_alias("cancer", alias).version)
+
     def champion(self) -> dict[str, Any]:
         from mlflow import MlflowClient
 
@@ -227,6 +275,7 @@ class Story:
             "decision": tags.get("mlnb.monitor.decision", ""),
             "drift": tags.get("mlnb.drift.reason", ""),
             "evidence": tags.get("mlnb.monitor.evidence", ""),
+            "online": tags.get("mlnb.online.comparison", ""),
         }
 
     def chapter(self, title: str) -> None:
