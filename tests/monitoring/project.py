@@ -234,12 +234,11 @@ def split(rows: pd.DataFrame) -> dict[str, Any]:
 class Server:
     """``mlnb serve cancer`` on 127.0.0.1, in the project folder (its log goes there)."""
 
-    def __init__(self, project: Example) -> None:
+    def __init__(self, project: Example, *options: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc, self.output = project.start(
-            "serve", MODEL, "--port", str(self.port), "--poll-seconds", "0.5", name="serve"
-        )
+        serve = ("serve", MODEL, "--port", str(self.port), "--poll-seconds", "0.5", *options)
+        self.proc, self.output = project.start(*serve, name="serve")
         try:
             wait_for_ping(self.proc, self.url, self.log, timeout=120)
         except BaseException:

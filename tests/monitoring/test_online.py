@@ -35,6 +35,7 @@ from tests.monitoring.project import (
     BATCH,
     MODEL,
     Example,
+    Server,
     copy_of,
     dataset,
     monitor_spec,
@@ -361,3 +362,87 @@ def test_what_the_comparison_decides(
     assert found.decision == decision
     assert found.reason.startswith(reason), found.reason
     assert decide(comparison, None, gate).decision == OnlineDecision.COMPARED
+
+
+@pytest.fixture(scope="module")
+def contenders(tmp_path_factory: pytest.TempPathFactory) -> Example:
+    """``cancer`` v1 a scaled logistic regression, v2 a constant (the majority class)."""
+    import mlflow
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mlnb.models._fluent import process_store
+
+    project = untrained(tmp_path_factory.mktemp("contenders") / "project")
+    X, y = dataset()
+    train = X.iloc[300:], y.iloc[300:]  # the service is sent rows 0-299
+    models = Registry(project.uri, state_dir(project.root))
+    experiment = project.client.create_experiment("models")
+    fitted = [
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(*train),
+        DummyClassifier(strategy="most_frequent").fit(*train),
+    ]
+    for model in fitted:
+        with process_store(project.uri), mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.sklearn.log_model(model, name="model", input_example=X.head(3))
+        models.register(MODEL, run.info.run_id, experiment)
+    return project
+
+
+@pytest.mark.parametrize(
+    ("champion", "challenger", "decision"),
+    [("2", "1", OnlineDecision.PROMOTED), ("1", "2", OnlineDecision.REMOVED)],
+    ids=["better", "worse"],
+)
+def test_a_real_service_shadows_the_challenger_and_its_labels_decide(
+    contenders: Example, tmp_path: Path, champion: str, challenger: str, decision: OnlineDecision
+) -> None:
+    """``mlnb serve --shadow challenger``, labels on /feedback, then ``mlnb monitor --once``."""
+    project = copy_of(contenders, tmp_path / "project")
+    models = Registry(project.uri, state_dir(project.root))
+    models.set_champion(MODEL, champion, f"v{champion} by hand")
+    project.client.set_registered_model_alias(MODEL, "challenger", challenger)
+    X, y = dataset()
+    server = Server(project, "--shadow", "challenger")
+    try:
+        _, versions = server.traffic(X.iloc[:300], y.iloc[:300])
+        assert versions == {champion}  # the shadow never answers
+        deadline = time.monotonic() + 60
+        while len(predlog.load_shadow(project.log_dir)) < 300:  # the shadow is off the path
+            assert time.monotonic() < deadline, "the shadow did not score the traffic"
+            time.sleep(0.2)
+        spec = project.write_monitor(
+            monitor_spec(
+                name="online",
+                drift=None,
+                triggers=["performance"],
+                performance={"metric": "accuracy", "threshold": 0.5, "min_labels": 50},
+                window={"last": 5000},
+                promotion=ONLINE,
+            )
+        )
+        once = project.once(spec)
+        after = server.predict(X.iloc[:BATCH]) if decision == OnlineDecision.PROMOTED else None
+        if after is not None:  # the service follows champion to the version that won
+            deadline = time.monotonic() + 60
+            while after["model_version"] != challenger and time.monotonic() < deadline:
+                time.sleep(0.2)
+                after = server.predict(X.iloc[:BATCH])
+    finally:
+        server.stop()
+    assert once.run is not None, once.output
+    found = once.run.data.tags
+    assert found["mlnb.online.mode"] == "shadow", once.output
+    assert found["mlnb.online.decision"] == decision.value, once.output
+    assert once.run.data.metrics["online_labels"] == 300
+    if decision == OnlineDecision.PROMOTED:
+        assert once.code == ExitCode.PROMOTED, once.output
+        assert once.run.data.metrics["online_ci_low"] > 0
+        assert project.alias("champion") == challenger
+        assert after is not None and after["model_version"] == challenger
+    else:
+        assert once.code == ExitCode.OK, once.output
+        assert once.run.data.metrics["online_ci_high"] < 0
+        assert project.alias("champion") == champion and project.alias("challenger") is None
