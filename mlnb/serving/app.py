@@ -278,7 +278,7 @@ class _Endpoint:
             status, body, headers = denied.status, denied.body(), denied.headers()
             self.service.metrics.errors.labels(self.name, denied.kind).inc()
         except Reject as reject:
-            status, body, headers = reject.status, reject.body(), self._version()
+            status, body, headers = reject.status, reject.body(), self._version(reject.version)
             self.service.metrics.errors.labels(self.name, reject.kind).inc()
         except Exception:
             logger.exception("%s failed", self.name)
@@ -294,10 +294,10 @@ class _Endpoint:
             return None
         return self.tokens.check(_header(scope, b"authorization"), self.scope)
 
-    def _version(self) -> Headers:
+    def _version(self, version: str | None = None) -> Headers:
         if self.name != "invocations":
             return []
-        return [(b"x-model-version", self.service.current.version.encode())]
+        return [(b"x-model-version", (version or self.service.current.version).encode())]
 
 
 def _either(names: Sequence[str]) -> str:
@@ -389,11 +389,15 @@ class _Handlers:
                 served, arm = challenger, CANARY
         fields = {"model_version": served.version, "request_id": request_id}
         limits = service.limits
-        if mime == JSON and len(body) <= INLINE_BYTES and served.wants_matrix:
-            scored = score(served, mime, body, limits, fields)  # microseconds: on the loop
-        else:
-            work = functools.partial(score, served, mime, body, limits, fields)
-            scored = await self._in_time(work)
+        try:
+            if mime == JSON and len(body) <= INLINE_BYTES and served.wants_matrix:
+                scored = score(served, mime, body, limits, fields)  # microseconds: on the loop
+            else:
+                work = functools.partial(score, served, mime, body, limits, fields)
+                scored = await self._in_time(work)
+        except Reject as reject:
+            reject.version = served.version  # the error names the version that gave it
+            raise
         service.observe(served.version, scored.outputs)
         write = functools.partial(
             service.log.write_prediction,

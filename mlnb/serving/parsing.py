@@ -84,7 +84,11 @@ class Reject(Exception):
         code: its ``error_code`` (MLflow's names: ``BAD_REQUEST``, ...).
         kind: the error's label in the metrics (by default, from the status).
         message: the message, cut to 2000 characters.
+        version: the model version that refused it, when one was chosen (a
+            canary's request names the canary's version); ``None`` else.
     """
+
+    version: str | None = None
 
     def __init__(
         self,

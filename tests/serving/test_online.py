@@ -263,6 +263,13 @@ def test_canary_answers_its_share_by_a_stable_key(
         for key in keys:
             seen[key] = ask(key)
         again = {key: ask(key) for key in keys[:100]}
+        bad = json.dumps(split(rows.drop(columns=rows.columns[0]))).encode()
+        for version in "12":  # an error names the version that gave it too
+            key = next(k for k, v in seen.items() if v == version)
+            headers = {"content-type": "application/json", "x-request-key": key}
+            refused = http.post("/invocations", content=bad, headers=headers)
+            assert refused.status_code == 400, refused.text
+            assert refused.headers["x-model-version"] == version
     assert again == {key: seen[key] for key in keys[:100]}  # one key, one version
     canaried = sum(version == "2" for version in seen.values())
     n, p = len(keys), 0.10
