@@ -67,6 +67,7 @@ test: lab-check lint ## every test (real kernels, real SQLite MLflow stores), th
 bench: setup ## benchmarks, each printed side by side with its baseline tool
 	$(BIN)/python benchmarks/bench_run.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_shadow.py
 	$(BIN)/python benchmarks/bench_monitor.py
 	$(BIN)/python benchmarks/bench_dask.py
 	$(BIN)/python benchmarks/bench_sweep.py

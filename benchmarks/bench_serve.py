@@ -150,9 +150,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def load(url: str, body: bytes, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
-    """The load generator (run in its own process): closed loop, ``clients`` threads."""
+def load(
+    url: str, body: bytes, clients: int, seconds: float, warmup: float, rate: float | None = None
+) -> dict[str, Any]:
+    """The load generator (run in its own process): ``clients`` threads, in a closed loop, or
+    with ``rate`` at that many requests per second in all (each latency counted from when its
+    request was due, so a server that falls behind is not spared its queue)."""
     start_at = time.perf_counter() + warmup
+    interval = clients / rate if rate else 0.0
     end_at = start_at + seconds
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -161,8 +166,13 @@ def load(url: str, body: bytes, clients: int, seconds: float, warmup: float) -> 
     def client(i: int) -> None:
         with httpx.Client(timeout=30) as http:
             request = http.build_request("POST", url, content=body, headers=JSON_HEADERS)
+            due = time.perf_counter() + interval * i / clients
             while True:
                 t0 = time.perf_counter()
+                if interval:
+                    if due > t0:
+                        time.sleep(due - t0)
+                    t0, due = due, due + interval
                 if t0 >= end_at:
                     return
                 response = http.send(request)
@@ -205,7 +215,13 @@ def cpu_seconds(pid: int) -> float:
 def measure(url: str, body: bytes, args: argparse.Namespace, pid: int) -> dict[str, Any]:
     """Run :func:`load` in a separate process; add the server's CPU time per request."""
     config = json.dumps(
-        {"url": url, "clients": args.clients, "seconds": args.seconds, "warmup": args.warmup}
+        {
+            "url": url,
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "rate": getattr(args, "rate", None),
+        }
     )
     with tempfile.NamedTemporaryFile(suffix=".json") as payload:
         payload.write(body)

@@ -26,9 +26,9 @@ Design decisions:
   ``put_nowait``: when the queue is full the job is dropped and counted
   (``mlnb_serve_shadow_dropped``), never waited for. One daemon thread
   scores the queue with the shadow version, parsing each body again as the
-  champion did, and takes what waited meanwhile with it (up to
-  :data:`BATCH_JOBS`): the fast path's bodies are stacked and predicted in
-  one model call (:func:`~mlnb.serving.scoring.score_many`), so under load
+  champion did, and gathers what comes within :data:`BATCH_SECONDS` of a
+  request (up to :data:`BATCH_JOBS`): the fast path's bodies are stacked and
+  predicted in one model call (:func:`~mlnb.serving.scoring.score_many`), so under load
   the shadow costs a fraction of the champion's work per request. Whatever
   the shadow does (raises, is refused, takes longer than the service's
   timeout) becomes an error record, never an exception in a request. A
@@ -80,6 +80,7 @@ CANARY: Mode = "canary"
 QUEUE_JOBS = 1000  # shadow requests waiting at most; beyond, new ones are dropped
 QUEUE_BYTES = 64 * 2**20  # request bodies waiting at most, together
 BATCH_JOBS = 256  # queued requests the shadow scores together, in one model call where it can
+BATCH_SECONDS = 0.05  # how long the shadow gathers requests before it scores them
 KEY_HEADER = b"x-request-key"
 _CANARY = re.compile(r"^(?P<target>[^:]*):(?P<share>[^:]*)$")
 _SHARE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*%?\s*$")
@@ -398,9 +399,10 @@ class Shadow:
     def _work(self, jobs: _Queue) -> None:
         while (job := jobs.jobs.get()) is not None and self._queue is jobs:
             batch, end = [job], False
-            while len(batch) < BATCH_JOBS:  # what waited meanwhile is scored with it
+            until = time.monotonic() + BATCH_SECONDS
+            while len(batch) < BATCH_JOBS:  # what comes meanwhile is scored with it
                 try:
-                    more = jobs.jobs.get_nowait()
+                    more = jobs.jobs.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
