@@ -254,9 +254,20 @@ def score(
             refuses it (its status and code), or the model failed on it.
     """
     fields = fields or {}
+    if (
+        mime == JSON
+        and served.wants_matrix
+        and (matrix := _fast_matrix(served, body, limits)) is not None
+    ):
+        return _fast_answer(served, matrix, fields)
+    return _score_parsed(served, mime, body, limits, fields)
+
+
+def _score_parsed(
+    served: Served, mime: str, body: bytes, limits: Limits, fields: dict[str, str]
+) -> Scored:
+    """:func:`score` past the fast path: MLflow's parsers, schema enforcement and writer."""
     if mime == JSON:
-        if served.wants_matrix and (matrix := _fast_matrix(served, body, limits)) is not None:
-            return _fast_answer(served, matrix, fields)
         doc = _json_document(body, limits)
         _check_table(served, doc, limits)
         batch, params, unwrapped = _parse_json(served, doc)
@@ -291,7 +302,7 @@ def score_many(
             if mime == JSON and served.wants_matrix:
                 matrix = _fast_matrix(served, body, limits)
             if matrix is None:
-                results[index] = score(served, mime, body, limits).outputs
+                results[index] = _score_parsed(served, mime, body, limits, {}).outputs
             else:
                 stacked.append((index, matrix))
         except Reject as reject:
