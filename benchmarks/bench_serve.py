@@ -267,12 +267,18 @@ class Running:
         self.output.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark that drives :func:`load`: clients, seconds, rounds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per case")
     parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds first")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per case; the best is kept")
+    return parser
+
+
+def main() -> None:
+    parser = load_arguments(__doc__.splitlines()[0])
     parser.add_argument("--load", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:

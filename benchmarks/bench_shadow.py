@@ -43,6 +43,7 @@ from bench_serve import (
     TOKEN,
     Running,
     bodies,
+    load_arguments,
     measure,
     register,
     wait_ready,
@@ -74,11 +75,7 @@ def shadow_counts(url: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per case")
-    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds first")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per case; the best is kept")
+    parser = load_arguments(__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=400.0, help="requests/s of the paced runs")
     args = parser.parse_args()
 
