@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,14 @@ class Server:
 def copy_of(trained: Example, root: Path) -> Example:
     shutil.copytree(trained.root, root, symlinks=True)
     return Example(root)
+
+
+def checked_copy(trained: Example, root: Path) -> Iterator[Example]:
+    """A copy of ``trained`` for one test (a fixture's body); no process may be left in it."""
+    project = copy_of(trained, root)
+    yield project
+    left = processes_in(project.root)
+    assert not left, "processes left behind:\n" + "\n".join(left)
 
 
 def untrained(root: Path) -> Example:

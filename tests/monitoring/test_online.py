@@ -36,7 +36,7 @@ from tests.monitoring.project import (
     MODEL,
     Example,
     Server,
-    copy_of,
+    checked_copy,
     dataset,
     monitor_spec,
     processes_in,
@@ -69,11 +69,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Example:
 
 @pytest.fixture
 def project(registered: Example, tmp_path: Path) -> Iterator[Example]:
-    """A copy of the registered project for one test."""
-    copy = copy_of(registered, tmp_path / "project")
-    yield copy
-    left = processes_in(copy.root)
-    assert not left, "processes left behind:\n" + "\n".join(left)
+    """A copy of the registered project for one test; no process may be left working in it."""
+    yield from checked_copy(registered, tmp_path / "project")
 
 
 @dataclass
@@ -391,16 +388,22 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> Example:
     return project
 
 
+@pytest.fixture
+def contender(contenders: Example, tmp_path: Path) -> Iterator[Example]:
+    """A copy of ``contenders`` for one test; no process may be left working in it."""
+    yield from checked_copy(contenders, tmp_path / "project")
+
+
 @pytest.mark.parametrize(
     ("champion", "challenger", "decision"),
     [("2", "1", OnlineDecision.PROMOTED), ("1", "2", OnlineDecision.REMOVED)],
     ids=["better", "worse"],
 )
 def test_a_real_service_shadows_the_challenger_and_its_labels_decide(
-    contenders: Example, tmp_path: Path, champion: str, challenger: str, decision: OnlineDecision
+    contender: Example, champion: str, challenger: str, decision: OnlineDecision
 ) -> None:
     """``mlnb serve --shadow challenger``, labels on /feedback, then ``mlnb monitor --once``."""
-    project = copy_of(contenders, tmp_path / "project")
+    project = contender
     models = Registry(project.uri, state_dir(project.root))
     models.set_champion(MODEL, champion, f"v{champion} by hand")
     project.client.set_registered_model_alias(MODEL, "challenger", challenger)

@@ -53,6 +53,7 @@ from tests.monitoring.project import (
     Example,
     Once,
     Server,
+    checked_copy,
     copy_of,
     dataset,
     monitor_spec,
@@ -85,10 +86,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Example:
 @pytest.fixture
 def example(trained: Example, tmp_path: Path) -> Iterator[Example]:
     """A copy of the trained project for one test; no process may be left working in it."""
-    project = copy_of(trained, tmp_path / "project")
-    yield project
-    left = processes_in(project.root)
-    assert not left, "processes left behind:\n" + "\n".join(left)
+    yield from checked_copy(trained, tmp_path / "project")
 
 
 @dataclass
