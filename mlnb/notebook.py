@@ -1,4 +1,4 @@
-"""What mlnb needs to know about a notebook, read with nbformat alone.
+"""What mlnb needs to know about a notebook, read without running anything.
 
 A stage is a plain notebook with one cell tagged ``parameters`` (papermill's
 convention). The parameters are read from that cell with :mod:`ast` rather than
@@ -9,6 +9,12 @@ reads the cell.
 The fingerprint hashes what the notebook *does* (cell types, sources and the
 kernel), not what it last printed, so that running a notebook by hand in
 JupyterLab does not invalidate the pipeline's cache.
+
+:func:`inspect` reads a notebook of format 4 (what every Jupyter of the last
+decade writes) as the JSON it is: importing nbformat costs more than half a
+second (jsonschema builds its format grammars), which ``mlnb run`` would
+pay on every command even when every stage is cached. Older formats, and
+everything that writes a notebook, go through nbformat.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import nbformat
+from typing import TYPE_CHECKING, Any
 
 from mlnb.errors import NotebookError
+
+if TYPE_CHECKING:
+    import nbformat
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -59,6 +67,8 @@ class NotebookInfo:
 
 def read(path: Path) -> nbformat.NotebookNode:
     """Read a notebook, raising :class:`NotebookError` on anything unreadable."""
+    import nbformat
+
     try:
         return nbformat.read(str(path), as_version=4)
     except FileNotFoundError as exc:
@@ -109,15 +119,42 @@ def _unpacked(value: ast.expr | None, count: int) -> list[ast.expr | None]:
     return [value] * count
 
 
+def _content(path: Path) -> dict[str, Any]:
+    """A notebook as JSON, each cell's source one string; nbformat reads what is not format 4.
+
+    Raises:
+        NotebookError: when the file is missing or unreadable.
+    """
+    try:
+        nb = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise NotebookError(path, "no such notebook") from exc
+    except (OSError, ValueError) as exc:
+        raise NotebookError(path, f"not a readable notebook ({exc})") from exc
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    if (
+        not isinstance(nb, dict)
+        or nb.get("nbformat") != 4
+        or not isinstance(cells, list)
+        or not all(isinstance(cell, dict) for cell in cells)
+    ):
+        return dict(read(path))  # converted from an older format, or nbformat says what is wrong
+    for cell in cells:
+        source = cell.get("source", "")
+        cell["source"] = "".join(source) if isinstance(source, list) else source
+    return nb
+
+
 def _tags(cell: Any) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []) or [])
 
 
-def fingerprint(nb: nbformat.NotebookNode) -> str:
+def fingerprint(nb: Mapping[str, Any]) -> str:
     """Hash a notebook's cell types, sources and kernel, ignoring outputs and metadata."""
     kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name", "")
     payload = [kernel] + [
-        [cell.cell_type, cell.source, PARAMETERS_TAG in _tags(cell)] for cell in nb.cells
+        [cell.get("cell_type"), cell.get("source", ""), PARAMETERS_TAG in _tags(cell)]
+        for cell in nb["cells"]
     ]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
@@ -137,13 +174,13 @@ def inspect(path: Path) -> NotebookInfo:
 
 @lru_cache(maxsize=256)
 def _inspect_cached(path: Path, _stamp: tuple[int, int] | None) -> NotebookInfo:
-    nb = read(path)
+    nb = _content(path)
     params: dict[str, str] = {}
     params_cell: int | None = None
     with_outputs: list[int] = []
     code_cells = 0
-    for position, cell in enumerate(nb.cells, start=1):
-        if cell.cell_type != "code":
+    for position, cell in enumerate(nb["cells"], start=1):
+        if cell.get("cell_type") != "code":
             continue
         code_cells += 1
         if cell.get("outputs") or cell.get("execution_count"):
@@ -151,7 +188,7 @@ def _inspect_cached(path: Path, _stamp: tuple[int, int] | None) -> NotebookInfo:
         if PARAMETERS_TAG in _tags(cell) and params_cell is None:
             params_cell = position
             try:
-                params = declared_parameters(cell.source)
+                params = declared_parameters(cell["source"])
             except SyntaxError as exc:
                 raise NotebookError(
                     path, f"the parameters cell (cell {position}) is not valid Python: {exc.msg}"
@@ -196,6 +233,8 @@ def strip_outputs(path: Path) -> bool:
     Returns:
         Whether the file changed.
     """
+    import nbformat
+
     nb = read(path)
     changed = _strip(nb)
     if changed:
@@ -207,6 +246,8 @@ def strip_outputs(path: Path) -> bool:
 
 def stripped_text(path: Path) -> str:
     """A notebook's text without outputs, as nbformat writes it (the same input, the same text)."""
+    import nbformat
+
     nb = read(path)
     _strip(nb)
     return nbformat.writes(nb)
@@ -232,11 +273,11 @@ def imported_modules(path: Path) -> list[str]:
     that are not valid Python (magics, say) are skipped.
     """
     found: dict[str, None] = {}
-    for cell in read(path).cells:
-        if cell.cell_type != "code":
+    for cell in _content(path)["cells"]:
+        if cell.get("cell_type") != "code":
             continue
         try:
-            tree = ast.parse(cell.source)
+            tree = ast.parse(cell["source"])
         except SyntaxError:
             continue
         for node in tree.body:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -333,6 +334,35 @@ def test_inspect_unreadable_notebook(tmp_path: Path, content: str | None, messag
         nbmod.inspect(path)
     assert message in str(info.value)
     assert "x.ipynb" in info.value.path
+
+
+def test_inspect_reads_format_4_as_nbformat_does(tmp_path: Path) -> None:
+    """The JSON read (no nbformat import) sees what nbformat sees: lines joined, same hash."""
+    path = make_notebook(
+        tmp_path / "nb.ipynb", ("code", "x = 1\ny = 2"), ("markdown", "# t"), ("code", "x + y")
+    )
+    raw = json.loads(path.read_text())
+    raw["cells"][0]["source"] = ["x = 1\n", "y = 2"]  # as Jupyter writes it: a list of lines
+    path.write_text(json.dumps(raw))
+
+    info = nbmod.inspect(path)
+
+    assert info.parameters == {"x": "1", "y": "2"}
+    assert info.fingerprint == nbmod.fingerprint(nbformat.read(path, as_version=4))
+    assert (info.code_cells, info.parameters_cell) == (2, 1)
+
+
+def test_inspect_reads_an_older_format_through_nbformat(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    path = tmp_path / "old.ipynb"
+    nbformat.write(nbformat.convert(nb, 3), str(path))
+    assert json.loads(path.read_text())["nbformat"] == 3
+
+    info = nbmod.inspect(path)
+
+    assert info.code_cells == 1
+    assert info.fingerprint == nbmod.fingerprint(nbformat.read(path, as_version=4))
 
 
 # -- source_position -------------------------------------------------------------------
