@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -121,11 +122,29 @@ def _create_store(uri: str) -> None:
     notebook run by hand logs there and would scatter artifacts over the project.
     """
     location = default_artifact_location(uri)
-    if location is None or Path(uri.removeprefix("sqlite:///")).exists():
+    if location is None:
         return
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not database.exists():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    SqlAlchemyStore(uri, location)
+        SqlAlchemyStore(uri, location)
+    write_ahead(database)
+
+
+def write_ahead(database: Path) -> None:
+    """Put a SQLite store in write-ahead-log mode, once: it is kept in the file.
+
+    In its default mode SQLite syncs a rollback journal to disk on every
+    commit (about 5 ms each here, several per MLflow call) and a writer
+    blocks every reader; with a write-ahead log a commit is an append and
+    readers go on beside the writer, in this process, its stage kernels and
+    ``mlflow ui``. The file stays a plain SQLite database any MLflow opens; a
+    file that is not one is left for MLflow to report.
+    """
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(database)) as db:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 def _store_lock(uri: str) -> contextlib.AbstractContextManager[None]:

@@ -6,6 +6,7 @@ two real processes opening one new store at once.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -236,3 +237,26 @@ def test_a_servers_password_is_in_no_message(tmp_path: Path, monkeypatch) -> Non
     message = str(raised.value)
     assert message.startswith(f"cannot open the MLflow store http://***@127.0.0.1:{port}: ")
     assert "s3cr3t" not in message and "403" in message
+
+
+def test_a_store_is_opened_in_write_ahead_log_mode(tmp_path: Path) -> None:
+    import sqlite3
+
+    new = tmp_path / "new"
+    new.mkdir()
+    Tracker(new, store_of(new))
+    with contextlib.closing(sqlite3.connect(new / "mlflow.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    # a store made elsewhere in the default rollback-journal mode is switched once opened
+    old = tmp_path / "old"
+    old.mkdir()
+    MlflowClient(tracking_uri=store_of(old)).search_experiments()
+    with contextlib.closing(sqlite3.connect(old / "mlflow.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    tracker = Tracker(old, store_of(old))
+    with contextlib.closing(sqlite3.connect(old / "mlflow.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # and MLflow, this process's or another's, reads what it wrote
+    run_id = tracker.start_run(tracker.experiment_id("p"), "r", {"k": "v"})
+    assert MlflowClient(tracking_uri=store_of(old)).get_run(run_id).data.tags["k"] == "v"
