@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mlnb.engine.kernels import KernelPool
-
 if TYPE_CHECKING:
     from mlnb.engine.execute import CellCallback, OutputCallback
+    from mlnb.engine.kernels import KernelPool
 
+#: kernels started beyond the ``jobs`` that run at once: a short stage's successor then
+#: finds its kernel ready instead of waiting for it to start
+AHEAD = 2
 #: the executors ``mlnb run --executor`` takes
 EXECUTORS = ("local", "dask")
 
@@ -105,9 +107,10 @@ class LocalExecutor:
         if not kernels:
             return
         pool = self._ensure_pool()
-        for kernel in self._planned[:jobs]:
+        ahead = jobs + AHEAD
+        for kernel in self._planned[:ahead]:
             pool.prestart(kernel)
-        self._started = min(jobs, len(self._planned))
+        self._started = min(ahead, len(self._planned))
 
     def input_path(self, path: Path, digest: str) -> str:
         return str(path.resolve())
@@ -142,6 +145,8 @@ class LocalExecutor:
         """The kernel pool; created here when no stage was expected to execute."""
         with self._lock:
             if self._pool is None:
+                from mlnb.engine.kernels import KernelPool  # jupyter_client: once a stage executes
+
                 self._pool = KernelPool(env=self._env, cwd=self._cwd)
             return self._pool
 
