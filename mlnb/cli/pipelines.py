@@ -148,6 +148,14 @@ def summary(result: PipelineResult) -> None:
     for stage in result.stages:
         counts[stage.status] = counts.get(stage.status, 0) + 1
     parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    if result.up_to_date:
+        click.echo(
+            f"pipeline '{result.pipeline}' is up to date ({parts}): nothing executed, "
+            "nothing recorded; --force executes every stage again"
+        )
+        click.echo(f"store:     {redacted(result.tracking_uri)}")
+        click.echo(f"workspace: {result.workspace}")
+        return
     click.echo(
         f"pipeline '{result.pipeline}' {result.status.lower()} in {result.seconds:.1f} s ({parts})"
     )

@@ -64,8 +64,8 @@ class PipelineResult:
 
     Attributes:
         pipeline: the pipeline name.
-        run_id: the parent MLflow run.
-        experiment_id: its experiment.
+        run_id: the parent MLflow run (``""`` for a run that was up to date).
+        experiment_id: its experiment (``""`` for a run that was up to date).
         status: how the run ended, as MLflow's run states name it.
         stages: per-stage results, in topological order.
         workspace: the run's workspace folder.
@@ -74,6 +74,9 @@ class PipelineResult:
         seconds: wall-clock time of the run.
         registration: the model version the run delivered (with a ``model:`` section).
         decision: what the gate decided about it (unless promotion was off).
+        up_to_date: every stage came from the cache and there was no model to
+            deliver, so nothing ran and nothing new was recorded: each stage's
+            ``source_run_id`` is the run that holds its outputs.
     """
 
     pipeline: str
@@ -87,6 +90,7 @@ class PipelineResult:
     seconds: float = 0.0
     registration: Registration | None = None
     decision: Decision | None = None
+    up_to_date: bool = False
 
     def stage(self, name: str) -> StageResult:
         """Return the result of stage ``name``."""

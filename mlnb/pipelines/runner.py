@@ -145,7 +145,13 @@ def run_pipeline(
             does (stages under way are killed, the run ends ``KILLED``).
 
     Returns:
-        The :class:`PipelineResult` of a run whose stages all succeeded.
+        The :class:`PipelineResult` of a run whose stages all succeeded. A run
+        with nothing to do — every stage in the cache, no ``model:`` section,
+        started by hand (``trigger`` ``manual``, the local executor, no
+        ``run_tags``) — is *up to date*: it executes nothing, records nothing
+        new in MLflow (the runs that made the outputs are there) and so never
+        imports MLflow; its result says ``up_to_date`` and names, per stage,
+        the run that holds the outputs.
 
     Raises:
         SpecError: the spec is invalid.
@@ -177,7 +183,12 @@ def run_pipeline(
         run_tags=run_tags,
         interrupt=interrupt,
     )
+    may_skip = trigger == "manual" and executor is None and register and not run_tags
     try:
+        current = runner.up_to_date(plan) if isinstance(plan, Pipeline) and may_skip else None
+        if current is not None:
+            current.seconds = time.perf_counter() - started
+            return current
         if isinstance(plan, Pipeline):
             run = runner.start(plan, spec_path)
         else:
@@ -345,9 +356,46 @@ class _Runner:
 
     # -- the parent run: started, or reopened ------------------------------------
 
+    def up_to_date(self, pipeline: Pipeline) -> PipelineResult | None:
+        """The result of a run with nothing to do, decided before MLflow is imported; else None.
+
+        Nothing to do: not forced, no model to deliver, every stage's entry in
+        the cache (its outputs still there and unchanged).
+        """
+        if self.force or pipeline.spec.model is not None:
+            return None
+        misses, hits = self._predicted(pipeline, {})
+        if misses:
+            return None
+        stages = []
+        for stage in pipeline.stages:
+            hit = hits[stage.name]
+            stages.append(
+                StageResult(
+                    stage.name,
+                    StageStatus.CACHED,
+                    outputs=dict(hit.outputs),
+                    hashes=dict(hit.hashes),
+                    source_run_id=hit.run_id,
+                )
+            )
+            self.emit(StageFinished(stage.name, StageStatus.CACHED, source_run_id=hit.run_id))
+        last = hits[pipeline.stages[-1].name]
+        return PipelineResult(
+            pipeline.name,
+            "",
+            "",
+            "FINISHED",
+            stages,
+            cachemod.workspace(self.state, last.parent_run_id),
+            self.uri,
+            "",
+            up_to_date=True,
+        )
+
     def start(self, pipeline: Pipeline, spec_path: Path) -> _Execution:
         """Start the kernels the run will need, then a new parent run for ``pipeline``."""
-        self._prestart(self._predicted_misses(pipeline, {}))  # before importing MLflow
+        self._prestart(self._predicted(pipeline, {})[0])  # before importing MLflow
         tracker = self._tracker()
         lineage, spec_sha = _source(self.root, spec_path)
         experiment_id = tracker.experiment_id(pipeline.name)
@@ -390,7 +438,7 @@ class _Runner:
         results = earlier_attempts(tracker, experiment_id, run_id, pipeline, self.root)
         tracker.log(run_id, tags=Owner.this_process().tags())
         tracker.reopen(run_id)
-        self._prestart(self._predicted_misses(pipeline, results))
+        self._prestart(self._predicted(pipeline, results)[0])
         return _Execution(
             tracker,
             pipeline,
@@ -554,12 +602,17 @@ class _Runner:
 
     # -- scheduling --------------------------------------------------------------
 
-    def _predicted_misses(
+    def _predicted(
         self, pipeline: Pipeline, results: Mapping[str, StageResult]
-    ) -> list[Stage]:
-        """Stages that will (probably) execute, in order: those not known to hit the cache."""
+    ) -> tuple[list[Stage], dict[str, cachemod.CacheEntry]]:
+        """Stages that will (probably) execute, in order, and the cache entries of the others.
+
+        A stage downstream of a predicted miss counts as a miss: its key
+        depends on outputs not made yet.
+        """
         known = {n: r for n, r in results.items() if r.status == StageStatus.REUSED}
         misses = []
+        hits = {}
         for stage in pipeline.stages:
             if stage.name in known:
                 continue
@@ -569,13 +622,14 @@ class _Runner:
             if hit is None:
                 misses.append(stage)
             else:
+                hits[stage.name] = hit
                 known[stage.name] = StageResult(
                     stage.name,
                     StageStatus.CACHED,
                     outputs=dict(hit.outputs),
                     hashes=dict(hit.hashes),
                 )
-        return misses
+        return misses, hits
 
     def _prestart(self, misses: list[Stage]) -> None:
         self.executor.plan([s.kernel for s in misses], self.jobs)

@@ -108,6 +108,43 @@ def test_help_does_not_import_mlflow(project) -> None:
     assert "mlflow" not in done.stderr
 
 
+def test_an_up_to_date_run_records_nothing_and_never_imports_mlflow(project) -> None:
+    project.spec(CHAIN)
+    first = project.mlnb("run", "pipelines/p.yaml")
+    assert first.returncode == 0, first.stderr
+    run_id = run_id_of(first.stdout)
+    client = project.client()
+    experiment = client.get_run(run_id).info.experiment_id
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+    )
+    sources = {run.data.tags["mlnb.stage"]: run.info.run_id for run in children}
+
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mlnb.cli", "run", "pipelines/p.yaml"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (
+        "pipeline 'p' is up to date (2 cached): nothing executed, nothing recorded" in done.stdout
+    )
+    workspace = project.root.resolve() / ".mlnb" / "runs" / run_id
+    assert f"workspace: {workspace}\n" in done.stdout
+    assert f"[a] cached from run {sources['a']}" in done.stderr
+    assert f"[b] cached from run {sources['b']}" in done.stderr
+    imported = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert imported and not [line for line in imported if "mlflow" in line]
+    assert len(client.search_runs([experiment])) == 1 + len(sources)
+
+    forced = project.mlnb("run", "pipelines/p.yaml", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert run_id_of(forced.stdout) != run_id
+
+
 def run_together(project, count: int = 2) -> list[tuple[int, str, str]]:
     """Start ``mlnb run --force`` ``count`` times at once; return (exit code, stdout, stderr)."""
     command = [sys.executable, "-m", "mlnb.cli", "run", "pipelines/p.yaml", "--force"]

@@ -187,27 +187,23 @@ def test_cache_hits_and_what_invalidates_it(project) -> None:
     assert statuses(first) == {"a": "succeeded", "b": "succeeded", "c": "succeeded"}
     assert text(first.stage("c").outputs["out_path"]) == "11"
 
-    # unchanged: nothing executes, outputs appear in the new workspace
+    # unchanged: up to date; nothing executes and nothing new is recorded
+    client = project.client()
+    recorded_runs = len(client.search_runs([first.experiment_id]))
     events: list[object] = []
     second = run_pipeline(spec, on_event=events.append)
+    assert second.up_to_date and second.status == "FINISHED"
     assert statuses(second) == {"a": "cached", "b": "cached", "c": "cached"}
     assert not [e for e in events if isinstance(e, StageStarted)]
-    assert second.run_id != first.run_id
-    assert second.workspace != first.workspace
-    expected = {"a": "2", "b": "3", "c": "11"}
-    client = project.client()
+    assert [(e.stage, e.source_run_id) for e in events if isinstance(e, StageFinished)] == [
+        (s.name, s.run_id) for s in first.stages
+    ]
+    assert second.run_id == "" and second.workspace == first.workspace
+    assert len(client.search_runs([first.experiment_id])) == recorded_runs
     for stage in second.stages:
-        source = first.stage(stage.name).run_id
-        assert stage.source_run_id == source
-        assert stage.notebook is None
-        assert stage.outputs["out_path"] == str(second.workspace / stage.name / "out.txt")
-        assert text(stage.outputs["out_path"]) == expected[stage.name]
-        run = client.get_run(stage.run_id)
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["mlnb.cached"] == "true"
-        assert run.data.tags["mlnb.cached_from_run"] == source
-        assert run.data.tags["mlflow.parentRunId"] == second.run_id
-    assert client.get_run(second.run_id).data.metrics["stages_executed"] == 0
+        assert stage.source_run_id == first.stage(stage.name).run_id
+        assert stage.outputs == first.stage(stage.name).outputs
+        assert stage.run_id is None and stage.notebook is None
 
     # a parameter: that stage and what reads its output
     third = run_pipeline(spec, overrides={"a.x": 5})
@@ -220,6 +216,21 @@ def test_cache_hits_and_what_invalidates_it(project) -> None:
     assert statuses(fourth) == {"a": "cached", "b": "cached", "c": "succeeded"}
     assert text(fourth.stage("c").outputs["out_path"]) == "21"
     assert text(fourth.stage("b").outputs["out_path"]) == "3"
+    # cached stages of a run that executes others are recorded, their outputs in its workspace
+    expected = {"a": "2", "b": "3"}
+    for name, value in expected.items():
+        stage = fourth.stage(name)
+        source = first.stage(name).run_id
+        assert stage.source_run_id == source
+        assert stage.notebook is None
+        assert stage.outputs["out_path"] == str(fourth.workspace / name / "out.txt")
+        assert text(stage.outputs["out_path"]) == value
+        run = client.get_run(stage.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlnb.cached"] == "true"
+        assert run.data.tags["mlnb.cached_from_run"] == source
+        assert run.data.tags["mlflow.parentRunId"] == fourth.run_id
+    assert client.get_run(fourth.run_id).data.metrics["stages_executed"] == 1
 
     # the source of a notebook (used by b and c)
     path = project.root / "notebooks" / "reads_input.ipynb"
