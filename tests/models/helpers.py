@@ -8,8 +8,10 @@ store of its own without paying for logging models again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,8 +41,15 @@ class Models:
 
 
 def store_of(project: Project, models: Models) -> tuple[Registry, Path]:
-    """A copy of the template store in the project, and its holdout file."""
-    shutil.copy(models.folder / "mlflow.db", project.root / "mlflow.db")
+    """A copy of the template store in the project, and its holdout file.
+
+    The copy is SQLite's backup: it holds what is still in the store's write-ahead log.
+    """
+    with (
+        contextlib.closing(sqlite3.connect(models.folder / "mlflow.db")) as source,
+        contextlib.closing(sqlite3.connect(project.root / "mlflow.db")) as target,
+    ):
+        source.backup(target)
     holdout = project.root / HOLDOUT
     shutil.copy(models.folder / HOLDOUT, holdout)
     return Registry(project.store), holdout

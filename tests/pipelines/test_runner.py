@@ -446,8 +446,8 @@ def test_a_teammate_resumes_a_failed_run_from_another_folder(
     (other / "pipelines" / "p.yaml").write_text(textwrap.dedent(FLAKY))
     nb.cells[1].source = 'print("fixed")'
     nbformat.write(nb, other / "notebooks" / "flaky.ipynb")
-    for left in project.root.iterdir():  # A's machine keeps only the store's file
-        if left.name != "mlflow.db":
+    for left in project.root.iterdir():  # A's machine keeps only the store's files
+        if not left.name.startswith("mlflow.db"):  # the database, its write-ahead log
             shutil.rmtree(left) if left.is_dir() else left.unlink()
 
     result = run_pipeline(other / "pipelines" / "p.yaml", resume=error.run_id)
