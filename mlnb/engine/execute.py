@@ -8,6 +8,12 @@ one. Before the first cell the engine runs a silent setup cell that sets
 ``MLFLOW_RUN_ID`` and friends and changes to the notebook's directory (as
 JupyterLab does), so plain ``mlflow.log_metric`` calls land in the stage's run.
 
+papermill writes the whole executed notebook as each cell starts and as it
+ends, which for a notebook with outputs costs its size twice a cell; the
+engine's :class:`_Manager` writes it at most every :data:`SAVE_EVERY` seconds
+while cells run (a write it skips it makes that much later, so the file shows
+a long cell running), and always at the start and the end.
+
 A stage's ``timeout`` bounds the whole stage: a watchdog kills the kernel when
 it runs out, and the dead kernel is reported as a timeout. papermill's
 ``cwd`` argument is never used: it changes the directory of the whole
@@ -29,18 +35,20 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import nbformat
+from jupyter_core.utils import ensure_event_loop
 from nbclient.client import timestamp
 from nbclient.exceptions import DeadKernelError
 from nbclient.util import ensure_async, run_hook, run_sync
 from nbformat import NotebookNode
 from papermill.clientwrap import PapermillNotebookClient
-from papermill.engines import NBClientEngine, papermill_engines
+from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 from papermill.execute import execute_notebook
 
@@ -55,6 +63,9 @@ OUTPUT_LIMIT = 10_000_000
 #: what each output in a notebook costs beyond its text, counted against the limit
 #: (a flood of one-character writes is many outputs)
 _OUTPUT_COST = 256
+
+#: seconds between two writes of the executed notebook while its cells run
+SAVE_EVERY = 1.0
 
 CellCallback = Callable[[int, int], None]
 OutputCallback = Callable[[str], None]
@@ -288,6 +299,39 @@ class _PooledClient(PapermillNotebookClient):
                 return
 
 
+class _Manager(NotebookExecutionManager):
+    """papermill's execution manager, writing the executed notebook at most every SAVE_EVERY s.
+
+    A write that comes too soon is made when the time is up, from the event
+    loop the cells run on (callbacks run between the loop's steps, never in
+    the middle of nbclient changing the notebook); the notebook's end is
+    always written, and no write is left pending after it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._written = float("-inf")
+        self._later: asyncio.TimerHandle | None = None
+
+    def save(self, **kwargs: Any) -> None:
+        wait = self._written + SAVE_EVERY - time.monotonic()
+        if wait <= 0:
+            self._write(**kwargs)
+        elif self._later is None:
+            self._later = ensure_event_loop().call_later(wait, self._write)
+
+    def _write(self, **kwargs: Any) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        super().save(**kwargs)
+        self._written = time.monotonic()
+
+    def notebook_complete(self, **kwargs: Any) -> None:
+        self._written = float("-inf")  # the last write always happens
+        super().notebook_complete(**kwargs)
+
+
 class MlnbEngine(NBClientEngine):
     """papermill engine that executes on a kernel handed over by mlnb.
 
@@ -298,6 +342,33 @@ class MlnbEngine(NBClientEngine):
     each cell), ``mlnb_on_error`` (called with a failing cell's index and its
     reply), ``mlnb_output_limit`` (characters kept of each stream of a cell).
     """
+
+    @classmethod
+    def execute_notebook(
+        cls,
+        nb: NotebookNode,
+        kernel_name: str,
+        output_path: str | None = None,
+        progress_bar: bool = True,
+        log_output: bool = False,
+        autosave_cell_every: int = 30,
+        **kwargs: Any,
+    ) -> NotebookNode:
+        # papermill's Engine.execute_notebook, with the manager that writes less often
+        nb_man = _Manager(
+            nb,
+            output_path=output_path,
+            progress_bar=progress_bar,
+            log_output=log_output,
+            autosave_cell_every=autosave_cell_every,
+        )
+        nb_man.notebook_start()
+        try:
+            cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+        finally:
+            nb_man.cleanup_pbar()
+            nb_man.notebook_complete()
+        return nb_man.nb
 
     @classmethod
     def execute_managed_notebook(

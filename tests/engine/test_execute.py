@@ -9,6 +9,7 @@ import nbformat
 import pytest
 from jupyter_client.channels import HBChannel
 
+from mlnb.engine import execute
 from mlnb.engine.execute import execute_stage
 from mlnb.engine.kernels import KernelPool
 from mlnb.errors import CellError, KernelDiedError
@@ -157,3 +158,65 @@ def test_an_unknown_magic_names_its_usage_error(pool, tmp_path) -> None:
     assert str(error).startswith(
         "stage 'magic' failed: cell 2 raised UsageError: Line magic function `%nosuchmagic`"
     )
+
+
+def notebook_of(path, *sources: str):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_the_executed_notebook_is_written_less_often_and_shows_a_long_cell(
+    pool, tmp_path, monkeypatch
+) -> None:
+    """papermill would write it twice a cell; the engine at most every SAVE_EVERY seconds,
+    yet a long cell shows as running in the file while it runs, and the end is written."""
+    monkeypatch.setattr(execute, "SAVE_EVERY", 0.5)
+    writes: list[float] = []
+    original = execute._Manager._write
+
+    def counted(self, **kwargs) -> None:
+        writes.append(time.monotonic())
+        original(self, **kwargs)
+
+    monkeypatch.setattr(execute._Manager, "_write", counted)
+    quick = [f"x{i} = {i}" for i in range(20)]
+    source = notebook_of(
+        tmp_path / "nb.ipynb", *quick, "import time\ntime.sleep(30)", "print('done')"
+    )
+    executed = tmp_path / "out.ipynb"
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            execute_stage("s", source, executed, {}, pool, timeout=60)
+        except KernelDiedError as exc:  # killed below, once the long cell showed
+            ended.append(exc)
+
+    stage = threading.Thread(target=run)
+    started = time.monotonic()
+    stage.start()
+    try:
+        deadline = time.monotonic() + 25
+        running = None
+        while time.monotonic() < deadline and running is None:
+            time.sleep(0.1)
+            try:
+                cells = nbformat.read(executed, as_version=4).cells
+            except Exception:  # not written yet, or being replaced
+                continue
+            states = [c.metadata.get("papermill", {}).get("status") for c in cells]
+            running = states.index("running") if "running" in states else None
+        assert running == len(quick)  # the long cell, counted from 0
+        quick_done = time.monotonic() - started
+        # papermill's own: start, then each of 21 cells started and completed
+        assert len(writes) < 2 * len(quick)
+        assert len(writes) <= 3 + quick_done / execute.SAVE_EVERY
+    finally:
+        pool.kill_all()
+        stage.join(timeout=60)
+    assert ended and ended[0].cell == len(quick) + 1  # 1-based: the long cell
+    final = nbformat.read(executed, as_version=4).cells
+    assert [c.metadata.papermill.status for c in final[: len(quick)]] == ["completed"] * 20
