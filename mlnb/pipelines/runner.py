@@ -569,10 +569,10 @@ class _Runner:
         )
 
     def _missing_artifacts(self) -> dict[str, str]:
-        """The run's results stand when an upload failed; the tags say what the store lacks."""
+        """The results stand when a background write failed; the tags say what the store lacks."""
         if not self.upload_errors:
             return {}
-        return {tags.ERROR: "artifacts not uploaded: " + "; ".join(self.upload_errors)}
+        return {tags.ERROR: "not recorded: " + "; ".join(self.upload_errors)}
 
     def _deliver(self, run: _Execution) -> Delivery | None:
         """Register (and gate) the model of a finished run with a ``model:`` section."""
@@ -816,12 +816,20 @@ class _Runner:
         )
 
     def _execute_notebook(self, run: _Execution, attempt: _Attempt) -> None:
-        """Execute the stage's notebook with the executor, then record how it ended."""
-        run.tracker.log(
-            attempt.run_id,
-            params=self._recorded(attempt.params),
-            tags={tags.OUTPUTS: json.dumps(self._recorded(attempt.outputs))},
-        )
+        """Execute the stage's notebook with the executor, then record how it ended.
+
+        Its parameters are logged by the upload thread while the notebook runs.
+        """
+        params = self._recorded(attempt.params)
+        outputs = json.dumps(self._recorded(attempt.outputs))
+
+        def log() -> None:
+            try:
+                run.tracker.log(attempt.run_id, params=params, tags={tags.OUTPUTS: outputs})
+            except MlnbError as exc:
+                self.upload_errors.append(f"parameters of stage '{attempt.name}': {exc}")
+
+        self.upload_futures.append(self.uploads.submit(log))
         for path in attempt.outputs.values():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         (run.workspace / attempt.name).mkdir(parents=True, exist_ok=True)
