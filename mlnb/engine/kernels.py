@@ -39,7 +39,7 @@ from queue import Empty
 from typing import Any
 
 import zmq.asyncio
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 
 from mlnb.engine.forkserver import ForkProvisioner, ForkServer
@@ -57,14 +57,6 @@ def kernel_env(env: Mapping[str, str]) -> dict[str, str]:
     if uri:
         found.update(client_env(uri))
     return found
-
-
-def installed_kernels() -> frozenset[str]:
-    """Names of the Jupyter kernels installed here (empty if they cannot be listed)."""
-    try:
-        return frozenset(name.lower() for name in KernelSpecManager().find_kernel_specs())
-    except Exception:
-        return frozenset()
 
 
 class KernelStartError(MlnbError):

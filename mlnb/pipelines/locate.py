@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from mlnb.engine.kernels import installed_kernels
+from mlnb.engine.kernelspecs import installed_kernels
 from mlnb.errors import SpecError
 from mlnb.specs import monitor as monitor_specs
 from mlnb.specs import pipeline as specs
@@ -46,7 +46,7 @@ def load_pipeline(
     """Read and validate a pipeline spec, its stages' kernels checked against those installed.
 
     See :func:`mlnb.specs.pipeline.load_pipeline`, which this calls with
-    :func:`~mlnb.engine.kernels.installed_kernels`.
+    :func:`~mlnb.engine.kernelspecs.installed_kernels`.
 
     Raises:
         SpecError: listing every problem found, each with file and key.

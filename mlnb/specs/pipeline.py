@@ -420,7 +420,7 @@ def load_pipeline(
         overrides: ``-p`` values; ``key`` for every stage declaring it,
             ``stage.key`` for one stage.
         kernels: the Jupyter kernels installed, to check each stage's against
-            (:func:`mlnb.engine.kernels.installed_kernels`); ``None`` checks none.
+            (:func:`mlnb.engine.kernelspecs.installed_kernels`); ``None`` checks none.
 
     Returns:
         The validated :class:`Pipeline`.

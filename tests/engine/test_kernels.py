@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -178,3 +179,24 @@ def test_kernels_get_a_servers_credentials_as_mlflows_variables(tmp_path) -> Non
     finally:
         pool.close()
     assert found == ["http://127.0.0.1:5999", "alice", "s3cr@t"]
+
+
+def test_installed_kernels_are_those_jupyter_client_finds(tmp_path, monkeypatch) -> None:
+    """Found without importing jupyter_client, the same names as its KernelSpecManager."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from mlnb.engine.kernelspecs import installed_kernels
+
+    extra = tmp_path / "share" / "kernels"
+    (extra / "Other-Kernel").mkdir(parents=True)
+    (extra / "Other-Kernel" / "kernel.json").write_text(
+        json.dumps({"argv": ["python", "-m", "ipykernel_launcher"], "display_name": "Other"})
+    )
+    (extra / "not-a-kernel").mkdir()  # no kernel.json
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share"))
+
+    found = installed_kernels()
+
+    assert found == {name.lower() for name in KernelSpecManager().find_kernel_specs()}
+    assert {"other-kernel", "python3"} <= found
+    assert "not-a-kernel" not in found

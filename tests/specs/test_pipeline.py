@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlnb.engine.kernels import installed_kernels
+from mlnb.engine.kernelspecs import installed_kernels
 from mlnb.errors import Problem, SpecError
 from mlnb.pipelines import locate
 from mlnb.specs.pipeline import (
