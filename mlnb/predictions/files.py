@@ -18,6 +18,11 @@ removes the ``.jsonl``. So a ``.jsonl`` whose modification time equals its
 ``.gz``'s is one the ``.gz`` already holds (:func:`merged`), and a reader, which
 opens the ``.jsonl`` before the ``.gz`` (:func:`open_day`), skips it.
 
+A reader that comes back to a day (a monitor, check after check) follows it
+with a :class:`Cursor` (:func:`follow_day`): the ``.gz`` is read once, and
+again only when a compression replaced it; the ``.jsonl`` from where the
+reader stopped, whole lines only.
+
 ``pruned.json`` records the newest day of each kind that retention deleted
 (:func:`read_pruned`), so a reader can tell a request of a pruned day from one
 that was never logged.
@@ -199,6 +204,89 @@ def whole_lines(stream: io.BufferedIOBase) -> Iterator[bytes]:
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()
         yield from lines
+
+
+def identity(stat: os.stat_result) -> tuple[int, int, int]:
+    """A file as a reader last saw it: inode, size and modification time."""
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@dataclass
+class Cursor:
+    """How far a reader that comes back to one day's files has read them (:func:`follow_day`).
+
+    Attributes:
+        closed: the ``.jsonl.gz`` read whole (:func:`identity`), if any.
+        plain: the inode of the ``.jsonl`` followed, if any ...
+        offset: ... the bytes of it read, whole lines only ...
+        lines: ... and how many lines those are.
+    """
+
+    closed: tuple[int, int, int] | None = None
+    plain: int | None = None
+    offset: int = 0
+    lines: int = 0
+
+    def follows(self, plain: Part | None) -> bool:
+        """``plain`` is the ``.jsonl`` read so far, grown or not (or none was read)."""
+        if self.plain is None:
+            return True
+        if plain is None:
+            return False
+        return plain.stat.st_ino == self.plain and plain.stat.st_size >= self.offset
+
+
+#: a line of a day file: the file, the line's number in it, the line without its newline
+Line = tuple[Path, int, bytes]
+
+
+@contextlib.contextmanager
+def follow_day(
+    directory: Path, kind: Kind, day: str, cursor: Cursor
+) -> Iterator[tuple[bool, Iterator[Line]]]:
+    """The lines of one day that ``cursor`` has not read yet; ``cursor`` moves as they are read.
+
+    Yields ``(again, lines)``. ``again`` says that what the cursor had read no
+    longer holds (a compression made a new ``.gz``, the ``.jsonl`` was replaced
+    or cut short, or nothing was read yet): ``lines`` then starts at the day's
+    beginning and the caller drops what it kept of the day. Otherwise
+    ``lines`` are the whole lines appended to the ``.jsonl`` since, often none:
+    a day that did not change is not read again. A damaged ``.gz`` is read up
+    to the damage, with a warning, and not again until it changes.
+    """
+    with open_day(directory, kind, day) as parts:
+        closed = next((part for part in parts if part.closed), None)
+        plain = next((part for part in parts if not part.closed), None)
+        closed_id = identity(closed.stat) if closed is not None else None
+        again = cursor.closed != closed_id or not cursor.follows(plain) or cursor == Cursor()
+        if again:
+            cursor.closed, cursor.plain, cursor.offset, cursor.lines = None, None, 0, 0
+
+        def lines() -> Iterator[Line]:
+            if closed is not None and cursor.closed is None:
+                cursor.closed = closed_id
+                number = 0
+                try:
+                    for number, line in enumerate(whole_lines(closed.stream), 1):
+                        yield closed.path, number, line
+                except DAMAGED as exc:
+                    logger.warning(
+                        "%s: the compressed file is damaged or cut short after line %d; "
+                        "the rest of it is unread: %s",
+                        closed.path,
+                        number,
+                        exc,
+                    )
+            if plain is not None:
+                if cursor.plain is None:
+                    cursor.plain = plain.stat.st_ino
+                plain.stream.seek(cursor.offset)
+                for line in whole_lines(plain.stream):
+                    cursor.offset += len(line) + 1
+                    cursor.lines += 1
+                    yield plain.path, cursor.lines, line
+
+        yield again, lines()
 
 
 def tail(part: Part, size: int = TAIL) -> bytes:
