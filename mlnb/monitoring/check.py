@@ -42,6 +42,11 @@ Design decisions:
 - **Suspicious labels hold the retrain.** Labels are training data: when
   they are implausible on their face, the triggers are still logged but no
   retrain starts, whatever fired; a person looks at the feed.
+- **What the steps find is logged in batches.** Their figures and tags
+  gather on the check (:attr:`Check.metrics`, :attr:`Check.run_tags`) and go
+  to the check run in one call before the online step and a retrain (which
+  may take minutes), and in one more as the check ends, whether it failed or
+  not (:meth:`Check.finish`): a store call costs milliseconds each.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from mlnb.monitoring.online import OnlineResult, act, compare, decide, the_alias
 from mlnb.monitoring.retrain import RetrainResult, RetrainStatus, retrain
 from mlnb.pipelines.owner import Owner, end_orphans
 from mlnb.predictions.online import champion_answers
-from mlnb.predictions.window import LiveMetric, input_columns, live_metric, load_window
+from mlnb.predictions.window import LiveMetric, WindowReader, input_columns, live_metric
 from mlnb.specs.monitor import Monitor, format_duration
 from mlnb.store import state_dir
 from mlnb.tags import OnlineDecision
@@ -195,6 +200,7 @@ def run_check(
     state: Path,
     pool: KernelPool | None,
     say: Callable[[str], None],
+    reader: WindowReader | None = None,
 ) -> CheckResult:
     """Run one check (and the retrain it calls for); tell ``say`` how it went.
 
@@ -207,11 +213,14 @@ def run_check(
         state: the monitor state folder (``.mlnb/monitor``).
         pool: the kernels of the drift notebook (``None`` without drift checks).
         say: receives a line per thing worth telling a person.
+        reader: the monitor's prediction log as read at earlier checks (a
+            fresh reader reads it from scratch).
     """
     started = time.perf_counter()
     result = CheckResult(monitor.name)
+    reader = reader if reader is not None else WindowReader(monitor.log_dir)
     try:
-        check = Check.start(monitor, uri, state, pool, say, result)
+        check = Check.start(monitor, uri, state, pool, say, reader, result)
     except Exception as exc:  # MlnbError, or the store failing in MLflow's own way
         result.error = _describe(exc)
         result.seconds = time.perf_counter() - started
@@ -245,11 +254,13 @@ class Check:
         state: the monitor state folder (``.mlnb/monitor``).
         pool: the kernels of the drift notebook.
         say: receives a line per thing worth telling a person.
+        reader: the prediction log, as read at earlier checks.
         tracker: the store's runs.
         experiment: the monitor's experiment.
         registry: the store's models.
         result: what the steps saw, fired and did, filled in as they go.
-        metrics: the figures logged on the check run once the triggers are known.
+        metrics: the figures the steps found, not logged yet.
+        run_tags: the tags the steps found, not logged yet.
     """
 
     monitor: Monitor
@@ -257,11 +268,13 @@ class Check:
     state: Path
     pool: KernelPool | None
     say: Callable[[str], None]
+    reader: WindowReader
     tracker: Tracker
     experiment: str
     registry: Registry
     result: CheckResult
     metrics: dict[str, float] = field(default_factory=dict)
+    run_tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -271,6 +284,7 @@ class Check:
         state: Path,
         pool: KernelPool | None,
         say: Callable[[str], None],
+        reader: WindowReader,
         result: CheckResult,
     ) -> Check:
         """Open the store, find the champion and start the check run.
@@ -299,15 +313,14 @@ class Check:
             },
         )
         result.url = tracker.run_url(experiment, result.run_id)
-        return cls(monitor, uri, state, pool, say, tracker, experiment, models, result)
+        return cls(monitor, uri, state, pool, say, reader, tracker, experiment, models, result)
 
     def run(self) -> None:
         """The steps, in order: what is seen decides what fires, and what fires retrains."""
         window = self.window()
         champion = self.result.champion
         if champion is None or self.result.no_log is not None:
-            self.tracker.log(self.result.run_id, metrics=self.metrics)
-            return
+            return  # what the window saw is logged as the check finishes
         version = self.registry.version(self.monitor.spec.model, champion)
         target = model_target(self.monitor)
         features = model_features(training_data(version, self.registry), window, target)
@@ -326,21 +339,27 @@ class Check:
             self.retrain(window, features, target, training_data(version, self.registry))
 
     def finish(self, status: tags.EndState) -> None:
-        """End the check run with its decision and duration; a store failing now is let be."""
+        """End the check run with what is not logged yet, its decision and duration.
+
+        A store failing now is let be.
+        """
+        self.run_tags[tags.CHECK_DECISION] = self.result.decision[: tags.VALUE_LIMIT]
+        self.metrics["check_seconds"] = self.result.seconds
         with contextlib.suppress(MlnbError):
-            self.tracker.log(
-                self.result.run_id,
-                tags={tags.CHECK_DECISION: self.result.decision[: tags.VALUE_LIMIT]},
-                metrics={"check_seconds": self.result.seconds},
-            )
+            self.flush()
             self.tracker.finish(self.result.run_id, status)
+
+    def flush(self) -> None:
+        """Log the figures and tags the steps found so far on the check run, in one batch."""
+        self.tracker.log(self.result.run_id, metrics=self.metrics, tags=self.run_tags)
+        self.metrics, self.run_tags = {}, {}
 
     def window(self) -> pd.DataFrame:
         """The recent predictions the spec's ``window:`` names."""
         spec = self.monitor.spec.window
         if not self.monitor.log_dir.is_dir():
             self.result.no_log = self.monitor.log_dir
-        window = load_window(self.monitor.log_dir, spec.last, spec.since)
+        window = self.reader.read(spec.last, spec.since)
         self.result.rows = len(window)
         self.metrics["window_rows"] = len(window)
         return window
@@ -370,16 +389,12 @@ class Check:
             features=features,
             target=target,
             folder=self.state / monitor.name / result.run_id,
+            references=self.state / monitor.name,
         )
         result.drift = drift
         self.metrics.update({f"drift.{k}": v for k, v in drift.metrics.items()})
-        self.tracker.log(
-            result.run_id,
-            tags={
-                tags.DRIFT_STATUS: drift.status,
-                tags.DRIFT_REASON: drift.reason[: tags.VALUE_LIMIT],
-            },
-        )
+        self.run_tags[tags.DRIFT_STATUS] = drift.status
+        self.run_tags[tags.DRIFT_REASON] = drift.reason[: tags.VALUE_LIMIT]
         if drift.status == DriftStatus.FAILED:
             raise StageError("drift", drift.reason)
         if drift.status == DriftStatus.DRIFT and TriggerKind.DRIFT in monitor.triggers:
@@ -430,13 +445,8 @@ class Check:
         found = check_labels(labeled, monitor.spec.labels, spec.min_labels if spec else _MIN_LABELS)
         self.result.labels = found
         self.metrics.update(found.metrics)
-        self.tracker.log(
-            self.result.run_id,
-            tags={
-                tags.CHECK_LABELS: found.status,
-                tags.CHECK_LABELS_REASON: found.reason[: tags.VALUE_LIMIT],
-            },
-        )
+        self.run_tags[tags.CHECK_LABELS] = found.status
+        self.run_tags[tags.CHECK_LABELS_REASON] = found.reason[: tags.VALUE_LIMIT]
 
     def schedule(self, version: Any) -> Trigger | None:
         """The champion's age, against ``retrain.every``, when the schedule trigger is on."""
@@ -454,13 +464,13 @@ class Check:
         )
 
     def log_triggers(self) -> None:
-        """The figures the steps gathered, and what fired with its evidence, on the check run."""
+        """What the steps found, and what fired with its evidence, on the check run (before
+        a retrain that may take minutes)."""
         triggers = self.result.triggers
-        found_tags = {}
         if triggers:
-            found_tags[tags.CHECK_TRIGGERS] = ",".join(t.kind for t in triggers)
-            found_tags[tags.CHECK_EVIDENCE] = _evidence(triggers)[: tags.VALUE_LIMIT]
-        self.tracker.log(self.result.run_id, metrics=self.metrics, tags=found_tags)
+            self.run_tags[tags.CHECK_TRIGGERS] = ",".join(t.kind for t in triggers)
+            self.run_tags[tags.CHECK_EVIDENCE] = _evidence(triggers)[: tags.VALUE_LIMIT]
+        self.flush()
 
     def online(self, window: pd.DataFrame, champion: str) -> None:
         """The live comparison with the challenger, and what it decides, on the check run."""

@@ -46,7 +46,9 @@ import pandas as pd
 import psutil
 import pytest
 
+from mlnb.monitoring.runner import MonitorRunner
 from mlnb.predictions import log as predlog
+from mlnb.specs.monitor import load_monitor
 from tests.monitoring.project import (
     BATCH,
     MODEL,
@@ -526,6 +528,32 @@ def test_too_few_rows_are_untestable_not_drift(example: Example) -> None:
     assert example.versions() == ["1"]
 
 
+def test_a_failing_drift_notebook_fails_the_check_and_says_why(example: Example) -> None:
+    broken = nbformat.read(example.root / "notebooks" / "drift.ipynb", as_version=4)
+    broken.cells.insert(5, nbformat.v4.new_code_cell('raise RuntimeError("the test broke")'))
+    nbformat.write(broken, example.root / "notebooks" / "broken.ipynb")
+    spec = monitor_spec(name="broken", triggers=["drift"])
+    spec["drift"]["notebook"] = "notebooks/broken.ipynb"
+    X, y = dataset()
+    example.write_log(X.iloc[:150], predictions=y.iloc[:150].tolist(), labels=None)
+
+    once = example.once(example.write_monitor(spec))
+
+    assert once.code == 1, once.output  # a failed check
+    run = once.run
+    tags, metrics = run.data.tags, run.data.metrics
+    assert run.info.status == "FAILED"
+    assert tags["mlnb.drift.status"] == "failed"  # logged as the failed check ended
+    assert "RuntimeError: the test broke" in tags["mlnb.drift.reason"]
+    assert tags["mlnb.monitor.decision"].startswith("failed: ")
+    assert metrics["window_rows"] == 150 and "check_seconds" in metrics
+    [drift] = example.children(run)
+    assert drift.info.status == "FAILED"
+    assert "RuntimeError: the test broke" in drift.data.tags["mlnb.error"]
+    logged = example.client.list_artifacts(drift.info.run_id, "notebook")
+    assert [a.path for a in logged] == ["notebook/drift.ipynb"]  # executed, error and all
+
+
 def test_a_missing_log_folder_is_named_not_reported_as_0_rows(example: Example) -> None:
     spec = example.write_monitor(monitor_spec(name="nolog"))
     folder = predlog.default_log_dir(example.root)
@@ -640,6 +668,37 @@ def _alive(pid: int, created: float) -> bool:
         return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_a_runner_reads_at_each_check_what_was_logged_since_the_last(example: Example) -> None:
+    spec = example.write_monitor(monitor_spec(name="reader", triggers=["drift"]))
+    X, y = dataset()
+    runner = MonitorRunner(load_monitor(example.root / spec))
+    try:
+        results = []
+        for lot in (slice(0, 120), slice(120, 200)):  # a service logs between two checks
+            example.write_log(X.iloc[lot], predictions=y.iloc[lot].tolist(), labels=None)
+            results.append(runner.check())
+    finally:
+        runner.close()
+
+    assert [result.error for result in results] == [None, None]
+    assert [result.rows for result in results] == [120, 200]
+    checks = example.checks("reader")
+    assert [run.data.metrics["window_rows"] for run in checks] == [120, 200]
+    # the notebook tested each window whole, against the champion's training data
+    assert [run.data.metrics["drift.rows_current"] for run in checks] == [120, 200]
+    assert [run.data.tags["mlnb.drift.status"] for run in checks] == ["no_drift"] * 2
+    for run in checks:
+        [drift] = example.children(run)
+        training = Path(drift.data.tags["mlnb.training_data"])
+        assert training.suffix == ".csv" and training.is_file()
+        executed = runner.state / "reader" / run.info.run_id / "drift.ipynb"
+        given = nbformat.read(executed, as_version=4).metadata.papermill.parameters
+        reference = Path(given["reference_path"])  # the CSV's Parquet copy, made once
+        assert reference.parent == runner.state / "reader" and reference.suffix == ".parquet"
+        pd.testing.assert_frame_equal(pd.read_parquet(reference), pd.read_csv(training))
+        assert run.data.metrics["drift.rows_reference"] == len(pd.read_csv(training))
 
 
 def test_the_loop_checks_at_the_cron_times(cron: Cron) -> None:
