@@ -76,6 +76,10 @@ class KernelPool:
             (:mod:`mlnb.engine.forkserver`) instead of starting each from scratch.
         preload: modules the fork server imports as well, so every kernel
             starts with them imported.
+        warmup: code each kernel runs, silently, before it is handed out:
+            what cannot be done before the fork (opening a database, whose
+            connections must not cross it) but costs every stage, done while
+            the kernel waits for one. An error in it is the stage's to meet.
     """
 
     def __init__(
@@ -86,11 +90,13 @@ class KernelPool:
         startup_timeout: float = 60,
         fork: bool = True,
         preload: Sequence[str] = (),
+        warmup: str = "",
     ) -> None:
         self._env = kernel_env({**os.environ, **(env or {})})
         self._cwd = str(cwd) if cwd else None
         self._log_dir = log_dir
         self._startup_timeout = startup_timeout
+        self._warmup = warmup
         self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlnb-kernel-start")
         self._stopper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlnb-kernel-stop")
         self._ready: dict[str, deque[Future[AsyncKernelManager]]] = defaultdict(deque)
@@ -190,6 +196,8 @@ class KernelPool:
             connect(client)
             try:
                 await handshake(client, self._startup_timeout)
+                if self._warmup:
+                    await run_silently(client, self._warmup, self._startup_timeout)
             finally:
                 client.stop_channels()
                 # zmq sockets belong to this thread's event loop, which ends
@@ -268,6 +276,24 @@ async def handshake(client: Any, timeout: float) -> None:
             raise RuntimeError("the kernel died while starting")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the kernel did not answer within {timeout:g} s")
+
+
+async def run_silently(client: Any, code: str, timeout: float) -> None:
+    """Run ``code`` in a kernel without recording it, and wait for its reply (not its outcome).
+
+    Raises:
+        RuntimeError: the kernel did not answer within ``timeout``.
+    """
+    msg_id = client.execute(code, silent=True, store_history=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reply = await client._async_get_shell_msg(timeout=1)
+        except Empty:
+            continue
+        if reply.get("parent_header", {}).get("msg_id") == msg_id:
+            return
+    raise RuntimeError(f"the kernel did not answer within {timeout:g} s")
 
 
 def kernel_pid(km: AsyncKernelManager) -> int | None:

@@ -200,3 +200,17 @@ def test_installed_kernels_are_those_jupyter_client_finds(tmp_path, monkeypatch)
     assert found == {name.lower() for name in KernelSpecManager().find_kernel_specs()}
     assert {"other-kernel", "python3"} <= found
     assert "not-a-kernel" not in found
+
+
+def test_a_kernel_runs_the_warmup_before_it_is_handed_out(tmp_path) -> None:
+    """Its effect is there when the stage starts, unrecorded; a failing warm-up is let be."""
+    warmed = KernelPool(cwd=tmp_path, warmup="import json as warm\nwarm_mark = 41 + 1\n")
+    failing = KernelPool(cwd=tmp_path, warmup="raise RuntimeError('no store')\n")
+    try:
+        km = warmed.acquire("python3")
+        out = _run(km, "print(warm_mark, warm.__name__, len(In))")
+        assert out.split() == ["42", "json", "2"]  # In: '' and this cell, not the warm-up
+        assert _run(failing.acquire("python3"), "print('fine')") == "fine\n"
+    finally:
+        warmed.close()
+        failing.close()
