@@ -16,13 +16,19 @@ Design decisions:
   (:func:`mlnb.pipelines.signals.signals_deferred`).
 - **Warm kernels.** The monitor keeps a kernel pool whose fork server has
   imported what the drift notebook imports (alibi-detect takes seconds), and
-  starts the next check's kernel as soon as one check ends.
+  starts the next check's kernel as soon as one check ends. The first kernel
+  starts before this process imports MLflow or the rest of a check, so the
+  two import side by side (``mlnb monitor --once`` waits for the slower).
+- **The window is read incrementally.** The runner keeps its
+  :class:`~mlnb.predictions.window.WindowReader`, so a check parses only the
+  predictions logged since the last one.
 - **The disk stays bounded.** Only the newest :data:`KEEP_CHECKS` check
   folders stay under ``.mlnb/monitor/<monitor>``.
 """
 
 from __future__ import annotations
 
+import gc
 import shutil
 import signal
 import threading
@@ -30,15 +36,18 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlnb.engine.kernels import KernelPool
 from mlnb.errors import ExitCode
-from mlnb.monitoring.check import CheckResult, run_check
-from mlnb.monitoring.drift import preload_modules
-from mlnb.monitoring.retrain import pipeline_spec
+from mlnb.monitoring.drift import preload_modules, warmup_code
+from mlnb.predictions.window import WindowReader
 from mlnb.specs.monitor import Monitor
 from mlnb.store import state_dir
 from mlnb.store import tracking_uri as default_tracking_uri
+
+if TYPE_CHECKING:
+    from mlnb.monitoring.check import CheckResult
 
 #: check folders kept on disk (the window's inputs, the executed notebook, labeled rows);
 #: the executed notebook and every figure stay in MLflow
@@ -68,9 +77,13 @@ class MonitorRunner:
         if monitor.drift_notebook is not None:
             preload = preload_modules(monitor.drift_notebook, self.uri)
             self.pool = KernelPool(
-                env={"MLFLOW_TRACKING_URI": self.uri}, cwd=monitor.root, preload=preload
+                env={"MLFLOW_TRACKING_URI": self.uri},
+                cwd=monitor.root,
+                preload=preload,
+                warmup=warmup_code(monitor.drift_notebook),
             )
             self.pool.prestart(monitor.drift_kernel)
+        self.reader = WindowReader(monitor.log_dir)
 
     def close(self) -> None:
         """Stop the kernels this runner started."""
@@ -110,10 +123,17 @@ class MonitorRunner:
         Args:
             warm_next: start the next check's kernel once this one is done.
         """
+        from mlnb.monitoring.check import run_check  # MLflow: after the kernel is on its way
+
         monitor = self.monitor
         try:
             result = run_check(
-                monitor, uri=self.uri, state=self.state, pool=self.pool, say=self.say
+                monitor,
+                uri=self.uri,
+                state=self.state,
+                pool=self.pool,
+                say=self.say,
+                reader=self.reader,
             )
         finally:
             prune_checks(self.state / monitor.name, KEEP_CHECKS)
@@ -123,6 +143,8 @@ class MonitorRunner:
 
     def pipeline_spec(self) -> tuple[Path, str]:
         """The spec a retrain runs: the live deployment's, else the working copy's; and which."""
+        from mlnb.monitoring.retrain import pipeline_spec
+
         return pipeline_spec(self.monitor)
 
 
@@ -191,3 +213,6 @@ def watch(monitor: Monitor, *, once: bool = False, say: Callable[[str], None]) -
         return ExitCode.OK
     finally:
         runner.close()
+        # mlnb monitor ends when this returns: its heap (MLflow, SQLAlchemy, pandas) would
+        # cost the interpreter's teardown 1-3 s of garbage collection; frozen, it is let be
+        gc.freeze()
