@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,6 +12,14 @@ import click
 
 from mlnb import __version__
 from mlnb.errors import ExitCode, MlnbError, missing_store_module
+
+# jsonschema, which nbformat (so papermill) imports, builds 39 lark grammars at
+# import when the optional rfc3987-syntax is installed (JupyterLab's
+# jupyter-events brings it), only to check the "iri" string formats that no
+# schema mlnb validates uses: a second of CPU on every command that executes a
+# notebook. In mlnb's own process, jsonschema finds it missing, as on a machine
+# without JupyterLab.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 VERBOSE = "mlnb.verbose"
 

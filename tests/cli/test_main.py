@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -80,3 +83,17 @@ def test_clicks_own_usage_errors_pass_through(port: str) -> None:
     assert result.exit_code == 2
     assert "Invalid value for '--port'" in result.output
     assert "unexpected" not in result.output
+
+
+def test_the_command_process_spares_jsonschema_its_iri_grammars() -> None:
+    """nbformat (so papermill) still imports and validates; jsonschema skips rfc3987-syntax."""
+    code = (
+        "import sys, mlnb.cli.main, papermill, nbformat\n"
+        "nbformat.validate(nbformat.v4.new_notebook())\n"
+        "print(sys.modules['rfc3987_syntax'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
