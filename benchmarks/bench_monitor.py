@@ -22,10 +22,15 @@ Measured side by side:
   check (cold: the kernel fork server is still importing alibi-detect), then
   ``--checks`` more checks in the same runner, each after the idle time a
   schedule leaves (the next kernel pre-started, the last one stopped): the
-  steady state of ``mlnb monitor``; with where a check's time goes, timed by
-  wrapping mlnb's functions here (mlnb is not changed) and from the per-cell
-  durations papermill records in the executed notebook;
-* ``mlnb monitor SPEC --once`` as a command, against the fresh script.
+  steady state of ``mlnb monitor``; with where a check's time goes and how
+  many calls each part made, timed by wrapping mlnb's functions here (mlnb is
+  not changed) and from the per-cell durations papermill records in the
+  executed notebook;
+* ``mlnb monitor SPEC --once`` as a command, in turns with the fresh script and
+  with a fresh interpreter importing what the drift kernel's fork server imports
+  (ipykernel's modules, the notebook's, MLflow's SQL store: no kernel can start
+  sooner); where the command's time goes, from the process's start and exit,
+  the check and drift runs' times in MLflow and the executed notebook's.
 
 Every check's result is checked (no error, ``no_drift``, 20 features tested,
 the whole window read), so no figure is of a failing path. Figures are
@@ -48,6 +53,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +93,13 @@ done = time.perf_counter()
 print(json.dumps({{"import": imported - start, "test": done - imported,
                   "drift": int(result["data"]["is_drift"])}}))
 """  # the honest cold baseline of `--once`
+IMPORTS = """
+import importlib, json, sys, time
+start = time.perf_counter()
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+print(json.dumps({"import": time.perf_counter() - start}))
+"""  # what no drift kernel can start without: the floor of `--once`
 
 
 # -- the throwaway project -----------------------------------------------------------
@@ -198,10 +211,11 @@ def tabular_drift(x_ref: np.ndarray, x_cur: np.ndarray) -> dict[str, Any]:
 
 
 class Clock:
-    """Adds up the time spent in wrapped functions, by label, until :meth:`take`."""
+    """Adds up the time in wrapped functions, and their calls, by label, until :meth:`take`."""
 
     def __init__(self) -> None:
         self.parts: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
         self._undo: list[tuple[Any, str, Any, bool]] = []
 
     def wrap(self, owner: Any, name: str, label: str) -> None:
@@ -215,13 +229,15 @@ class Clock:
                 return original(*args, **kwargs)
             finally:
                 self.parts[label] += time.perf_counter() - start
+                self.calls[label] += 1
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, original, had))
 
-    def take(self) -> dict[str, float]:
+    def take(self) -> tuple[dict[str, float], dict[str, int]]:
         parts, self.parts = dict(self.parts), defaultdict(float)
-        return parts
+        calls, self.calls = dict(self.calls), defaultdict(int)
+        return parts, calls
 
     def restore(self) -> None:
         for owner, name, original, had in reversed(self._undo):
@@ -233,8 +249,8 @@ class Clock:
 
 
 # labels of the breakdown; indented ones are inside the row above
-WINDOW = "read the window (live.load_window)"
-COLUMNS = "reference columns (MonitorRunner._features)"
+WINDOW = "read the window (WindowReader.read)"
+COLUMNS = "reference columns (check.model_features)"
 WRITE = "write current.parquet (_write_table)"
 OPEN = "MLflow: open store, experiment (Tracker)"
 RUNS = "MLflow: runs, tags, metrics (Tracker)"
@@ -252,8 +268,9 @@ def instrument(clock: Clock) -> None:
     from mlnb.engine import execute as stage
     from mlnb.models import registry
     from mlnb.monitoring import check, drift
+    from mlnb.predictions.window import WindowReader
 
-    clock.wrap(check, "load_window", WINDOW)
+    clock.wrap(WindowReader, "read", WINDOW)
     clock.wrap(check, "model_features", COLUMNS)
     clock.wrap(drift, "_write_table", WRITE)
     clock.wrap(stage, "execute_stage", NOTEBOOK)
@@ -282,13 +299,15 @@ def cell_seconds(executed: Path) -> dict[str, float]:
     return cells
 
 
-def check_once(runner: Any, clock: Clock, rows: int) -> tuple[float, dict[str, float]]:
-    """One check, sanity-checked; its wall time and where the time went."""
+def check_once(
+    runner: Any, clock: Clock, rows: int
+) -> tuple[float, dict[str, float], dict[str, int]]:
+    """One check, sanity-checked; its wall time, where the time went and the calls made."""
     clock.take()
     start = time.perf_counter()
     result = runner.check()
     wall = time.perf_counter() - start
-    parts = clock.take()
+    parts, calls = clock.take()
     assert result.error is None, result.error
     assert result.drift is not None and result.drift.status == "no_drift", result.drift
     assert result.drift.metrics.get("features_tested") == len(FEATURES), result.drift.metrics
@@ -297,7 +316,7 @@ def check_once(runner: Any, clock: Clock, rows: int) -> tuple[float, dict[str, f
     cells = cell_seconds(executed)
     parts.update(cells)
     parts[PAPERMILL] = parts[NOTEBOOK] - parts.get(ACQUIRE, 0.0) - sum(cells.values())
-    return wall, parts
+    return wall, parts, calls
 
 
 def settle(pool: Any, kernel: str, timeout: float = 60) -> None:
@@ -313,14 +332,27 @@ def settle(pool: Any, kernel: str, timeout: float = 60) -> None:
         time.sleep(3)
 
 
-def command(spec: Path, root: Path, env: dict[str, str], rows: int) -> tuple[float, float]:
-    """``mlnb monitor SPEC --once``: its wall time and its check's own (the run's metric
-    ``check_seconds``); the check run is checked in the store."""
+# phases of `mlnb monitor --once`, from the process's start and end (taken here), the
+# check and drift runs' start and end times (MLflow's) and the executed notebook's (papermill's)
+STARTUP = "start-up: imports, spec, store, until the check run"
+BEFORE = "the check until its drift run (window, lineage)"
+KERNEL = "waiting for the kernel (fork server importing)"
+CELLS = "the drift notebook, first cell to last"
+AFTER = "after the notebook, until the check run ends"
+EXIT = "closing the kernels and exiting"
+PHASES = (STARTUP, BEFORE, KERNEL, CELLS, AFTER, EXIT)
+
+
+def command(
+    spec: Path, root: Path, env: dict[str, str], rows: int
+) -> tuple[float, dict[str, float]]:
+    """``mlnb monitor SPEC --once``: its wall time and where it went (:data:`PHASES`); the
+    check run is checked in the store."""
     from mlflow import MlflowClient
 
     from mlnb.store import tracking_uri
 
-    start = time.perf_counter()
+    started = time.time()
     done = subprocess.run(
         [sys.executable, "-m", "mlnb", "monitor", str(spec), "--once"],
         cwd=root,
@@ -329,21 +361,40 @@ def command(spec: Path, root: Path, env: dict[str, str], rows: int) -> tuple[flo
         text=True,
         timeout=300,
     )
-    wall = time.perf_counter() - start
+    ended = time.time()
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(tracking_uri(root))
     experiment = client.get_experiment_by_name(MONITOR)
     assert experiment is not None
-    newest = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="tags.`mlnb.kind` = 'monitor-check'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
-    assert newest.data.tags.get("mlnb.drift.status") == "no_drift", newest.data.tags
-    assert newest.data.metrics.get("drift.features_tested") == len(FEATURES), newest.data.metrics
-    assert newest.data.metrics.get("window_rows") == rows, newest.data.metrics
-    return wall, float(newest.data.metrics["check_seconds"])
+    check, drift = (
+        client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`mlnb.kind` = '{kind}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
+        for kind in ("monitor-check", "drift")
+    )
+    assert drift.data.tags.get("mlflow.parentRunId") == check.info.run_id
+    assert check.data.tags.get("mlnb.drift.status") == "no_drift", check.data.tags
+    assert check.data.metrics.get("drift.features_tested") == len(FEATURES), check.data.metrics
+    assert check.data.metrics.get("window_rows") == rows, check.data.metrics
+    executed = root / ".mlnb" / "monitor" / MONITOR / check.info.run_id / "drift.ipynb"
+    cells = json.loads(executed.read_text())["metadata"]["papermill"]
+    first, last = (
+        datetime.fromisoformat(cells[key]).timestamp() for key in ("start_time", "end_time")
+    )
+    moments = [
+        started,
+        check.info.start_time / 1000,
+        drift.info.start_time / 1000,
+        first,
+        last,
+        check.info.end_time / 1000,
+        ended,
+    ]
+    phases = {phase: b - a for phase, a, b in zip(PHASES, moments, moments[1:], strict=False)}
+    return ended - started, phases
 
 
 @contextlib.contextmanager
@@ -377,7 +428,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000, help="reference and current rows")
     parser.add_argument("--checks", type=int, default=4, help="steady-state checks (median)")
-    parser.add_argument("--commands", type=int, default=2, help="`mlnb monitor --once` runs")
+    parser.add_argument("--commands", type=int, default=3, help="`mlnb monitor --once` runs")
     args = parser.parse_args()
 
     for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
@@ -403,15 +454,6 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     tabular_drift(x_ref, x_cur)  # imports alibi-detect: not part of the test's time
     test, result = seconds(lambda: tabular_drift(x_ref, x_cur), 5)
     assert not result["data"]["is_drift"], "the reference and current data drifted"
-    fresh = []
-    for _ in range(3):
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", FRESH, str(root / "x_ref.npy"), str(root / "x_cur.npy")],
-            cwd=root, env=env, capture_output=True, text=True, check=True, timeout=120,
-        )  # fmt: skip
-        fresh.append((time.perf_counter() - start, json.loads(done.stdout)))
-    assert all(run["drift"] == 0 for _, run in fresh)
 
     from mlnb.monitoring.runner import MonitorRunner
     from mlnb.specs.monitor import load_monitor
@@ -425,13 +467,11 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         runner = MonitorRunner(loaded)
         construct = time.perf_counter() - start
         clock.wrap(runner.pool, "acquire", ACQUIRE)
-        first, first_parts = check_once(runner, clock, args.rows)
-        steady, steady_parts = [], []
+        first = check_once(runner, clock, args.rows)
+        steady = []
         for _ in range(args.checks):
             settle(runner.pool, loaded.drift_kernel)
-            wall, parts = check_once(runner, clock, args.rows)
-            steady.append(wall)
-            steady_parts.append(parts)
+            steady.append(check_once(runner, clock, args.rows))
         start = time.perf_counter()
         runner.close()
         close = time.perf_counter() - start
@@ -441,30 +481,56 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         if runner is not None:
             runner.close()
 
-    commands = [command(spec, root, env, args.rows) for _ in range(args.commands)]
+    # the commands against their baselines, in turns: load from elsewhere falls on each alike
+    fresh, kernel, commands = [], [], []
+    for _ in range(args.commands):
+        fresh.append(script(FRESH, [str(root / "x_ref.npy"), str(root / "x_cur.npy")], root, env))
+        kernel.append(script(IMPORTS, kernel_modules(loaded), root, env))
+        commands.append(command(spec, root, env, args.rows))
+    assert all(run["drift"] == 0 for _, run in fresh)
     return {
         "test": test,
         "fresh": fresh,
+        "kernel": kernel,
         "construct": construct,
         "first": first,
-        "first_parts": first_parts,
         "steady": steady,
-        "steady_parts": steady_parts,
         "close": close,
-        "commands": [wall for wall, _ in commands],
-        "command_checks": [check for _, check in commands],
+        "commands": commands,
+        "modules": kernel_modules(loaded),
     }
+
+
+def script(code: str, argv: list[str], root: Path, env: dict[str, str]) -> tuple[float, Any]:
+    """A fresh interpreter running ``code``: its wall time (start to exit) and what it printed."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=root, env=env, capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    return time.perf_counter() - start, json.loads(done.stdout)
+
+
+def kernel_modules(monitor: Any) -> list[str]:
+    """What a monitor's kernel fork server imports: ipykernel's modules and the notebook's."""
+    from mlnb.engine._zygote import PRELOAD
+    from mlnb.monitoring.drift import preload_modules
+    from mlnb.store import tracking_uri
+
+    return [*PRELOAD, *preload_modules(monitor.drift_notebook, tracking_uri(monitor.root))]
 
 
 def report(args: argparse.Namespace, **m: Any) -> None:
     med = statistics.median
+    every = lambda values: ", ".join(f"{v:.3f}" for v in values)  # noqa: E731
     test = med(m["test"])
     imported = med(run["import"] for _, run in m["fresh"])
     fresh = med(wall for wall, _ in m["fresh"])
-    steady, cmd, check = med(m["steady"]), med(m["commands"]), med(m["command_checks"])
-    rests = [wall - of for wall, of in zip(m["commands"], m["command_checks"], strict=True)]
-    rest = med(rests)
-    every = lambda values: ", ".join(f"{v:.3f}" for v in values)  # noqa: E731
+    kernel = med(run["import"] for _, run in m["kernel"])
+    steady_walls = [wall for wall, _, _ in m["steady"]]
+    steady = med(steady_walls)
+    walls = [wall for wall, _ in m["commands"]]
+    cmd = med(walls)
     rows = [
         ("the test: TabularDrift fit + predict, in process", test, None, every(m["test"])),
         (
@@ -475,13 +541,17 @@ def report(args: argparse.Namespace, **m: Any) -> None:
         ),
         ("import + test, in process", imported + test, None, ""),
         ("fresh script: import, load .npy, test", fresh, None, every(w for w, _ in m["fresh"])),
+        (
+            f"the drift kernel's {len(m['modules'])} modules, imported fresh",
+            kernel,
+            None,
+            every(run["import"] for _, run in m["kernel"]),
+        ),
         ("MonitorRunner(load_monitor(spec))", None, m["construct"], ""),
-        ("first check (cold: fork server importing)", None, m["first"], ""),
-        (f"steady-state check (median of {len(m['steady'])})", None, steady, every(m["steady"])),
+        ("first check (cold: fork server importing)", None, m["first"][0], ""),
+        (f"steady-state check (median of {len(steady_walls)})", None, steady, every(steady_walls)),
         ("runner.close() (stops the pre-started kernel)", None, m["close"], ""),
-        ("`mlnb monitor SPEC --once`, command", None, cmd, every(m["commands"])),
-        ("  its check (the run's check_seconds)", None, check, every(m["command_checks"])),
-        ("  start-up, closing and exit: the rest", None, rest, every(rests)),
+        ("`mlnb monitor SPEC --once`, command", None, cmd, every(walls)),
     ]
     print(
         f"\nmlnb monitor check vs alibi-detect's TabularDrift — {args.rows} reference rows × "
@@ -489,40 +559,58 @@ def report(args: argparse.Namespace, **m: Any) -> None:
         f"{os.cpu_count()} CPUs, load average {m['load']:.1f} at the start; "
         "wall-clock seconds, medians\n"
     )
-    print(f"{'':50} {'alibi-detect':>12} {'mlnb':>9}   every run")
+    print(f"{'':56} {'baseline':>9} {'mlnb':>9}   every run")
     for label, base, ours, runs in rows:
-        left = f"{base:11.3f}s" if base is not None else f"{'':>12}"
+        left = f"{base:8.3f}s" if base is not None else f"{'':>9}"
         right = f"{ours:8.3f}s" if ours is not None else f"{'':>9}"
-        print(f"{label:50} {left} {right}   {runs}")
+        print(f"{label:56} {left} {right}   {runs}")
     print(
-        f"\nsteady-state check / the test alone:       {steady / test:6.1f}x "
+        f"\nsteady-state check / the test alone:         {steady / test:6.1f}x "
         f"(+{steady - test:.2f} s)\n"
-        f"steady-state check / import + test:        {steady / (imported + test):6.2f}x "
+        f"steady-state check / import + test:          {steady / (imported + test):6.2f}x "
         f"(+{steady - imported - test:.2f} s)\n"
-        f"`mlnb monitor --once` / fresh script:      {cmd / fresh:6.2f}x (+{cmd - fresh:.2f} s)"
+        f"`mlnb monitor --once` / fresh script:        {cmd / fresh:6.2f}x (+{cmd - fresh:.2f} s)\n"
+        f"`mlnb monitor --once` / the kernel's imports: {cmd / kernel:6.2f}x "
+        f"(+{cmd - kernel:.2f} s)"
     )
+    steady_breakdown(m["first"], m["steady"])
+    print(
+        f"\nwhere `mlnb monitor --once` goes (median of {len(walls)}, {cmd:.3f} s; from the "
+        "process's start and exit, the check and drift runs' times in MLflow and the executed "
+        "notebook's in papermill; the kernel starts at the top, beside the rest)"
+    )
+    for phase in PHASES:
+        values = [phases[phase] for _, phases in m["commands"]]
+        print(f"{phase:56} {med(values):8.3f}s   {every(values)}")
+    print(f"the drift kernel's modules: {', '.join(m['modules'])}")
 
-    labels = list(dict.fromkeys(k for parts in m["steady_parts"] for k in parts))
+
+def steady_breakdown(first: Any, steady: list[Any]) -> None:
+    """Where a check's time goes: the wrapped parts, their calls, the notebook's cells."""
+    steady_parts = [parts for _, parts, _ in steady]
+    labels = list(dict.fromkeys(k for parts in steady_parts for k in parts))
     order = [WINDOW, COLUMNS, WRITE, OPEN, REGISTRY, RUNS, ARTIFACT, NOTEBOOK, ACQUIRE]
     order += [k for k in labels if k.startswith("  cell ")] + [PAPERMILL]
-    mean = statistics.fmean(m["steady"])  # means, so that the parts add up to the whole
+    mean = statistics.fmean(wall for wall, _, _ in steady)  # means: the parts add up
     print(
-        f"\nwhere a check goes (steady: mean of {len(m['steady'])}, {mean:.3f} s; first: the cold "
-        "check; indented rows are inside the row above them)"
+        f"\nwhere a check goes (steady: mean of {len(steady)}, {mean:.3f} s; first: the cold "
+        "check; calls: of the wrapped functions, per steady check; indented rows are inside "
+        "the row above them)"
     )
-    print(f"{'':50} {'steady':>9} {'share':>6} {'first':>9}")
-    walls = [m["first"], *m["steady"]]
+    print(f"{'':56} {'steady':>9} {'share':>6} {'calls':>6} {'first':>9}")
     for label in [*order, REST]:
         if label == REST:
             values = [
                 wall - sum(v for k, v in parts.items() if not k.startswith("  "))
-                for wall, parts in zip(walls, [m["first_parts"], *m["steady_parts"]], strict=True)
+                for wall, parts, _ in [first, *steady]
             ]
-            value, first = statistics.fmean(values[1:]), values[0]
+            value, cold, calls = statistics.fmean(values[1:]), values[0], ""
         else:
-            value = statistics.fmean(parts.get(label, 0.0) for parts in m["steady_parts"])
-            first = m["first_parts"].get(label, 0.0)
-        print(f"{label:50} {value:8.3f}s {value / mean:6.0%} {first:8.3f}s")
+            value = statistics.fmean(parts.get(label, 0.0) for parts in steady_parts)
+            cold = first[1].get(label, 0.0)
+            count = statistics.fmean(made.get(label, 0) for _, _, made in steady)
+            calls = f"{count:g}" if count else ""
+        print(f"{label:56} {value:8.3f}s {value / mean:6.0%} {calls:>6} {cold:8.3f}s")
 
 
 if __name__ == "__main__":
